@@ -1,0 +1,108 @@
+"""Generic properties of every public layer, driven by the registry in cases/.
+
+For each case: output shape == output_signature; NumPy == JAX; jit == no-jit;
+weights tree identical across modes; finite-difference gradients on JAX
+(float64). A public layer without a case fails test_registry_covers_public_layers.
+"""
+import jax
+import numpy as np
+import pytest
+
+from trax_sparse import fastmath, shapes
+from trax_sparse import layers as tl
+from trax_sparse.fastmath import tree_leaves, tree_map, tree_structure
+from tests import helpers
+from tests.layers.cases import all_cases
+
+CASES = all_cases()
+IDS = [c.id for c in CASES]
+# Public names of `tl` that are not layers (the API itself, initializers).
+NOT_LAYERS = {'MODES', 'Layer', 'LayerError', 'PureLayer', 'check_mode'}
+
+
+def _init(case, mode, backend):
+    with fastmath.use_backend(backend):
+        layer = case.make(mode)
+        x = case.inputs()
+        weights, state = layer.init(shapes.signature(x), rng=fastmath.random.get_prng(0))
+    return layer, x, weights, state
+
+
+def test_registry_covers_public_layers():
+    public = {n for n in tl.__all__ if n not in NOT_LAYERS and not n.endswith('Initializer')}
+    missing = public - {c.name for c in CASES}
+    assert not missing, f'public layers without a registry case: {sorted(missing)}'
+
+
+def test_registry_names_are_public():
+    assert {c.name for c in CASES} <= set(tl.__all__)
+
+
+@pytest.mark.parametrize('case', CASES, ids=IDS)
+def test_output_signature_matches_forward(case, backend_name):
+    layer, x, w, s = _init(case, 'eval', backend_name)
+    y, _ = layer.pure_fn(x, w, s, fastmath.random.get_prng(1))
+    expected = shapes.signature(y)
+    assert layer.output_signature(shapes.signature(x)) == expected
+    fresh = case.make('eval')  # not initialized: signature from abstract init
+    assert fresh.output_signature(shapes.signature(x)) == expected
+    n_out = len(y) if isinstance(y, tuple) else 1
+    assert n_out == layer.n_out
+
+
+@pytest.mark.parametrize('case', CASES, ids=IDS)
+def test_numpy_equals_jax(case):
+    layer, x, w, s = _init(case, 'eval', 'numpy')
+    rng = np.asarray(fastmath.random.get_prng(3) if False else np.array([0, 3], np.uint32))
+    with fastmath.use_backend('numpy'):
+        y_np, s_np = layer.pure_fn(x, w, s, rng)
+    with fastmath.use_backend('jax'):
+        y_jax, s_jax = layer.pure_fn(x, w, s, rng)
+    helpers.assert_trees_close(y_np, y_jax, atol=case.atol, rtol=1e-4, msg='outputs')
+    helpers.assert_trees_close(s_np, s_jax, atol=case.atol, rtol=1e-4, msg='state')
+
+
+@pytest.mark.parametrize('case', CASES, ids=IDS)
+def test_jit_equals_no_jit(case):
+    layer, x, w, s = _init(case, 'eval', 'jax')
+    rng = np.array([0, 5], np.uint32)
+    with fastmath.use_backend('jax'):
+        y, _ = layer.pure_fn(x, w, s, rng)
+        y_jit, _ = jax.jit(layer.pure_fn)(x, w, s, rng)
+    helpers.assert_trees_close(y, y_jit, atol=case.atol, rtol=1e-4)
+
+
+@pytest.mark.parametrize('case', CASES, ids=IDS)
+def test_weights_tree_identical_across_modes(case):
+    modes = ('train', 'eval', 'predict') if case.predict_ok else ('train', 'eval')
+    trees = []
+    for mode in modes:
+        _, _, w, _ = _init(case, mode, 'numpy')
+        trees.append((tree_structure(w), [np.shape(a) for a in tree_leaves(w)]))
+    assert all(t == trees[0] for t in trees)
+
+
+@pytest.mark.parametrize('case', [c for c in CASES if c.grad_check], ids=lambda c: c.id)
+def test_finite_difference_gradients(case):
+    layer, x, w, s = _init(case, 'eval', 'jax')
+    probe = np.random.default_rng(7)
+    rng = np.array([0, 9], np.uint32)
+    with fastmath.use_backend('jax'):
+        out_sig = layer.output_signature(shapes.signature(x))
+    projections = tree_map(lambda sig: probe.normal(size=sig.shape), out_sig)
+    float_inputs = [i for i, a in enumerate(x if isinstance(x, tuple) else (x,))
+                    if np.issubdtype(np.asarray(a).dtype, np.floating)]
+
+    def loss(params):
+        weights, xs = params
+        inputs = list(x if isinstance(x, tuple) else (x,))
+        for i, value in zip(float_inputs, xs):
+            inputs[i] = value
+        inputs = tuple(inputs) if isinstance(x, tuple) else inputs[0]
+        y, _ = layer.pure_fn(inputs, weights, s, rng)
+        terms = tree_map(lambda a, p: (a * p).sum(), y, projections)
+        return sum(tree_leaves(terms))
+
+    xs = [np.asarray(x if not isinstance(x, tuple) else x[i]) for i in float_inputs]
+    probed = helpers.check_grads_fd(loss, (w, xs))
+    assert probed > 0

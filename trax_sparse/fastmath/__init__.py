@@ -1,0 +1,160 @@
+"""Backend dispatch: layer code runs on NumPy or on JAX, chosen at call time.
+
+`fastmath.numpy` is the live backend's array module (numpy or jax.numpy) and
+`fastmath.random` its keyed RNG; the helpers below (`scan`, `conv`, ...) call
+the live backend's version. JAX is imported only when the JAX backend is used.
+
+Example:
+    >>> from trax_sparse import fastmath
+    >>> from trax_sparse.fastmath import numpy as xnp
+    >>> with fastmath.use_backend('numpy'):
+    ...     print(fastmath.backend_name(), type(xnp.ones(2)).__module__)
+    numpy numpy
+"""
+import contextlib
+import contextvars
+import functools
+import importlib
+import importlib.util
+import os
+from types import ModuleType
+from typing import Any, Callable, Iterator
+
+from trax_sparse.fastmath import numpy_backend
+from trax_sparse.fastmath.numpy_backend import BackendError
+from trax_sparse.fastmath.tree import tree_leaves, tree_map, tree_structure, tree_unflatten_like
+
+BACKENDS = ('numpy', 'jax')
+_override: contextvars.ContextVar = contextvars.ContextVar('trax_sparse_backend', default=None)
+_global_name: str | None = None
+
+
+def jax_available() -> bool:
+    """True when jax can be imported (checked without importing it)."""
+    try:
+        return importlib.util.find_spec('jax') is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _check_name(name: str) -> str:
+    name = str(name).lower()
+    if name not in BACKENDS:
+        raise ValueError(f'unknown fastmath backend {name!r}; expected one of {BACKENDS}')
+    if name == 'jax' and not jax_available():
+        raise BackendError("fastmath backend 'jax' asked for, but jax is not installed "
+                           "(pip install jax), or use the 'numpy' backend")
+    return name
+
+
+def _default_name() -> str:
+    env = os.environ.get('TRAX_SPARSE_BACKEND')
+    if env:
+        return _check_name(env)
+    return 'jax' if jax_available() else 'numpy'
+
+
+def backend_name() -> str:
+    """The live backend: 'numpy' or 'jax'."""
+    global _global_name
+    name = _override.get()
+    if name is not None:
+        return name
+    if _global_name is None:
+        _global_name = _default_name()
+    return _global_name
+
+
+def set_backend(name: str) -> None:
+    """Sets the backend for the whole process (a `use_backend` block still wins)."""
+    global _global_name
+    _global_name = _check_name(name)
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Runs the block on backend `name` ('numpy' or 'jax')."""
+    token = _override.set(_check_name(name))
+    try:
+        yield
+    finally:
+        _override.reset(token)
+
+
+def backend() -> ModuleType:
+    """The live backend module (numpy_backend or jax_backend)."""
+    if backend_name() == 'numpy':
+        return numpy_backend
+    return importlib.import_module('trax_sparse.fastmath.jax_backend')
+
+
+def is_jax() -> bool:
+    return backend_name() == 'jax'
+
+
+class _ArrayModuleProxy:
+    """`numpy` / `jax.numpy`, whichever backend is live when an attribute is read."""
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(backend().np, attr)
+
+    def __repr__(self) -> str:
+        return f'<fastmath.numpy proxy for {backend_name()}>'
+
+
+class _RandomProxy:
+    """Keyed RNG of the live backend: get_prng, split, fold_in, uniform, normal, ..."""
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(backend().random, attr)
+
+
+numpy = _ArrayModuleProxy()
+random = _RandomProxy()
+
+
+def _dispatched(name: str) -> Callable:
+    reference = getattr(numpy_backend, name)
+
+    @functools.wraps(reference)
+    def call(*args, **kwargs):
+        return getattr(backend(), name)(*args, **kwargs)
+    return call
+
+
+stop_gradient = _dispatched('stop_gradient')
+dynamic_slice = _dispatched('dynamic_slice')
+dynamic_update_slice = _dispatched('dynamic_update_slice')
+scan = _dispatched('scan')
+fori_loop = _dispatched('fori_loop')
+cond = _dispatched('cond')
+sort_key_val = _dispatched('sort_key_val')
+logsumexp = _dispatched('logsumexp')
+conv = _dispatched('conv')
+top_k = _dispatched('top_k')
+erf = _dispatched('erf')
+jit = _dispatched('jit')
+remat = _dispatched('remat')
+grad = _dispatched('grad')
+value_and_grad = _dispatched('value_and_grad')
+vjp = _dispatched('vjp')
+custom_vjp = _dispatched('custom_vjp')
+abstract_eval = _dispatched('abstract_eval')
+is_concrete = _dispatched('is_concrete')
+device_count = _dispatched('device_count')
+
+
+def to_numpy(tree: Any) -> Any:
+    """Copies every leaf of a tree to a host NumPy array."""
+    import numpy as onp
+    return tree_map(onp.asarray, tree)
+
+
+__all__ = [
+    'BACKENDS', 'BackendError', 'abstract_eval', 'backend', 'backend_name', 'cond', 'conv',
+    'custom_vjp', 'device_count', 'dynamic_slice', 'dynamic_update_slice', 'erf', 'fori_loop',
+    'grad', 'is_concrete', 'is_jax', 'jax_available', 'jit', 'logsumexp', 'numpy', 'random',
+    'remat', 'scan', 'set_backend', 'sort_key_val', 'stop_gradient', 'to_numpy', 'top_k',
+    'tree_leaves', 'tree_map', 'tree_structure', 'tree_unflatten_like', 'use_backend',
+    'value_and_grad', 'vjp',
+]

@@ -1,0 +1,216 @@
+"""The NumPy backend: every fastmath operation in plain NumPy (forward only).
+
+It is the reference for the JAX backend: same signatures, same numbers
+(up to float rounding) and a keyed RNG that honours its keys. Gradients are
+not available here and raise a clear error.
+"""
+import math
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from trax_sparse import shapes
+from trax_sparse.fastmath import tree
+
+name = 'numpy'
+
+
+class BackendError(RuntimeError):
+    """An operation the current backend cannot do."""
+
+
+def _needs_jax(what: str) -> Callable:
+    def fail(*args, **kwargs):
+        raise BackendError(
+            f'fastmath.{what} needs the JAX backend: the NumPy backend computes forward passes '
+            f"only. Wrap the call in `with fastmath.use_backend('jax'):` (pip install jax).")
+    fail.__name__ = what
+    return fail
+
+
+grad = _needs_jax('grad')
+value_and_grad = _needs_jax('value_and_grad')
+vjp = _needs_jax('vjp')
+custom_vjp = _needs_jax('custom_vjp')
+
+
+def jit(fn: Callable, **unused_jit_kwargs) -> Callable:
+    """Identity: NumPy runs eagerly."""
+    return fn
+
+
+def remat(fn: Callable, **unused_kwargs) -> Callable:
+    """Identity: nothing to rematerialize without autodiff."""
+    return fn
+
+
+def stop_gradient(x):
+    return x
+
+
+def is_concrete(x: Any) -> bool:
+    """True when `x` holds values (always on NumPy; False for JAX tracers)."""
+    return True
+
+
+def erf(x):
+    x = np.asarray(x)
+    try:
+        from scipy import special  # scipy comes with jax; optional here.
+        return special.erf(x).astype(x.dtype)
+    except ImportError:  # pragma: no cover - exercised only without scipy
+        return np.frompyfunc(math.erf, 1, 1)(x).astype(x.dtype)
+
+
+def logsumexp(x, axis: int | Sequence[int] | None = None, keepdims: bool = False):
+    x = np.asarray(x)
+    m = np.max(x, axis=axis, keepdims=True)
+    m = np.where(np.isfinite(m), m, np.zeros_like(m))
+    out = np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True)) + m
+    return out if keepdims else np.squeeze(out, axis=axis)
+
+
+def _clamped_starts(shape, starts, sizes) -> list[int]:
+    # Like lax.dynamic_slice: start indices are clamped so the slice fits.
+    return [min(max(int(s), 0), d - z) for s, d, z in zip(starts, shape, sizes)]
+
+
+def dynamic_slice(x, start_indices: Sequence, slice_sizes: Sequence[int]):
+    starts = _clamped_starts(x.shape, start_indices, slice_sizes)
+    return x[tuple(slice(s, s + z) for s, z in zip(starts, slice_sizes))]
+
+
+def dynamic_update_slice(x, update, start_indices: Sequence):
+    """Returns a copy of `x` with `update` written at `start_indices` (clamped)."""
+    starts = _clamped_starts(x.shape, start_indices, update.shape)
+    out = np.array(x, copy=True)
+    out[tuple(slice(s, s + z) for s, z in zip(starts, update.shape))] = update
+    return out
+
+
+def scan(f: Callable, init, xs, length: int | None = None, reverse: bool = False):
+    """lax.scan semantics: f(carry, x) -> (carry, y); returns (carry, stacked ys)."""
+    leaves = tree.tree_leaves(xs)
+    n = length if length is not None else leaves[0].shape[0]
+    carry, ys = init, []
+    for i in (range(n - 1, -1, -1) if reverse else range(n)):
+        carry, y = f(carry, tree.tree_map(lambda a: a[i], xs))
+        ys.append(y)
+    if reverse:
+        ys.reverse()
+    if not ys:
+        return carry, None
+    return carry, tree.tree_map(lambda *a: np.stack(a), *ys)
+
+
+def fori_loop(lower: int, upper: int, body: Callable, init):
+    val = init
+    for i in range(int(lower), int(upper)):
+        val = body(i, val)
+    return val
+
+
+def cond(pred, true_fn: Callable, false_fn: Callable, *operands):
+    return true_fn(*operands) if bool(pred) else false_fn(*operands)
+
+
+def sort_key_val(keys, values, dimension: int = -1):
+    """Sorts `keys` along `dimension` (stable) and permutes `values` alike."""
+    order = np.argsort(keys, axis=dimension, kind='stable')
+    return (np.take_along_axis(keys, order, axis=dimension),
+            np.take_along_axis(values, order, axis=dimension))
+
+
+def top_k(x, k: int):
+    """Largest k entries along the last axis, descending (ties: lower index first)."""
+    order = np.argsort(-x, axis=-1, kind='stable')[..., :k]
+    return np.take_along_axis(x, order, axis=-1), order.astype(np.int32)
+
+
+def same_padding(size: int, window: int, stride: int) -> tuple[int, int]:
+    """(low, high) padding of 'SAME' convolution along one axis (as in XLA)."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + window - size, 0)
+    return total // 2, total - total // 2
+
+
+def conv(x, kernel, strides: Sequence[int] | None = None, padding: str = 'VALID'):
+    """N-d convolution: x [B, *spatial, C_in], kernel [*window, C_in, C_out]."""
+    n_spatial = kernel.ndim - 2
+    strides = tuple(strides or (1,) * n_spatial)
+    window = kernel.shape[:n_spatial]
+    if padding == 'SAME':
+        pads = [same_padding(x.shape[1 + i], window[i], strides[i]) for i in range(n_spatial)]
+        x = np.pad(x, [(0, 0)] + pads + [(0, 0)])
+    elif padding != 'VALID':
+        raise ValueError(f"conv: padding must be 'VALID' or 'SAME', got {padding!r}")
+    axes = tuple(range(1, 1 + n_spatial))
+    patches = np.lib.stride_tricks.sliding_window_view(x, window, axis=axes)
+    patches = patches[(slice(None),) + tuple(slice(None, None, s) for s in strides)]
+    # patches: [B, *out_spatial, C_in, *window]; contract C_in and the window.
+    k = np.moveaxis(kernel, n_spatial, 0)                  # [C_in, *window, C_out]
+    return np.tensordot(patches, k, axes=(list(range(1 + n_spatial, 2 + 2 * n_spatial)),
+                                          list(range(0, 1 + n_spatial))))
+
+
+def abstract_eval(fn: Callable) -> Callable:
+    """fn over ShapeDtype trees -> output ShapeDtype tree (runs `fn` on zeros)."""
+    def wrapped(*sigs):
+        args = tree.tree_map(lambda s: np.zeros(s.shape, s.dtype), sigs)
+        return tree.tree_map(shapes.signature, fn(*args))
+    return wrapped
+
+
+def device_count() -> int:
+    return 1
+
+
+class random:  # noqa: N801 - a namespace, like jax.random.
+    """Keyed RNG: a key is uint32[2]; the same key always gives the same numbers."""
+
+    @staticmethod
+    def _generator(key, *tags: int) -> np.random.Generator:
+        k = np.asarray(key, dtype=np.uint32).reshape(-1)
+        seed = np.random.SeedSequence([int(v) for v in k] + [int(t) & 0xFFFFFFFF for t in tags])
+        return np.random.Generator(np.random.PCG64(seed))
+
+    @staticmethod
+    def get_prng(seed: int) -> np.ndarray:
+        seed = int(seed)
+        return np.array([(seed >> 32) & 0xFFFFFFFF, seed & 0xFFFFFFFF], dtype=np.uint32)
+
+    @staticmethod
+    def split(key, num: int = 2) -> np.ndarray:
+        return random._generator(key, 1).integers(0, 2**32, size=(num, 2), dtype=np.uint32)
+
+    @staticmethod
+    def fold_in(key, data: int) -> np.ndarray:
+        return random._generator(key, 2, int(data)).integers(0, 2**32, size=2, dtype=np.uint32)
+
+    @staticmethod
+    def uniform(key, shape=(), dtype=np.float32, minval=0.0, maxval=1.0) -> np.ndarray:
+        u = random._generator(key, 0).random(tuple(shape), dtype=np.float64)
+        return (minval + (maxval - minval) * u).astype(dtype)
+
+    @staticmethod
+    def normal(key, shape=(), dtype=np.float32) -> np.ndarray:
+        return random._generator(key, 0).standard_normal(tuple(shape)).astype(dtype)
+
+    @staticmethod
+    def bernoulli(key, p=0.5, shape=()) -> np.ndarray:
+        return random.uniform(key, shape, np.float64) < p
+
+    @staticmethod
+    def gumbel(key, shape=(), dtype=np.float32) -> np.ndarray:
+        tiny = np.finfo(np.float32).tiny
+        u = random.uniform(key, shape, np.float64, minval=tiny, maxval=1.0)
+        return (-np.log(-np.log(u))).astype(dtype)
+
+    @staticmethod
+    def randint(key, shape=(), minval=0, maxval=None, dtype=np.int32) -> np.ndarray:
+        return random._generator(key, 0).integers(minval, maxval, size=tuple(shape)).astype(dtype)
+
+    @staticmethod
+    def categorical(key, logits, axis: int = -1) -> np.ndarray:
+        g = random.gumbel(key, np.shape(logits), np.float64)
+        return np.argmax(np.asarray(logits) + g, axis=axis).astype(np.int32)

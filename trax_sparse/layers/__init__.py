@@ -1,0 +1,36 @@
+"""trax_sparse layers (import as `tl`): the Layer API, combinators and layers.
+
+Example:
+    >>> from trax_sparse import layers as tl
+    >>> model = tl.Serial(tl.Embedding(16, 8), tl.Dense(16), tl.LogSoftmax())
+    >>> model.n_in, model.n_out
+    (1, 1)
+"""
+from trax_sparse.layers.base import MODES, Fn, Layer, LayerError, PureLayer, check_mode
+from trax_sparse.layers.combinators import (Branch, Cache, Chunk, Drop, Dup, Parallel, Residual,
+                                            Scan, Select, Serial, Swap)
+from trax_sparse.layers.core import (Add, Concatenate, Dense, Dropout, Embedding, FastGelu, Gelu,
+                                     LayerNorm, LogSoftmax, Mean, PositionalEncoding, Relu,
+                                     ShiftRight)
+from trax_sparse.layers.initializers import (GlorotNormalInitializer, GlorotUniformInitializer,
+                                             LeCunUniformInitializer, OnesInitializer,
+                                             RandomNormalInitializer, RandomUniformInitializer,
+                                             VarianceScalingInitializer, ZerosInitializer)
+from trax_sparse.layers.metrics import Accuracy, CrossEntropyLoss
+
+__all__ = [
+    # The layer API.
+    'MODES', 'Fn', 'Layer', 'LayerError', 'PureLayer', 'check_mode',
+    # Combinators.
+    'Branch', 'Cache', 'Chunk', 'Drop', 'Dup', 'Parallel', 'Residual', 'Scan', 'Select', 'Serial',
+    'Swap',
+    # Core layers.
+    'Add', 'Concatenate', 'Dense', 'Dropout', 'Embedding', 'FastGelu', 'Gelu', 'LayerNorm',
+    'LogSoftmax', 'Mean', 'PositionalEncoding', 'Relu', 'ShiftRight',
+    # Initializers.
+    'GlorotNormalInitializer', 'GlorotUniformInitializer', 'LeCunUniformInitializer',
+    'OnesInitializer', 'RandomNormalInitializer', 'RandomUniformInitializer',
+    'VarianceScalingInitializer', 'ZerosInitializer',
+    # Metrics.
+    'Accuracy', 'CrossEntropyLoss',
+]

@@ -1,0 +1,314 @@
+"""The Layer contract: data-stack arity, weights/state trees, pure_fn, init.
+
+A layer takes `n_in` items from the data stack and returns `n_out` items (one
+item is an array, several a tuple). `weights` and `state` are nested tuples
+whose structure does not depend on `mode`. `pure_fn(x, weights, state, rng)`
+is the canonical, jit-safe call; `__call__` is a convenience that keeps state.
+
+Example:
+    >>> import numpy as np
+    >>> from trax_sparse import fastmath
+    >>> from trax_sparse.layers import Fn
+    >>> double = Fn('Double', lambda x: 2 * x)
+    >>> with fastmath.use_backend('numpy'):
+    ...     print(double(np.array([1.0, 2.0])))
+    [2. 4.]
+"""
+import contextlib
+import inspect
+from typing import Any, Callable, Iterator, Sequence
+
+from trax_sparse import fastmath, shapes
+from trax_sparse.fastmath import tree_map
+
+MODES = ('train', 'eval', 'predict')
+
+
+def check_mode(mode: str, layer_name: str) -> str:
+    """Returns `mode` if it is one of MODES; else raises a ValueError naming the layer."""
+    if mode not in MODES:
+        raise ValueError(f'{layer_name}: mode must be one of {MODES}, got {mode!r}')
+    return mode
+
+
+class LayerError(Exception):
+    """An error inside a layer; names the layer's path (e.g. `Serial[2]/Branch[0]/Dense_16`)."""
+
+    def __init__(self, layer_path: str, message: str, inputs: str | None = None):
+        self.layer_path = layer_path
+        self.message = message
+        self.inputs = inputs
+        super().__init__(self._text())
+
+    def _text(self) -> str:
+        got = f' [received inputs {self.inputs}]' if self.inputs else ''
+        return f'in layer {self.layer_path}: {self.message}{got}'
+
+    def add_parent(self, segment: str) -> None:
+        self.layer_path = f'{segment}/{self.layer_path}'
+        self.args = (self._text(),)
+
+    def __str__(self) -> str:
+        return self._text()
+
+
+class Layer:
+    """Base class: override `forward` and, for layers with weights, `init_weights_and_state`.
+
+    Inside `forward` read `self.weights`, `self.state` and `self.rng`; assign
+    `self.state` to return a new state.
+    """
+
+    def __init__(self, n_in: int = 1, n_out: int = 1, name: str | None = None,
+                 sublayers: Sequence['Layer'] = ()):
+        self._n_in, self._n_out = int(n_in), int(n_out)
+        self._name = name or type(self).__name__
+        self._sublayers = tuple(sublayers)
+        self._weights: Any = None  # None: not initialized yet.
+        self._state: Any = None
+        self._rng: Any = None
+        self._call_depth = 0
+
+    # ---- arity and identity -------------------------------------------------
+    @property
+    def n_in(self) -> int:
+        return self._n_in
+
+    @property
+    def n_out(self) -> int:
+        return self._n_out
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def sublayers(self) -> tuple['Layer', ...]:
+        return self._sublayers
+
+    @property
+    def has_backward(self) -> bool:
+        """True if the layer defines `backward` (turned into jax.custom_vjp on JAX)."""
+        return False
+
+    # ---- weights, state, rng -------------------------------------------------
+    @property
+    def weights(self) -> Any:
+        return self._weights
+
+    @weights.setter
+    def weights(self, weights: Any) -> None:
+        self._weights = weights
+        if self._call_depth == 0:
+            self._distribute('weights', weights)
+
+    @property
+    def state(self) -> Any:
+        return self._state
+
+    @state.setter
+    def state(self, state: Any) -> None:
+        self._state = state
+        if self._call_depth == 0:
+            self._distribute('state', state)
+
+    @property
+    def rng(self) -> Any:
+        return self._rng
+
+    @rng.setter
+    def rng(self, rng: Any) -> None:
+        self._rng = rng
+
+    def _distribute(self, attr: str, values: Any) -> None:
+        # Outside calls, keep sublayers in sync so `model.sublayers[i].weights` reads well.
+        if self._sublayers and isinstance(values, tuple) and len(values) == len(self._sublayers):
+            for sub, value in zip(self._sublayers, values):
+                setattr(sub, attr, value)
+
+    # ---- to override ---------------------------------------------------------
+    def forward(self, inputs: Any) -> Any:
+        raise TypeError(f'{type(self).__name__} does not define forward(inputs)')
+
+    def init_weights_and_state(self, input_signature: Any) -> None:
+        """Sets self.weights and self.state from the input signature (default: none)."""
+        self.weights, self.state = (), ()
+
+    def backward(self, inputs: Any, output: Any, grad: Any, weights: Any, state: Any,
+                 new_state: Any, rng: Any) -> tuple[Any, Any]:
+        """Custom gradient: returns (inputs_grad, weights_grad). Used iff has_backward."""
+        raise TypeError(f'{self.name} sets has_backward but defines no backward()')
+
+    # ---- public entry points -------------------------------------------------
+    def init(self, input_signature: Any, rng: Any = None) -> tuple[Any, Any]:
+        """Initializes weights and state for inputs of `input_signature`; returns both."""
+        input_signature = shapes.signature(input_signature)
+        self._rng = fastmath.random.get_prng(0) if rng is None else rng
+        with self._error_context(input_signature):
+            self._check_n_items(input_signature)
+            self.init_weights_and_state(input_signature)
+        return self.weights, self.state
+
+    def pure_fn(self, x: Any, weights: Any, state: Any, rng: Any = None) -> tuple[Any, Any]:
+        """Runs the layer without side effects: returns (outputs, new_state)."""
+        if rng is None:
+            rng = self._rng if self._rng is not None else fastmath.random.get_prng(0)
+        if self.has_backward and fastmath.is_jax():
+            return self._pure_fn_custom_grad(x, weights, state, rng)
+        return self._pure_fn_plain(x, weights, state, rng)
+
+    def __call__(self, x: Any, weights: Any = None, state: Any = None, rng: Any = None) -> Any:
+        """Convenience call: initializes on first use and keeps the new state."""
+        if self._weights is None and weights is None:
+            self.init(shapes.signature(x), rng=rng)
+        weights = self.weights if weights is None else weights
+        state = self.state if state is None else state
+        y, new_state = self.pure_fn(x, weights, state, rng)
+        self.state = new_state
+        return y
+
+    def output_signature(self, input_signature: Any) -> Any:
+        """Shapes/dtypes of the outputs for inputs of `input_signature` (no real compute on JAX)."""
+        input_signature = shapes.signature(input_signature)
+        rng = self._rng if self._rng is not None else fastmath.random.get_prng(0)
+        if self._weights is not None:
+            return self.abstract_forward(input_signature, self._weights, self._state, rng)
+        saved = self._snapshot()
+        try:
+            if fastmath.is_jax():
+                def init_and_run(x):
+                    w, s = self.init(input_signature, rng)
+                    return self.pure_fn(x, w, s, rng)[0]
+                return fastmath.abstract_eval(init_and_run)(input_signature)
+            w, s = self.init(input_signature, rng)
+            return self.abstract_forward(input_signature, w, s, rng)
+        finally:
+            self._restore(saved)
+
+    def abstract_forward(self, input_signature: Any, weights: Any, state: Any, rng: Any) -> Any:
+        """Output signature with the given weights (eval_shape on JAX, zeros on NumPy)."""
+        return fastmath.abstract_eval(lambda x: self.pure_fn(x, weights, state, rng)[0])(
+            input_signature)
+
+    # ---- internals -----------------------------------------------------------
+    def _pure_fn_plain(self, x: Any, weights: Any, state: Any, rng: Any) -> tuple[Any, Any]:
+        saved = (self._weights, self._state, self._rng)
+        self._weights, self._state, self._rng = weights, state, rng
+        self._call_depth += 1
+        try:
+            with self._error_context(x):
+                self._check_n_items(x)
+                y = self.forward(x)
+            return y, self._state
+        finally:
+            self._call_depth -= 1
+            self._weights, self._state, self._rng = saved
+
+    def _pure_fn_custom_grad(self, x: Any, weights: Any, state: Any, rng: Any):
+        jax_backend = fastmath.backend()
+
+        @jax_backend.custom_vjp
+        def run(x, w, s, r):
+            return self._pure_fn_plain(x, w, s, r)
+
+        def run_fwd(x, w, s, r):
+            y, new_s = self._pure_fn_plain(x, w, s, r)
+            return (y, new_s), (x, w, s, r, y, new_s)
+
+        def run_bwd(residual, cotangent):
+            x, w, s, r, y, new_s = residual
+            x_ct, w_ct = self.backward(x, y, cotangent[0], w, s, new_s, r)
+            zero = jax_backend.zero_cotangent
+            return x_ct, w_ct, tree_map(zero, s), zero(r)
+
+        run.defvjp(run_fwd, run_bwd)
+        return run(x, weights, state, rng)
+
+    def _check_n_items(self, x: Any) -> None:
+        n_given = len(x) if isinstance(x, (tuple, list)) else 1
+        if self._n_in != 1 and n_given != self._n_in:
+            raise ValueError(f'expected {self._n_in} inputs (n_in={self._n_in}) from the data '
+                             f'stack, got {n_given}')
+
+    @contextlib.contextmanager
+    def _error_context(self, inputs: Any) -> Iterator[None]:
+        try:
+            yield
+        except LayerError:
+            raise
+        except Exception as e:  # noqa: BLE001 - re-raised with the layer's name.
+            raise LayerError(self.name, f'{type(e).__name__}: {e}',
+                             shapes.describe(inputs)) from e
+
+    @contextlib.contextmanager
+    def sublayer_context(self, index: int) -> Iterator[None]:
+        """Prefixes `Name[index]/` to the path of errors raised by sublayer `index`."""
+        try:
+            yield
+        except LayerError as e:
+            e.add_parent(f'{self.name}[{index}]')
+            raise
+
+    def _walk(self) -> Iterator['Layer']:
+        yield self
+        for sub in self._sublayers:
+            yield from sub._walk()
+
+    def _snapshot(self) -> list:
+        return [(layer, layer._weights, layer._state, layer._rng) for layer in self._walk()]
+
+    @staticmethod
+    def _restore(snapshot: list) -> None:
+        for layer, w, s, r in snapshot:
+            layer._weights, layer._state, layer._rng = w, s, r
+
+    def __repr__(self) -> str:
+        return self._repr(0)
+
+    def _repr(self, indent: int) -> str:
+        head = f'{self.name}_in{self.n_in}_out{self.n_out}'
+        if not self._sublayers:
+            return ' ' * indent + head
+        inner = '\n'.join(sub._repr(indent + 2) for sub in self._sublayers)
+        return ' ' * indent + head + '[\n' + inner + '\n' + ' ' * indent + ']'
+
+
+class PureLayer(Layer):
+    """A layer without weights computed by `fn(*inputs)`."""
+
+    def __init__(self, fn: Callable, n_in: int, n_out: int = 1, name: str | None = None):
+        super().__init__(n_in=n_in, n_out=n_out, name=name or fn.__name__)
+        self._fn = fn
+
+    def forward(self, inputs: Any) -> Any:
+        args = inputs if self.n_in > 1 else (inputs,)
+        if self.n_in == 0:
+            args = ()
+        out = self._fn(*args)
+        if self.n_out > 1 and (not isinstance(out, (tuple, list)) or len(out) != self.n_out):
+            raise ValueError(f'function returned {type(out).__name__}, expected a tuple of '
+                             f'{self.n_out} arrays (n_out={self.n_out})')
+        return tuple(out) if self.n_out > 1 else out
+
+
+def Fn(name: str, fn: Callable, n_out: int = 1) -> Layer:  # noqa: N802 - Trax style.
+    """A weightless layer from a function; n_in is the function's number of arguments.
+
+    Example:
+        >>> add = Fn('Add', lambda a, b: a + b)
+        >>> (add.n_in, add.n_out)
+        (2, 1)
+    """
+    parameters = inspect.signature(fn).parameters.values()
+    for p in parameters:
+        if p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) or p.default is not p.empty:
+            raise ValueError(f'Fn {name!r}: the function must take only plain positional '
+                             f'arguments (no defaults, *args or **kwargs); got {p}')
+    return PureLayer(fn, n_in=len(parameters), n_out=n_out, name=name)
+
+
+def split_rngs(rng: Any, n: int) -> list:
+    """n independent keys from `rng` (an empty list for n == 0)."""
+    if n == 0:
+        return []
+    return list(fastmath.random.split(rng, n))

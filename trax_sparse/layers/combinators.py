@@ -1,0 +1,329 @@
+"""Combinators: build layers out of layers by moving items on the data stack.
+
+The data stack is a tuple whose first item is the top. A layer pops its
+`n_in` items and pushes its `n_out` outputs.
+
+Example:
+    >>> from trax_sparse import layers as tl
+    >>> block = tl.Serial(tl.Dense(8), tl.Relu(), tl.Dense(4))
+    >>> (block.n_in, block.n_out)
+    (1, 1)
+    >>> tl.Branch(tl.Relu(), None).n_out
+    2
+"""
+from typing import Any, Sequence
+
+from trax_sparse import fastmath
+from trax_sparse.fastmath import numpy as xnp
+from trax_sparse.fastmath import tree_map
+from trax_sparse.layers.base import Layer, check_mode, split_rngs
+from trax_sparse.layers.core import Add
+
+
+# ---- stack helpers -------------------------------------------------------------
+def _to_stack(items: Any, n: int) -> list:
+    if n == 1:
+        return [items]
+    return list(items) if n > 0 else []
+
+
+def _from_stack(stack: list, n: int) -> Any:
+    if n == 1:
+        return stack[0]
+    return tuple(stack[:n])
+
+
+def _flatten(layers: Sequence[Any]) -> list[Layer]:
+    flat = []
+    for layer in layers:
+        if layer is None:
+            continue
+        if isinstance(layer, (list, tuple)):
+            flat.extend(_flatten(layer))
+        elif isinstance(layer, Layer):
+            flat.append(layer)
+        else:
+            raise TypeError(f'expected a Layer (or a list of layers), got {type(layer).__name__}')
+    return flat
+
+
+def _serial_arity(layers: Sequence[Layer]) -> tuple[int, int]:
+    if not layers:
+        return 1, 1
+    running, needed = 0, 0
+    for layer in layers:
+        running -= layer.n_in
+        needed = max(needed, -running)
+        running += layer.n_out
+    return needed, needed + running
+
+
+class Serial(Layer):
+    """Runs sublayers one after another on the data stack."""
+
+    def __init__(self, *layers: Any, name: str | None = None):
+        layers = _flatten(layers)
+        n_in, n_out = _serial_arity(layers)
+        super().__init__(n_in=n_in, n_out=n_out, name=name or 'Serial', sublayers=layers)
+
+    def forward(self, xs: Any) -> Any:
+        stack = _to_stack(xs, self.n_in)
+        rngs = split_rngs(self.rng, len(self.sublayers))
+        new_states = []
+        for i, (layer, w, s, r) in enumerate(zip(self.sublayers, self.weights, self.state, rngs)):
+            with self.sublayer_context(i):
+                out, s = layer.pure_fn(_from_stack(stack, layer.n_in), w, s, r)
+            stack = _to_stack(out, layer.n_out) + stack[layer.n_in:]
+            new_states.append(s)
+        self.state = tuple(new_states)
+        return _from_stack(stack, self.n_out)
+
+    def init_weights_and_state(self, input_signature: Any) -> None:
+        stack = _to_stack(input_signature, self.n_in)
+        rngs = split_rngs(self.rng, len(self.sublayers))
+        weights, states = [], []
+        for i, (layer, r) in enumerate(zip(self.sublayers, rngs)):
+            sig = _from_stack(stack, layer.n_in)
+            with self.sublayer_context(i):
+                w, s = layer.init(sig, r)
+                if i < len(self.sublayers) - 1:  # the last output's shape is not needed here.
+                    out = layer.abstract_forward(sig, w, s, r)
+                    stack = _to_stack(out, layer.n_out) + stack[layer.n_in:]
+            weights.append(w)
+            states.append(s)
+        self.weights, self.state = tuple(weights), tuple(states)
+
+
+class Parallel(Layer):
+    """Applies sublayer i to the i-th consecutive span of inputs (None = identity)."""
+
+    def __init__(self, *layers: Any, name: str | None = None):
+        layers = [Serial() if layer is None or layer == [] else
+                  (Serial(layer) if isinstance(layer, (list, tuple)) else layer) for layer in layers]
+        super().__init__(n_in=sum(l.n_in for l in layers), n_out=sum(l.n_out for l in layers),
+                         name=name or 'Parallel', sublayers=layers)
+
+    def _spans(self, xs: Any) -> list:
+        stack, spans, start = _to_stack(xs, self.n_in), [], 0
+        for layer in self.sublayers:
+            spans.append(_from_stack(stack[start:start + layer.n_in], layer.n_in))
+            start += layer.n_in
+        return spans
+
+    def forward(self, xs: Any) -> Any:
+        rngs = split_rngs(self.rng, len(self.sublayers))
+        outputs, new_states = [], []
+        for i, (layer, x, w, s, r) in enumerate(
+                zip(self.sublayers, self._spans(xs), self.weights, self.state, rngs)):
+            with self.sublayer_context(i):
+                out, s = layer.pure_fn(x, w, s, r)
+            outputs += _to_stack(out, layer.n_out)
+            new_states.append(s)
+        self.state = tuple(new_states)
+        return _from_stack(outputs, self.n_out)
+
+    def init_weights_and_state(self, input_signature: Any) -> None:
+        rngs = split_rngs(self.rng, len(self.sublayers))
+        weights, states = [], []
+        for i, (layer, sig, r) in enumerate(zip(self.sublayers, self._spans(input_signature), rngs)):
+            with self.sublayer_context(i):
+                w, s = layer.init(sig, r)
+            weights.append(w)
+            states.append(s)
+        self.weights, self.state = tuple(weights), tuple(states)
+
+
+class Branch(Parallel):
+    """Gives each sublayer a copy of the top inputs it needs; concatenates outputs."""
+
+    def __init__(self, *layers: Any, name: str | None = None):
+        super().__init__(*layers, name=name or 'Branch')
+        self._n_in = max([l.n_in for l in self.sublayers] + [1])
+
+    def _spans(self, xs: Any) -> list:
+        stack = _to_stack(xs, self.n_in)
+        return [_from_stack(stack[:layer.n_in], layer.n_in) for layer in self.sublayers]
+
+
+class Select(Layer):
+    """Pops `n_in` items and pushes `[stack[i] for i in indices]`.
+
+    Example:
+        >>> Select([0, 0, 1]).n_in, Select([0, 0, 1]).n_out
+        (2, 3)
+    """
+
+    def __init__(self, indices: Sequence[int], n_in: int | None = None, name: str | None = None):
+        indices = [int(i) for i in indices]
+        n_in = (max(indices) + 1 if indices else 1) if n_in is None else n_in
+        if any(i < 0 or i >= n_in for i in indices):
+            raise ValueError(f'Select: indices {indices} must lie in [0, n_in={n_in})')
+        super().__init__(n_in=n_in, n_out=len(indices), name=name or f'Select{indices}')
+        self._indices = indices
+
+    def forward(self, xs: Any) -> Any:
+        stack = _to_stack(xs, self.n_in)
+        return _from_stack([stack[i] for i in self._indices], self.n_out)
+
+
+def Dup() -> Layer:  # noqa: N802
+    """Duplicates the top item: x -> (x, x)."""
+    return Select([0, 0], name='Dup')
+
+
+def Swap() -> Layer:  # noqa: N802
+    """Swaps the top two items: (a, b) -> (b, a)."""
+    return Select([1, 0], name='Swap')
+
+
+def Drop() -> Layer:  # noqa: N802
+    """Removes the top item."""
+    return Select([], n_in=1, name='Drop')
+
+
+def Residual(*layers: Any, shortcut: Layer | None = None) -> Layer:  # noqa: N802
+    """x -> shortcut(x) + layers(x) (shortcut defaults to the identity)."""
+    return Serial(Branch(shortcut, Serial(layers)), Add(), name='Residual')
+
+
+class Scan(Layer):
+    """Scans `layer` along `axis`: layer maps (x_slices..., carry...) -> (ys..., carry...).
+
+    The last `n_carry` inputs are the initial carries; the rng is folded with the
+    step index. In predict mode the final carry is kept in state and used as
+    the carry of the next call.
+    """
+
+    def __init__(self, layer: Layer, axis: int = 0, n_carry: int = 1, remat: bool = False,
+                 mode: str = 'train'):
+        super().__init__(n_in=layer.n_in, n_out=layer.n_out, name='Scan', sublayers=[layer])
+        if n_carry > min(layer.n_in, layer.n_out):
+            raise ValueError(f'Scan: n_carry={n_carry} exceeds n_in/n_out of {layer.name}')
+        self._axis, self._n_carry, self._remat = axis, n_carry, remat
+        self._mode = check_mode(mode, 'Scan')
+
+    def _split(self, xs: Any) -> tuple[list, list]:
+        stack = _to_stack(xs, self.n_in)
+        n_xs = self.n_in - self._n_carry
+        return stack[:n_xs], stack[n_xs:]
+
+    def init_weights_and_state(self, input_signature: Any) -> None:
+        xs, carry = self._split(input_signature)
+        step_sig = [x.replace(shape=x.shape[:self._axis] + x.shape[self._axis + 1:]) for x in xs]
+        with self.sublayer_context(0):
+            w, s = self.sublayers[0].init(_from_stack(step_sig + carry, self.n_in), self.rng)
+        self.weights = (w,)
+        if self._mode == 'predict':
+            saved = tuple(xnp.zeros(c.shape, c.dtype) for c in carry)
+            self.state = (s, saved, xnp.zeros((), xnp.int32))
+        else:
+            self.state = (s,)
+
+    def forward(self, xs_and_carry: Any) -> Any:
+        layer, (w,) = self.sublayers[0], self.weights
+        xs, carry = self._split(xs_and_carry)
+        if self._mode == 'predict':
+            sub_state, saved, started = self.state
+            carry = [xnp.where(started > 0, c_saved, c) for c_saved, c in zip(saved, carry)]
+        else:
+            sub_state = self.state[0]
+        xs = [xnp.moveaxis(x, self._axis, 0) for x in xs]
+        length = xs[0].shape[0]
+        n_ys = self.n_out - self._n_carry
+
+        def step(carry_and_state, x_and_index):
+            c, st = carry_and_state
+            x, i = x_and_index
+            rng = fastmath.random.fold_in(self.rng, i)
+            with self.sublayer_context(0):
+                out, st = layer.pure_fn(_from_stack(list(x) + list(c), self.n_in), w, st, rng)
+            out = _to_stack(out, self.n_out)
+            return (tuple(out[n_ys:]), st), tuple(out[:n_ys])
+
+        step_fn = fastmath.remat(step) if self._remat else step
+        (carry, sub_state), ys = fastmath.scan(
+            step_fn, (tuple(carry), sub_state), (tuple(xs), xnp.arange(length)), length=length)
+        ys = [xnp.moveaxis(y, 0, self._axis) for y in (ys or ())]
+        if self._mode == 'predict':
+            self.state = (sub_state, tuple(carry), xnp.ones((), xnp.int32))
+        else:
+            self.state = (sub_state,)
+        return _from_stack(ys + list(carry), self.n_out)
+
+
+class Chunk(Layer):
+    """Runs `layer` on chunks of `chunk_size` along the leading axis (rematerialized).
+
+    Inputs whose leading axis is not a multiple of `chunk_size` pass unchunked.
+    """
+
+    def __init__(self, layer: Layer, chunk_size: int):
+        super().__init__(n_in=layer.n_in, n_out=layer.n_out, name=f'Chunk_{chunk_size}',
+                         sublayers=[layer])
+        self._chunk_size = int(chunk_size)
+
+    def init_weights_and_state(self, input_signature: Any) -> None:
+        with self.sublayer_context(0):
+            w, s = self.sublayers[0].init(input_signature, self.rng)
+        self.weights, self.state = (w,), (s,)
+
+    def forward(self, xs: Any) -> Any:
+        layer, (w,), (s,) = self.sublayers[0], self.weights, self.state
+        items = _to_stack(xs, self.n_in)
+        batch = items[0].shape[0]
+        c = self._chunk_size
+        if c <= 0 or batch <= c or batch % c:
+            with self.sublayer_context(0):
+                out, s = layer.pure_fn(xs, w, s, self.rng)
+            self.state = (s,)
+            return out
+        chunked = [x.reshape((batch // c, c) + x.shape[1:]) for x in items]
+
+        def step(st, chunk_and_index):
+            chunk, i = chunk_and_index
+            with self.sublayer_context(0):
+                out, st = layer.pure_fn(_from_stack(list(chunk), self.n_in), w, st,
+                                        fastmath.random.fold_in(self.rng, i))
+            return st, tuple(_to_stack(out, self.n_out))
+
+        s, outs = fastmath.scan(fastmath.remat(step), s,
+                                (tuple(chunked), xnp.arange(batch // c)), length=batch // c)
+        self.state = (s,)
+        outs = [o.reshape((batch,) + o.shape[2:]) for o in outs]
+        return _from_stack(outs, self.n_out)
+
+
+class Cache(Layer):
+    """Runs `layer` on the first call and returns the stored outputs on later calls."""
+
+    def __init__(self, layer: Layer):
+        super().__init__(n_in=layer.n_in, n_out=layer.n_out, name='Cache', sublayers=[layer])
+
+    def init_weights_and_state(self, input_signature: Any) -> None:
+        layer = self.sublayers[0]
+        with self.sublayer_context(0):
+            w, s = layer.init(input_signature, self.rng)
+            out_sig = layer.abstract_forward(input_signature, w, s, self.rng)
+        empty = tree_map(lambda sig: xnp.zeros(sig.shape, sig.dtype), out_sig)
+        self.weights = (w,)
+        self.state = (s, empty, xnp.zeros((), xnp.bool_))
+
+    def forward(self, xs: Any) -> Any:
+        layer, (w,) = self.sublayers[0], self.weights
+        sub_state, cached, filled = self.state
+
+        def run(_):
+            with self.sublayer_context(0):
+                out, st = layer.pure_fn(xs, w, sub_state, self.rng)
+            return out, st
+
+        if fastmath.is_concrete(filled):
+            out, st = (cached, sub_state) if bool(filled) else run(None)
+        else:
+            out, st = fastmath.cond(filled, lambda _: (cached, sub_state), run, None)
+        self.state = (st, out, xnp.ones((), xnp.bool_))
+        return out
+
+
+__all__ = ['Branch', 'Cache', 'Chunk', 'Drop', 'Dup', 'Parallel', 'Residual', 'Scan', 'Select',
+           'Serial', 'Swap']

@@ -1,0 +1,231 @@
+"""Core layers: Dense, Embedding, Dropout, LayerNorm, activations, shifting, positions.
+
+Example:
+    >>> import numpy as np
+    >>> from trax_sparse import fastmath, layers as tl
+    >>> with fastmath.use_backend('numpy'):
+    ...     y = tl.Dense(3)(np.ones((2, 5), np.float32))
+    >>> y.shape
+    (2, 3)
+"""
+import math
+from typing import Any, Sequence
+
+import numpy as onp
+
+from trax_sparse import fastmath
+from trax_sparse.fastmath import numpy as xnp
+from trax_sparse.layers import initializers as init
+from trax_sparse.layers.base import Fn, Layer, check_mode, split_rngs
+
+
+def check_last_axis(layer: Layer, x: Any, expected: int, what: str = 'input') -> None:
+    """Raises a ValueError unless x.shape[-1] == expected."""
+    if len(x.shape) == 0 or x.shape[-1] != expected:
+        raise ValueError(f'{layer.name} expected {what} with last axis {expected} (the size it was '
+                         f'initialized with), got shape {tuple(x.shape)}')
+
+
+class Dense(Layer):
+    """Affine map on the last axis: x [..., d_in] -> x @ W + b [..., n_units]."""
+
+    def __init__(self, n_units: int, kernel_initializer: init.Initializer | None = None,
+                 bias_initializer: init.Initializer | None = None, use_bias: bool = True):
+        super().__init__(name=f'Dense_{n_units}')
+        self._n_units, self._use_bias = int(n_units), use_bias
+        self._kernel_init = kernel_initializer or init.GlorotUniformInitializer()
+        self._bias_init = bias_initializer or init.RandomNormalInitializer(1e-6)
+
+    def init_weights_and_state(self, input_signature: Any) -> None:
+        if not input_signature.shape:
+            raise ValueError(f'{self.name} needs inputs with at least one axis, got a scalar')
+        rng_w, rng_b = split_rngs(self.rng, 2)
+        w = self._kernel_init((input_signature.shape[-1], self._n_units), rng_w)
+        self.weights = (w, self._bias_init((self._n_units,), rng_b)) if self._use_bias else (w,)
+        self.state = ()
+
+    def forward(self, x: Any) -> Any:
+        w = self.weights[0]
+        check_last_axis(self, x, w.shape[0])
+        y = xnp.matmul(x, w)                       # [..., n_units]
+        return y + self.weights[1] if self._use_bias else y
+
+
+class Embedding(Layer):
+    """Token ids [...] (int) -> vectors [..., d_feature] from a [vocab_size, d_feature] table."""
+
+    def __init__(self, vocab_size: int, d_feature: int,
+                 kernel_initializer: init.Initializer | None = None):
+        super().__init__(name=f'Embedding_{vocab_size}_{d_feature}')
+        self._vocab_size, self._d_feature = int(vocab_size), int(d_feature)
+        self._kernel_init = kernel_initializer or init.RandomNormalInitializer(1.0)
+
+    def init_weights_and_state(self, input_signature: Any) -> None:
+        if not onp.issubdtype(input_signature.dtype, onp.integer):
+            raise ValueError(f'{self.name} expects integer token ids, got {input_signature.dtype}')
+        self.weights = (self._kernel_init((self._vocab_size, self._d_feature), self.rng),)
+        self.state = ()
+
+    def forward(self, ids: Any) -> Any:
+        if not onp.issubdtype(ids.dtype, onp.integer):
+            raise ValueError(f'{self.name} expects integer token ids, got dtype {ids.dtype}')
+        if fastmath.is_concrete(ids) and ids.size:
+            low, high = int(onp.min(onp.asarray(ids))), int(onp.max(onp.asarray(ids)))
+            if low < 0 or high >= self._vocab_size:
+                bad = high if high >= self._vocab_size else low
+                raise ValueError(f'{self.name}: token id {bad} is outside the vocabulary '
+                                 f'[0, {self._vocab_size})')
+        return xnp.take(self.weights[0], ids, axis=0)  # [..., d_feature]
+
+
+class Dropout(Layer):
+    """Zeroes a fraction `rate` of activations in 'train' (scaled by 1/(1-rate)); identity else.
+
+    `shared_axes` lists axes along which one mask value is shared.
+    """
+
+    def __init__(self, rate: float = 0.0, shared_axes: Sequence[int] | None = None,
+                 mode: str = 'train'):
+        super().__init__(name='Dropout')
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f'Dropout: rate must be in [0, 1), got {rate}')
+        self._rate, self._shared_axes = float(rate), tuple(shared_axes or ())
+        self._mode = check_mode(mode, 'Dropout')
+
+    def forward(self, x: Any) -> Any:
+        if self._mode != 'train' or self._rate == 0.0:
+            return x
+        mask_shape = [1 if i in self._shared_axes or i - x.ndim in self._shared_axes else d
+                      for i, d in enumerate(x.shape)]
+        keep = fastmath.random.bernoulli(self.rng, 1.0 - self._rate, mask_shape)
+        return xnp.where(keep, x / (1.0 - self._rate), xnp.zeros_like(x))
+
+
+class LayerNorm(Layer):
+    """Normalizes the last axis: (x - mean) / sqrt(var + eps) * scale + bias.
+
+    With center=False the mean is not subtracted (RMS normalization).
+    """
+
+    def __init__(self, center: bool = True, epsilon: float = 1e-6):
+        super().__init__(name='LayerNorm')
+        self._center, self._epsilon = center, float(epsilon)
+
+    def init_weights_and_state(self, input_signature: Any) -> None:
+        d = input_signature.shape[-1]
+        self.weights = (xnp.ones((d,), xnp.float32), xnp.zeros((d,), xnp.float32))
+        self.state = ()
+
+    def forward(self, x: Any) -> Any:
+        scale, bias = self.weights
+        check_last_axis(self, x, scale.shape[0])
+        if self._center:
+            x = x - xnp.mean(x, axis=-1, keepdims=True)
+        variance = xnp.mean(x * x, axis=-1, keepdims=True)
+        return x / xnp.sqrt(variance + self._epsilon) * scale + bias
+
+
+def Relu() -> Layer:  # noqa: N802
+    return Fn('Relu', lambda x: xnp.maximum(x, xnp.zeros_like(x)))
+
+
+def Gelu() -> Layer:  # noqa: N802
+    """Exact GELU: x · Φ(x) = x/2 · (1 + erf(x/√2))."""
+    return Fn('Gelu', lambda x: 0.5 * x * (1.0 + fastmath.erf(x / math.sqrt(2.0))))
+
+
+def FastGelu() -> Layer:  # noqa: N802
+    """Tanh approximation of GELU."""
+    c = math.sqrt(2.0 / math.pi)
+    return Fn('FastGelu', lambda x: 0.5 * x * (1.0 + xnp.tanh(c * (x + 0.044715 * x * x * x))))
+
+
+def LogSoftmax(axis: int = -1) -> Layer:  # noqa: N802
+    return Fn('LogSoftmax', lambda x: x - fastmath.logsumexp(x, axis=axis, keepdims=True))
+
+
+def Add() -> Layer:  # noqa: N802
+    """(a, b) -> a + b."""
+    return Fn('Add', lambda a, b: a + b)
+
+
+class Concatenate(Layer):
+    """Concatenates the top `n_items` items along `axis`."""
+
+    def __init__(self, n_items: int = 2, axis: int = -1):
+        super().__init__(n_in=n_items, name='Concatenate')
+        self._axis = axis
+
+    def forward(self, xs: Any) -> Any:
+        return xnp.concatenate(xs, axis=self._axis)
+
+
+def Mean(axis: int = -1, keepdims: bool = False) -> Layer:  # noqa: N802
+    return Fn('Mean', lambda x: xnp.mean(x, axis=axis, keepdims=keepdims))
+
+
+class ShiftRight(Layer):
+    """Shifts axis 1 right by `n_positions`, filling with zeros (identity in predict)."""
+
+    def __init__(self, n_positions: int = 1, mode: str = 'train'):
+        super().__init__(name='ShiftRight')
+        self._n, self._mode = int(n_positions), check_mode(mode, 'ShiftRight')
+
+    def forward(self, x: Any) -> Any:
+        if self._mode == 'predict':
+            return x
+        pad = [(0, 0)] * x.ndim
+        pad[1] = (self._n, 0)
+        return xnp.pad(x, pad)[:, :x.shape[1]]
+
+
+def sinusoid_table(max_len: int, d_feature: int) -> onp.ndarray:
+    """[max_len, d_feature] sin/cos position table of 'Attention is all you need'."""
+    position = onp.arange(max_len, dtype=onp.float64)[:, None]
+    div = onp.exp(onp.arange(0, d_feature, 2) * -(math.log(10000.0) / d_feature))
+    table = onp.zeros((max_len, d_feature))
+    table[:, 0::2] = onp.sin(position * div)
+    table[:, 1::2] = onp.cos(position * div)[:, :d_feature // 2]
+    return table.astype(onp.float32)
+
+
+class PositionalEncoding(Layer):
+    """Adds a trainable position table (initialized to sinusoids) to x [B, L, d].
+
+    In predict mode the state holds the next position, so tokens fed one (or a
+    few) at a time get the positions they would have in the full sequence.
+    """
+
+    def __init__(self, max_len: int = 2048, dropout: float = 0.0, mode: str = 'train'):
+        super().__init__(name='PositionalEncoding')
+        self._max_len, self._mode = int(max_len), check_mode(mode, 'PositionalEncoding')
+        self._dropout = Dropout(dropout, mode=mode)
+
+    def init_weights_and_state(self, input_signature: Any) -> None:
+        d = input_signature.shape[-1]
+        self.weights = (xnp.asarray(sinusoid_table(self._max_len, d)),)
+        self.state = xnp.zeros((), xnp.int32) if self._mode == 'predict' else ()
+
+    def forward(self, x: Any) -> Any:
+        table = self.weights[0]
+        check_last_axis(self, x, table.shape[1])
+        length = x.shape[1]
+        if self._mode != 'predict':
+            if length > self._max_len:
+                raise ValueError(f'{self.name}: sequence length {length} exceeds max_len '
+                                 f'{self._max_len}')
+            y = x + table[:length]
+        else:
+            start = self.state
+            if fastmath.is_concrete(start) and int(start) + length > self._max_len:
+                raise ValueError(f'{self.name}: predict position {int(start) + length} exceeds '
+                                 f'max_len {self._max_len}')
+            y = x + fastmath.dynamic_slice(table, (start, 0), (length, table.shape[1]))
+            self.state = start + length
+        out, _ = self._dropout.pure_fn(y, (), (), self.rng)
+        return out
+
+
+__all__ = ['Add', 'Concatenate', 'Dense', 'Dropout', 'Embedding', 'FastGelu', 'Gelu',
+           'LayerNorm', 'LogSoftmax', 'Mean', 'PositionalEncoding', 'Relu', 'ShiftRight',
+           'sinusoid_table']
