@@ -17,7 +17,8 @@ from tests.layers.cases import all_cases
 CASES = all_cases()
 IDS = [c.id for c in CASES]
 # Public names of `tl` that are not layers (the API itself, initializers).
-NOT_LAYERS = {'MODES', 'Layer', 'LayerError', 'PureLayer', 'check_mode'}
+NOT_LAYERS = {'MODES', 'Layer', 'LayerError', 'PureLayer', 'check_mode', 'is_replaying',
+              'replay_context'}
 
 
 def _init(case, mode, backend):

@@ -6,7 +6,8 @@ Example:
     >>> model.n_in, model.n_out
     (1, 1)
 """
-from trax_sparse.layers.base import MODES, Fn, Layer, LayerError, PureLayer, check_mode
+from trax_sparse.layers.base import (MODES, Fn, Layer, LayerError, PureLayer, check_mode,
+                                     is_replaying, replay_context)
 from trax_sparse.layers.combinators import (Branch, Cache, Chunk, Drop, Dup, Parallel, Residual,
                                             Scan, Select, Serial, Swap)
 from trax_sparse.layers.core import (Add, Concatenate, Dense, Dropout, Embedding, FastGelu, Gelu,
@@ -20,7 +21,8 @@ from trax_sparse.layers.metrics import Accuracy, CrossEntropyLoss
 
 __all__ = [
     # The layer API.
-    'MODES', 'Fn', 'Layer', 'LayerError', 'PureLayer', 'check_mode',
+    'MODES', 'Fn', 'Layer', 'LayerError', 'PureLayer', 'check_mode', 'is_replaying',
+    'replay_context',
     # Combinators.
     'Branch', 'Cache', 'Chunk', 'Drop', 'Dup', 'Parallel', 'Residual', 'Scan', 'Select', 'Serial',
     'Swap',

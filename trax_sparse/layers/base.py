@@ -15,6 +15,7 @@ Example:
     [2. 4.]
 """
 import contextlib
+import contextvars
 import inspect
 from typing import Any, Callable, Iterator, Sequence
 
@@ -22,6 +23,28 @@ from trax_sparse import fastmath, shapes
 from trax_sparse.fastmath import tree_map
 
 MODES = ('train', 'eval', 'predict')
+_replaying: contextvars.ContextVar = contextvars.ContextVar('trax_sparse_replay', default=False)
+
+
+@contextlib.contextmanager
+def replay_context() -> Iterator[None]:
+    """Marks a recompute of an earlier forward pass (reversible backward).
+
+    Inside it, a layer that makes discrete random choices (LSH buckets, sparse
+    FF units) must read them from the state it is given (the `new_state` its
+    forward returned) instead of drawing them again, so the recompute sees
+    exactly the forward's attention pattern and units.
+    """
+    token = _replaying.set(True)
+    try:
+        yield
+    finally:
+        _replaying.reset(token)
+
+
+def is_replaying() -> bool:
+    """True inside `replay_context()`."""
+    return _replaying.get()
 
 
 def check_mode(mode: str, layer_name: str) -> str:
