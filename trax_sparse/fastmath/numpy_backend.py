@@ -66,7 +66,8 @@ def logsumexp(x, axis: int | Sequence[int] | None = None, keepdims: bool = False
     x = np.asarray(x)
     m = np.max(x, axis=axis, keepdims=True)
     m = np.where(np.isfinite(m), m, np.zeros_like(m))
-    out = np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True)) + m
+    with np.errstate(divide='ignore'):  # log(0) = -inf for all -inf rows, as in JAX.
+        out = np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True)) + m
     return out if keepdims else np.squeeze(out, axis=axis)
 
 

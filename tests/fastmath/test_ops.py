@@ -1,0 +1,112 @@
+"""Backend-neutral helpers: the NumPy implementation equals the JAX one."""
+import numpy as np
+import pytest
+
+from trax_sparse import fastmath
+from trax_sparse.fastmath import numpy_backend
+
+rng = np.random.default_rng(0)
+
+
+def _both(fn):
+    out = []
+    for name in ('numpy', 'jax'):
+        with fastmath.use_backend(name):
+            out.append(fastmath.tree_map(np.asarray, fn()))
+    return out
+
+
+def _assert_same(fn, atol=1e-5):
+    a, b = _both(fn)
+    for x, y in zip(fastmath.tree_leaves(a), fastmath.tree_leaves(b)):
+        np.testing.assert_allclose(x, y, atol=atol, rtol=1e-5)
+
+
+def test_backend_switching():
+    with fastmath.use_backend('numpy'):
+        assert fastmath.backend_name() == 'numpy'
+        assert type(fastmath.numpy.zeros(2)).__module__ == 'numpy'
+        with fastmath.use_backend('jax'):
+            assert fastmath.backend_name() == 'jax'
+            assert 'jax' in type(fastmath.numpy.zeros(2)).__module__
+        assert fastmath.backend_name() == 'numpy'
+
+
+def test_set_backend_and_unknown_name():
+    before = fastmath.backend_name()
+    try:
+        fastmath.set_backend('numpy')
+        assert fastmath.backend_name() == 'numpy'
+    finally:
+        fastmath.set_backend(before)
+    with pytest.raises(ValueError, match="unknown fastmath backend 'tf'"):
+        fastmath.set_backend('tf')
+
+
+def test_dynamic_slice_and_update_clamp_like_xla():
+    x = np.arange(20, dtype=np.float32).reshape(4, 5)
+    _assert_same(lambda: fastmath.dynamic_slice(x, (3, 1), (2, 3)))       # start clamped to 2
+    _assert_same(lambda: fastmath.dynamic_update_slice(x, np.ones((2, 2), np.float32), (1, 4)))
+    out = numpy_backend.dynamic_update_slice(x, np.ones((1, 1), np.float32), (0, 0))
+    assert x[0, 0] == 0 and out[0, 0] == 1  # functional: the input is not modified
+
+
+def test_scan_fori_cond():
+    xs = rng.normal(size=(5, 3)).astype(np.float32)
+    _assert_same(lambda: fastmath.scan(lambda c, x: (c + x, c * x), np.zeros(3, np.float32), xs))
+    _assert_same(lambda: fastmath.scan(lambda c, x: (c + x, c - x), np.ones(3, np.float32), xs,
+                                       reverse=True))
+    _assert_same(lambda: fastmath.fori_loop(0, 4, lambda i, v: v * 2 + i, np.float32(1)))
+    _assert_same(lambda: fastmath.cond(True, lambda a: a + 1, lambda a: a - 1, np.float32(3)))
+    _assert_same(lambda: fastmath.cond(False, lambda a: a + 1, lambda a: a - 1, np.float32(3)))
+
+
+def test_sort_top_k_logsumexp():
+    keys = rng.permutation(12).reshape(2, 6).astype(np.int32)
+    vals = rng.normal(size=(2, 6)).astype(np.float32)
+    _assert_same(lambda: fastmath.sort_key_val(keys, vals))
+    x = rng.normal(size=(3, 7)).astype(np.float32)
+    _assert_same(lambda: fastmath.top_k(x, 3))
+    _assert_same(lambda: fastmath.logsumexp(x, axis=-1))
+    _assert_same(lambda: fastmath.logsumexp(np.array([-np.inf, -np.inf], np.float32)))
+    _assert_same(lambda: fastmath.erf(x))
+
+
+@pytest.mark.parametrize('padding', ['VALID', 'SAME'])
+@pytest.mark.parametrize('dims,strides', [((5,), (1,)), ((6, 5), (2, 1)), ((4, 5, 3), (1, 2, 1))])
+def test_conv_nd(padding, dims, strides):
+    x = rng.normal(size=(2,) + dims + (3,)).astype(np.float32)
+    kernel = rng.normal(size=tuple(min(3, d) for d in dims) + (3, 4)).astype(np.float32)
+    _assert_same(lambda: fastmath.conv(x, kernel, strides, padding), atol=1e-4)
+
+
+def test_conv_matches_direct_sum():
+    x = rng.normal(size=(1, 5, 2)).astype(np.float32)
+    k = rng.normal(size=(3, 2, 1)).astype(np.float32)
+    with fastmath.use_backend('numpy'):
+        y = fastmath.conv(x, k, padding='VALID')
+    expected = [sum(x[0, t + i] @ k[i] for i in range(3)) for t in range(3)]
+    np.testing.assert_allclose(y[0], np.array(expected), atol=1e-5)
+
+
+def test_grad_on_numpy_backend_is_a_clear_error():
+    with fastmath.use_backend('numpy'):
+        for fn in (fastmath.grad, fastmath.value_and_grad, fastmath.vjp, fastmath.custom_vjp):
+            with pytest.raises(fastmath.BackendError, match='needs the JAX backend'):
+                fn(lambda x: x)(1.0)
+
+
+def test_grad_jit_remat_on_jax():
+    with fastmath.use_backend('jax'):
+        f = lambda x: (x ** 3).sum()
+        g = fastmath.jit(fastmath.grad(fastmath.remat(f)))(np.array([1.0, 2.0], np.float32))
+    np.testing.assert_allclose(np.asarray(g), [3.0, 12.0])
+
+
+def test_abstract_eval_both_backends():
+    from trax_sparse.shapes import ShapeDtype
+    sig = ShapeDtype((2, 3), np.float32)
+    for name in ('numpy', 'jax'):
+        with fastmath.use_backend(name):
+            out = fastmath.abstract_eval(lambda x: (x @ np.ones((3, 4), np.float32), x.sum()))(sig)
+        assert out == (ShapeDtype((2, 4), np.float32), ShapeDtype((), np.float32))

@@ -1,0 +1,72 @@
+"""Import rules of DESIGN.md §6, enforced by an AST scan of every module.
+
+- jax only in trax_sparse/fastmath/jax_backend.py; gin only at the edges
+  (configurables.py, trainer.py, decode.py); never tensorflow directly.
+- Lower levels never import higher: fastmath/shapes -> layers -> models;
+  data, training and decoding never import models (they take a model).
+"""
+import ast
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1] / 'trax_sparse'
+# Which trax_sparse subpackages each part of the package may import.
+ALLOWED = {
+    'shapes': set(),
+    'fastmath': {'fastmath', 'shapes'},
+    'layers': {'fastmath', 'shapes', 'layers'},
+    'models': {'fastmath', 'shapes', 'layers', 'models'},
+    'data': {'fastmath', 'shapes', 'data'},
+    'training': {'fastmath', 'shapes', 'layers', 'data', 'training'},
+    'decoding': {'fastmath', 'shapes', 'layers', 'data', 'decoding'},
+    '__init__': {'fastmath', 'shapes', 'layers', 'models', 'data', 'training', 'decoding'},
+}
+EDGES = {'configurables', 'trainer', 'decode'}   # binaries and gin registration: anything
+JAX_MODULE = 'fastmath/jax_backend.py'
+GIN_MODULES = {'configurables.py', 'trainer.py', 'decode.py'}
+
+
+def _modules():
+    return sorted(p for p in ROOT.rglob('*.py'))
+
+
+def _imports(path: pathlib.Path):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield alias.name
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            yield node.module
+            if node.module == 'trax_sparse':
+                for alias in node.names:
+                    yield f'trax_sparse.{alias.name}'
+
+
+def _part(path: pathlib.Path) -> str:
+    rel = path.relative_to(ROOT)
+    return rel.parts[0].removesuffix('.py') if len(rel.parts) > 1 or rel.name != '__init__.py' \
+        else '__init__'
+
+
+@pytest.mark.parametrize('path', _modules(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_module_follows_import_rules(path):
+    rel = str(path.relative_to(ROOT))
+    part = _part(path)
+    for name in _imports(path):
+        top = name.split('.')[0]
+        if top == 'jax' or top == 'jaxlib':
+            assert rel == JAX_MODULE, f'{rel} imports {name}: jax only in {JAX_MODULE}'
+        if top == 'gin':
+            assert rel in GIN_MODULES, f'{rel} imports gin: only {sorted(GIN_MODULES)} may'
+        assert top != 'tensorflow', f'{rel} imports tensorflow'
+        if top == 'trax_sparse' and part not in EDGES:
+            parts = name.split('.')
+            if len(parts) > 1:
+                assert parts[1] in ALLOWED[part], (
+                    f'{rel} (level {part!r}) imports {name}: allowed {sorted(ALLOWED[part])}')
+
+
+def test_scan_sees_the_package():
+    assert len(_modules()) > 10
