@@ -144,6 +144,11 @@ is_concrete = _dispatched('is_concrete')
 device_count = _dispatched('device_count')
 
 
+def to_backend(tree: Any) -> Any:
+    """Converts every leaf to an array of the live backend (host NumPy or jax.Array)."""
+    return tree_map(backend().np.asarray, tree)
+
+
 def to_numpy(tree: Any) -> Any:
     """Copies every leaf of a tree to a host NumPy array."""
     import numpy as onp
@@ -155,6 +160,6 @@ __all__ = [
     'custom_vjp', 'device_count', 'dynamic_slice', 'dynamic_update_slice', 'erf', 'fori_loop',
     'grad', 'is_concrete', 'is_jax', 'jax_available', 'jit', 'logsumexp', 'numpy', 'random',
     'remat', 'scan', 'set_backend', 'sort_key_val', 'stop_gradient', 'to_numpy', 'top_k',
-    'tree_leaves', 'tree_map', 'tree_structure', 'tree_unflatten_like', 'use_backend',
+    'to_backend', 'tree_leaves', 'tree_map', 'tree_structure', 'tree_unflatten_like', 'use_backend',
     'value_and_grad', 'vjp',
 ]

@@ -1,0 +1,102 @@
+"""Autoregressive sampling from predict-mode models (greedy, temperature, top-k, EOS, prompts).
+
+Example (a position-wise toy model, so the output is easy to check):
+    >>> import numpy as np
+    >>> from trax_sparse import fastmath, shapes, layers as tl
+    >>> from trax_sparse.decoding import autoregressive_sample
+    >>> with fastmath.use_backend('numpy'):
+    ...     model = tl.Serial(tl.Embedding(5, 4), tl.Dense(5))
+    ...     _ = model.init(shapes.ShapeDtype((1, 1), np.int32))
+    ...     out = autoregressive_sample(model, max_length=4, temperature=0.0)
+    >>> out.shape
+    (1, 4)
+"""
+from typing import Any, Iterator
+
+import numpy as onp
+
+from trax_sparse import fastmath
+from trax_sparse.decoding.predict_state import fresh_state, step_function
+from trax_sparse.fastmath import numpy as xnp
+from trax_sparse.layers.base import Layer
+
+
+def sample_logits(logits: Any, rng: Any, temperature: float = 1.0,
+                  top_k: int | None = None) -> Any:
+    """Token ids [B] from logits [B, V]: argmax at temperature 0, else Gumbel-max sampling."""
+    if top_k is not None:
+        if top_k < 1 or top_k > logits.shape[-1]:
+            raise ValueError(f'top_k must be in [1, vocab size {logits.shape[-1]}], got {top_k}')
+        kth = fastmath.top_k(logits, top_k)[0][..., -1:]            # [B, 1]
+        logits = xnp.where(logits < kth, -1e30, logits)
+    if temperature == 0.0:
+        return xnp.argmax(logits, axis=-1).astype(xnp.int32)
+    if temperature < 0:
+        raise ValueError(f'temperature must be >= 0, got {temperature}')
+    noise = fastmath.random.gumbel(rng, logits.shape, logits.dtype)
+    return xnp.argmax(logits / temperature + noise, axis=-1).astype(xnp.int32)
+
+
+def _with_inputs(inputs: Any, tokens: Any) -> Any:
+    return tokens if inputs is None else (inputs, tokens)
+
+
+def autoregressive_sample_stream(model: Layer, inputs: Any = None, batch_size: int = 1,
+                                 temperature: float = 1.0, start_id: int = 0,
+                                 prompt: Any = None, top_k: int | None = None, rng: Any = None,
+                                 weights: Any = None, state: Any = None,
+                                 accelerate: bool = True) -> Iterator[Any]:
+    """Yields the next token ids [B] forever (the caller stops it).
+
+    model: a predict-mode model, initialized for one step's inputs at this batch
+      size (its weights may come from a train-mode checkpoint: the trees agree).
+    inputs: encoder inputs [B, L_in] for encoder-decoder models (fed every step,
+      encoded once: the model caches the encoder), or None for an LM.
+    prompt: token ids [B, P] that the continuation follows (not yielded).
+    weights/state: default to the model's; the state is copied, never modified.
+    """
+    weights = fastmath.to_backend(model.weights if weights is None else weights)
+    state = fresh_state(model, state)
+    rng = fastmath.random.get_prng(0) if rng is None else rng
+    if inputs is not None:
+        batch_size = inputs.shape[0]
+    step = step_function(model, accelerate)
+    first = onp.full((batch_size, 1), start_id, onp.int32)
+    if prompt is not None:
+        prompt = onp.asarray(prompt, onp.int32)
+        if prompt.ndim != 2 or prompt.shape[0] != batch_size:
+            raise ValueError(f'prompt must be token ids [batch={batch_size}, length], '
+                             f'got shape {prompt.shape}')
+        first = onp.concatenate([first, prompt], axis=1)
+    tokens = first
+    while True:
+        rng, step_rng, sample_rng = fastmath.random.split(rng, 3)
+        logits, state = step(_with_inputs(inputs, tokens), weights, state, step_rng)
+        next_ids = sample_logits(logits, sample_rng, temperature, top_k)
+        yield next_ids
+        tokens = next_ids[:, None]
+
+
+def autoregressive_sample(model: Layer, inputs: Any = None, batch_size: int = 1,
+                          temperature: float = 1.0, start_id: int = 0, eos_id: int | None = None,
+                          max_length: int = 100, prompt: Any = None, top_k: int | None = None,
+                          rng: Any = None, weights: Any = None, state: Any = None,
+                          accelerate: bool = True) -> onp.ndarray:
+    """Samples [B, max_length] token ids (positions after an EOS are set to 0).
+
+    Stops early once every row has produced `eos_id`.
+    """
+    stream = autoregressive_sample_stream(
+        model, inputs=inputs, batch_size=batch_size, temperature=temperature, start_id=start_id,
+        prompt=prompt, top_k=top_k, rng=rng, weights=weights, state=state, accelerate=accelerate)
+    rows, done = [], None
+    for _ in range(max_length):
+        ids = onp.asarray(next(stream))
+        if done is not None:
+            ids = onp.where(done, 0, ids)
+        rows.append(ids)
+        if eos_id is not None:
+            done = (ids == eos_id) if done is None else (done | (ids == eos_id))
+            if done.all():
+                break
+    return onp.stack(rows, axis=1).astype(onp.int32)
