@@ -95,10 +95,18 @@ def test_chunk_equals_unchunked(backend_name):
     w, s = model.init(shapes.signature(x))
     full, _ = model.pure_fn(x, w, s)
     chunked = tl.Chunk(model, 2)
-    y, _ = chunked.pure_fn(x, (w,), (s,))
+    y, _ = chunked.pure_fn(x, w, (s,))
     np.testing.assert_allclose(np.asarray(y), np.asarray(full), atol=1e-6)
-    y_odd, _ = tl.Chunk(model, 4).pure_fn(x, (w,), (s,))   # 6 % 4 != 0: runs unchunked
+    y_odd, _ = tl.Chunk(model, 4).pure_fn(x, w, (s,))   # 6 % 4 != 0: runs unchunked
     np.testing.assert_allclose(np.asarray(y_odd), np.asarray(full), atol=1e-6)
+
+
+def test_wrappers_keep_the_weights_tree():
+    dense = tl.Serial(tl.Dense(3), tl.Dense(2))
+    sig = shapes.signature(np.ones((4, 5), np.float32))
+    plain = fastmath.tree_structure(dense.init(sig)[0])
+    assert fastmath.tree_structure(tl.Cache(dense).init(sig)[0]) == plain
+    assert fastmath.tree_structure(tl.Chunk(dense, 2).init(sig)[0]) == plain
 
 
 def test_cache_runs_once(backend_name):

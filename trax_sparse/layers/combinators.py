@@ -251,7 +251,22 @@ class Scan(Layer):
         return _from_stack(ys + list(carry), self.n_out)
 
 
-class Chunk(Layer):
+class _WeightTransparent(Layer):
+    """A wrapper whose weights ARE its single sublayer's weights (not a 1-tuple of them).
+
+    So wrapping a layer (e.g. in predict mode only) never changes the weights
+    tree: weights trained without the wrapper load unchanged. State is
+    (sublayer state, *wrapper state).
+    """
+
+    def _distribute(self, attr: str, values: Any) -> None:
+        if attr == 'weights':
+            self.sublayers[0].weights = values
+        elif isinstance(values, tuple) and values:
+            self.sublayers[0].state = values[0]
+
+
+class Chunk(_WeightTransparent):
     """Runs `layer` on chunks of `chunk_size` along the leading axis (rematerialized).
 
     Inputs whose leading axis is not a multiple of `chunk_size` pass unchunked.
@@ -265,10 +280,10 @@ class Chunk(Layer):
     def init_weights_and_state(self, input_signature: Any) -> None:
         with self.sublayer_context(0):
             w, s = self.sublayers[0].init(input_signature, self.rng)
-        self.weights, self.state = (w,), (s,)
+        self.weights, self.state = w, (s,)
 
     def forward(self, xs: Any) -> Any:
-        layer, (w,), (s,) = self.sublayers[0], self.weights, self.state
+        layer, w, (s,) = self.sublayers[0], self.weights, self.state
         items = _to_stack(xs, self.n_in)
         batch = items[0].shape[0]
         c = self._chunk_size
@@ -293,8 +308,12 @@ class Chunk(Layer):
         return _from_stack(outs, self.n_out)
 
 
-class Cache(Layer):
-    """Runs `layer` on the first call and returns the stored outputs on later calls."""
+class Cache(_WeightTransparent):
+    """Runs `layer` on the first call and returns the stored outputs on later calls.
+
+    Its weights are the layer's own, so a model that caches its encoder only in
+    predict mode keeps the same weights tree in every mode.
+    """
 
     def __init__(self, layer: Layer):
         super().__init__(n_in=layer.n_in, n_out=layer.n_out, name='Cache', sublayers=[layer])
@@ -305,11 +324,11 @@ class Cache(Layer):
             w, s = layer.init(input_signature, self.rng)
             out_sig = layer.abstract_forward(input_signature, w, s, self.rng)
         empty = tree_map(lambda sig: xnp.zeros(sig.shape, sig.dtype), out_sig)
-        self.weights = (w,)
+        self.weights = w
         self.state = (s, empty, xnp.zeros((), xnp.bool_))
 
     def forward(self, xs: Any) -> Any:
-        layer, (w,) = self.sublayers[0], self.weights
+        layer, w = self.sublayers[0], self.weights
         sub_state, cached, filled = self.state
 
         def run(_):

@@ -75,7 +75,8 @@ class Embedding(Layer):
                 bad = high if high >= self._vocab_size else low
                 raise ValueError(f'{self.name}: token id {bad} is outside the vocabulary '
                                  f'[0, {self._vocab_size})')
-        return xnp.take(self.weights[0], ids, axis=0)  # [..., d_feature]
+        table = xnp.asarray(self.weights[0])  # a no-op unless weights come from the other backend
+        return xnp.take(table, ids, axis=0)  # [..., d_feature]
 
 
 class Dropout(Layer):
