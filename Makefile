@@ -12,6 +12,7 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
 	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m trax_sparse.data.prepare
 	touch $(STAMP)
 
 test: $(STAMP)

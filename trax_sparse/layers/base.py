@@ -330,6 +330,30 @@ def Fn(name: str, fn: Callable, n_out: int = 1) -> Layer:  # noqa: N802 - Trax s
     return PureLayer(fn, n_in=len(parameters), n_out=n_out, name=name)
 
 
+def weights_signature(layer: Layer, input_signature: Any) -> Any:
+    """The weights tree as ShapeDtypes, without allocating weights on JAX (eval_shape).
+
+    Example:
+        >>> from trax_sparse import shapes
+        >>> from trax_sparse.layers import Dense
+        >>> weights_signature(Dense(3), shapes.ShapeDtype((1, 4)))
+        (ShapeDtype{shape:(4, 3), dtype:float32}, ShapeDtype{shape:(3,), dtype:float32})
+    """
+    input_signature = shapes.signature(input_signature)
+    saved = layer._snapshot()
+    try:
+        if fastmath.is_jax():
+            return fastmath.abstract_eval(lambda: layer.init(input_signature)[0])()
+        return tree_map(shapes.signature, layer.init(input_signature)[0])
+    finally:
+        layer._restore(saved)
+
+
+def count_params(layer: Layer, input_signature: Any) -> int:
+    """Number of weights (scalars) of `layer` for inputs of `input_signature`."""
+    return sum(sig.size for sig in fastmath.tree_leaves(weights_signature(layer, input_signature)))
+
+
 def split_rngs(rng: Any, n: int) -> list:
     """n independent keys from `rng` (an empty list for n == 0)."""
     if n == 0:
