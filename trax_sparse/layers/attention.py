@@ -1,0 +1,317 @@
+"""Dense multi-head attention layers: causal (with a fast K/V cache), masked, enc-dec.
+
+- `DotProductCausalAttention(n_heads)`: weightless core, (q, k, v) -> y.
+- `CausalAttention(d_feature, n_heads)`: Dense q/k/v, the core, Dense output.
+- `Attention(d_feature, n_heads)`: bidirectional, (x, mask) -> (y, mask).
+- `EncDecAttention(d_feature, n_heads)`: (x, encoder, encoder mask) -> y.
+
+Predict mode ('predict') decodes a prefix of several tokens, then one token at
+a time; the positions continue from call to call:
+- DotProductCausalAttention keeps (k_cache [B, H, max_len, d/H], v_cache
+  [B, H, max_len, d_v/H], pos int32 scalar) in its state; the batch size is
+  the one given to `init`. A step of L tokens costs O(pos + L), not
+  O(max_len): on NumPy it reads only cache[:, :, :pos+L]; on JAX it visits
+  only the filled cache blocks with an online softmax (`predict_block_size`
+  keys per block, so a long prefix never builds [L, max_len] scores), and jit
+  with the state donated writes the cache in place.
+- On NumPy the cache arrays are updated IN PLACE and the returned state shares
+  them with the state passed in. Replaying from an older state is fine (slots
+  >= its pos are rewritten before they are read), but to decode two
+  continuations from one state, copy it first (`fastmath.tree_map(np.copy, s)`).
+- Cache overflow (pos + L > max_len) raises a ValueError when pos is concrete
+  (NumPy, JAX without jit); under jit it cannot raise, so the output is NaN.
+- EncDecAttention computes the encoder K/V on the first predict call and
+  reuses them from its state afterwards (the encoder input is then ignored).
+
+Example:
+    >>> import numpy as np
+    >>> from trax_sparse import fastmath, shapes
+    >>> x = np.ones((2, 5, 8), np.float32)
+    >>> layer = CausalAttention(8, n_heads=2, mode='eval')
+    >>> with fastmath.use_backend('numpy'):
+    ...     w, s = layer.init(shapes.signature(x))
+    ...     y, _ = layer.pure_fn(x, w, s)
+    >>> y.shape
+    (2, 5, 8)
+"""
+from typing import Any
+
+import numpy as onp
+
+from trax_sparse import fastmath
+from trax_sparse.fastmath import numpy as xnp
+from trax_sparse.layers.attention_core import (blockwise_cached_causal_attention,
+                                               cached_causal_attention, causal_mask,
+                                               check_divisible, merge_heads,
+                                               multihead_attention, padding_mask, split_heads)
+from trax_sparse.layers.base import Layer, check_mode, split_rngs
+from trax_sparse.layers.combinators import Branch, Parallel, Select, Serial
+from trax_sparse.layers.core import Dense
+
+
+def _check_rank3(layer_name: str, what: str, shape: tuple) -> None:
+    if len(shape) != 3:
+        raise ValueError(f'{layer_name}: {what} must have shape [batch, length, features], '
+                         f'got {tuple(shape)}')
+
+
+def _check_qkv(layer_name: str, n_heads: int, q_shape: tuple, k_shape: tuple,
+               v_shape: tuple) -> None:
+    """Validates q [B, Lq, d], k [B, Lk, d], v [B, Lk, d_v] for n_heads heads."""
+    for what, shape in (('q', q_shape), ('k', k_shape), ('v', v_shape)):
+        _check_rank3(layer_name, what, shape)
+    if q_shape[-1] != k_shape[-1]:
+        raise ValueError(f'{layer_name}: q and k must have the same width, got q '
+                         f'{tuple(q_shape)} and k {tuple(k_shape)}')
+    if k_shape[:2] != v_shape[:2] or q_shape[0] != k_shape[0]:
+        raise ValueError(f'{layer_name}: q, k, v must share the batch size and k, v the length; '
+                         f'got q {tuple(q_shape)}, k {tuple(k_shape)}, v {tuple(v_shape)}')
+    check_divisible(layer_name, q_shape[-1], n_heads)
+    check_divisible(layer_name, v_shape[-1], n_heads)
+
+
+class DotProductCausalAttention(Layer):
+    """Causal multi-head attention of (q, k, v), each [B, L, d] -> [B, L, d_v]; no weights.
+
+    Splits d into n_heads heads, applies scaled dot-product attention where
+    position i sees positions <= i (attention-probability dropout in 'train'
+    only), and merges the heads. In 'predict' mode it keeps a K/V cache of
+    max_len positions (see the module docstring); `predict_block_size` is the
+    key block of the JAX decoding loop.
+
+    Example:
+        >>> import numpy as np
+        >>> from trax_sparse import fastmath
+        >>> q = k = v = np.ones((2, 3, 4), np.float32)
+        >>> with fastmath.use_backend('numpy'):
+        ...     y = DotProductCausalAttention(n_heads=2, mode='eval')((q, k, v))
+        >>> y.shape
+        (2, 3, 4)
+    """
+
+    def __init__(self, n_heads: int, dropout: float = 0.0, max_len: int = 2048,
+                 mode: str = 'train', predict_block_size: int = 128):
+        super().__init__(n_in=3, n_out=1, name='DotProductCausalAttention')
+        if int(n_heads) < 1:
+            raise ValueError(f'{self.name}: n_heads must be >= 1, got {n_heads}')
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f'{self.name}: dropout must be in [0, 1), got {dropout}')
+        if int(max_len) < 1 or int(predict_block_size) < 1:
+            raise ValueError(f'{self.name}: max_len and predict_block_size must be >= 1, got '
+                             f'{max_len} and {predict_block_size}')
+        self._n_heads, self._dropout = int(n_heads), float(dropout)
+        self._max_len, self._block_size = int(max_len), int(predict_block_size)
+        self._mode = check_mode(mode, self.name)
+
+    def init_weights_and_state(self, input_signature: Any) -> None:
+        q, k, v = input_signature
+        _check_qkv(self.name, self._n_heads, q.shape, k.shape, v.shape)
+        self.weights = ()
+        if self._mode == 'predict':
+            batch, heads, slots = q.shape[0], self._n_heads, self._max_len
+            self.state = (xnp.zeros((batch, heads, slots, k.shape[-1] // heads), k.dtype),
+                          xnp.zeros((batch, heads, slots, v.shape[-1] // heads), v.dtype),
+                          xnp.zeros((), xnp.int32))           # k, v [B, H, max_len, d_h]; pos
+        else:
+            self.state = ()
+
+    def forward(self, inputs: Any) -> Any:
+        q, k, v = inputs
+        _check_qkv(self.name, self._n_heads, q.shape, k.shape, v.shape)
+        if q.shape[1] != k.shape[1]:
+            raise ValueError(f'{self.name}: causal attention needs as many keys as queries, got '
+                             f'{q.shape[1]} queries and {k.shape[1]} keys')
+        if self._mode == 'predict':
+            return self._predict(q, k, v)
+        dropout = self._dropout if self._mode == 'train' else 0.0
+        return multihead_attention(q, k, v, causal_mask(q.shape[1]), self._n_heads,
+                                   dropout, self.rng)                    # [B, L, d_v]
+
+    def _predict(self, q: Any, k: Any, v: Any) -> Any:
+        k_cache, v_cache, pos = self.state
+        length, heads = q.shape[1], self._n_heads
+        fits = ((k_cache.shape[0], k_cache.shape[3] * heads),
+                (v_cache.shape[0], v_cache.shape[3] * heads))    # (batch, width) of k and v
+        if ((k.shape[0], k.shape[2]), (v.shape[0], v.shape[2])) != fits:
+            raise ValueError(f'{self.name}: predict inputs k {tuple(k.shape)}, v '
+                             f'{tuple(v.shape)} do not fit the cache initialized for '
+                             f'k {tuple(k_cache.shape)}, v {tuple(v_cache.shape)} '
+                             f'([batch, heads, max_len, features per head])')
+        if fastmath.is_concrete(pos) and int(pos) + length > self._max_len:
+            raise ValueError(f'{self.name}: predict cache overflow: position {int(pos)} + '
+                             f'{length} new tokens exceeds max_len={self._max_len}')
+        q, k, v = split_heads(q, heads), split_heads(k, heads), split_heads(v, heads)
+        if not fastmath.is_jax():
+            return merge_heads(self._predict_numpy(q, k, v, k_cache, v_cache, int(pos)))
+        k_cache = fastmath.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, 0, pos, 0))
+        v_cache = fastmath.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, 0, pos, 0))
+        self.state = (k_cache, v_cache, pos + length)
+        out = blockwise_cached_causal_attention(q, k_cache, v_cache, pos,
+                                                self._block_size)       # [B, H, L, d_vh]
+        out = merge_heads(out)                                           # [B, L, d_v]
+        # Under jit an overflow cannot raise: poison the output instead.
+        return xnp.where(pos + length > self._max_len, xnp.full_like(out, xnp.nan), out)
+
+    def _predict_numpy(self, q: Any, k: Any, v: Any, k_cache: Any, v_cache: Any,
+                       pos: int) -> Any:
+        end = pos + q.shape[2]
+        k_cache, v_cache = _writable(k_cache), _writable(v_cache)
+        k_cache[:, :, pos:end] = k                                       # in place
+        v_cache[:, :, pos:end] = v
+        self.state = (k_cache, v_cache, onp.asarray(end, onp.int32))
+        return cached_causal_attention(q, k_cache[:, :, :end], v_cache[:, :, :end],
+                                       pos)                              # [B, H, L, d_vh]
+
+
+def _writable(array: Any) -> onp.ndarray:
+    """The NumPy array itself when it can be written in place, else a writable copy."""
+    if isinstance(array, onp.ndarray) and array.flags.writeable:
+        return array
+    return onp.array(array, copy=True)
+
+
+def CausalAttention(d_feature: int, n_heads: int = 1, dropout: float = 0.0,  # noqa: N802
+                    max_len: int = 2048, mode: str = 'train') -> Layer:
+    """Causal self-attention x [B, L, d] -> [B, L, d_feature]: Dense q/k/v, core, Dense out.
+
+    Example:
+        >>> CausalAttention(8, n_heads=2).n_in
+        1
+    """
+    check_divisible('CausalAttention', d_feature, n_heads)
+    check_mode(mode, 'CausalAttention')
+    return Serial(
+        Branch(Dense(d_feature), Dense(d_feature), Dense(d_feature)),  # q, k, v
+        DotProductCausalAttention(n_heads, dropout, max_len, mode=mode),
+        Dense(d_feature),
+        name='CausalAttention')
+
+
+class _PaddedDotProductAttention(Layer):
+    """(q, k, v, mask [B, Lk]) -> multi-head attention of q over the real (mask) keys."""
+
+    def __init__(self, n_heads: int, dropout: float, mode: str):
+        super().__init__(n_in=4, n_out=1, name='PaddedDotProductAttention')
+        self._n_heads, self._dropout = int(n_heads), float(dropout)
+        self._mode = mode
+
+    def forward(self, inputs: Any) -> Any:
+        q, k, v, mask = inputs
+        _check_qkv(self.name, self._n_heads, q.shape, k.shape, v.shape)
+        if tuple(mask.shape) != tuple(k.shape[:2]):
+            raise ValueError(f'{self.name}: the mask must have shape [batch, key length] = '
+                             f'{tuple(k.shape[:2])}, got {tuple(mask.shape)}')
+        dropout = self._dropout if self._mode == 'train' else 0.0
+        return multihead_attention(q, k, v, padding_mask(mask), self._n_heads, dropout, self.rng)
+
+
+def _check_dropout(layer_name: str, dropout: float) -> None:
+    if not 0.0 <= dropout < 1.0:
+        raise ValueError(f'{layer_name}: dropout must be in [0, 1), got {dropout}')
+
+
+def Attention(d_feature: int, n_heads: int = 1, dropout: float = 0.0,  # noqa: N802
+              mode: str = 'train') -> Layer:
+    """Bidirectional self-attention with a padding mask: (x, mask) -> (y, mask).
+
+    x [B, L, d], mask [B, L] (bool or 0/1, True = real token); padded keys get
+    no attention. A row whose keys are all padding averages the values (finite).
+
+    Example:
+        >>> layer = Attention(8, n_heads=2)
+        >>> (layer.n_in, layer.n_out)
+        (2, 2)
+    """
+    check_divisible('Attention', d_feature, n_heads)
+    check_mode(mode, 'Attention')
+    _check_dropout('Attention', dropout)
+    return Serial(
+        Select([0, 0, 0, 1, 1]),                                        # x, x, x, mask, mask
+        Parallel(Dense(d_feature), Dense(d_feature), Dense(d_feature)),  # q, k, v, mask, mask
+        _PaddedDotProductAttention(n_heads, dropout, mode),             # y, mask
+        Dense(d_feature),
+        name='Attention')
+
+
+class EncDecAttention(Layer):
+    """Attention from decoder positions to the encoder: (x, encoder, mask) -> y.
+
+    x [B, Ld, d] gives the queries, encoder activations [B, Le, d_enc] the
+    keys/values, mask [B, Le] (True = real encoder token) hides encoder padding.
+    Output y [B, Ld, d_feature] (n_out=1; to keep the encoder and its mask on
+    the stack, copy them first, e.g. Select([0, 1, 2, 1, 2])). In 'predict' the
+    encoder K/V are computed on the first call and cached in the state; later
+    calls reuse them and ignore the encoder input.
+
+    Example:
+        >>> import numpy as np
+        >>> from trax_sparse import fastmath
+        >>> x, enc = np.ones((2, 3, 8), np.float32), np.ones((2, 5, 8), np.float32)
+        >>> mask = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+        >>> with fastmath.use_backend('numpy'):
+        ...     y = EncDecAttention(8, n_heads=2, mode='eval')((x, enc, mask))
+        >>> y.shape
+        (2, 3, 8)
+    """
+
+    def __init__(self, d_feature: int, n_heads: int = 1, dropout: float = 0.0,
+                 mode: str = 'train'):
+        check_divisible('EncDecAttention', d_feature, n_heads)
+        _check_dropout('EncDecAttention', dropout)
+        sublayers = [Dense(d_feature) for _ in range(4)]  # q, k, v, output
+        super().__init__(n_in=3, n_out=1, name='EncDecAttention', sublayers=sublayers)
+        self._d_feature, self._n_heads = int(d_feature), int(n_heads)
+        self._dropout = float(dropout)
+        self._mode = check_mode(mode, self.name)
+
+    def init_weights_and_state(self, input_signature: Any) -> None:
+        x, enc, mask = input_signature
+        _check_rank3(self.name, 'decoder input', x.shape)
+        _check_rank3(self.name, 'encoder input', enc.shape)
+        attended = x.replace(shape=x.shape[:2] + (self._d_feature,))   # the output's input
+        weights = []
+        for i, (layer, sig, rng) in enumerate(zip(self.sublayers, (x, enc, enc, attended),
+                                                  split_rngs(self.rng, 4))):
+            with self.sublayer_context(i):
+                weights.append(layer.init(sig, rng)[0])
+        self.weights = tuple(weights)
+        if self._mode == 'predict':
+            kv = self.sublayers[1].abstract_forward(enc, weights[1], (), self.rng)  # [B, Le, d]
+            self.state = (xnp.zeros(kv.shape, kv.dtype), xnp.zeros(kv.shape, kv.dtype),
+                          xnp.zeros((), xnp.bool_))                   # k, v, filled
+        else:
+            self.state = ()
+
+    def forward(self, inputs: Any) -> Any:
+        x, enc, mask = inputs
+        _check_rank3(self.name, 'decoder input', x.shape)
+        _check_rank3(self.name, 'encoder input', enc.shape)
+        dense_q, dense_k, dense_v, dense_out = self.sublayers
+        w_q, w_k, w_v, w_out = self.weights
+
+        def encoder_kv(_):
+            k, _s = dense_k.pure_fn(enc, w_k, ())                      # [B, Le, d]
+            v, _s = dense_v.pure_fn(enc, w_v, ())                      # [B, Le, d]
+            return k, v
+
+        if self._mode == 'predict':
+            k_cache, v_cache, filled = self.state
+            if fastmath.is_concrete(filled):
+                k, v = (k_cache, v_cache) if bool(filled) else encoder_kv(None)
+            else:
+                k, v = fastmath.cond(filled, lambda _: (k_cache, v_cache), encoder_kv, None)
+            self.state = (k, v, xnp.ones((), xnp.bool_))
+        else:
+            k, v = encoder_kv(None)
+        q, _ = dense_q.pure_fn(x, w_q, ())                              # [B, Ld, d]
+        if tuple(mask.shape) != tuple(k.shape[:2]):
+            raise ValueError(f'{self.name}: the encoder mask must have shape [batch, encoder '
+                             f'length] = {tuple(k.shape[:2])}, got {tuple(mask.shape)}')
+        dropout = self._dropout if self._mode == 'train' else 0.0
+        y = multihead_attention(q, k, v, padding_mask(mask), self._n_heads, dropout,
+                                self.rng)                               # [B, Ld, d]
+        out, _ = dense_out.pure_fn(y, w_out, ())
+        return out
+
+
+__all__ = ['Attention', 'CausalAttention', 'DotProductCausalAttention', 'EncDecAttention']
