@@ -331,3 +331,49 @@ def test_attention_rejects_a_mask_of_the_wrong_shape():
         w, s = layer.init(shapes.signature((x, np.ones((BATCH, 4), bool))))
         with pytest.raises(tl.LayerError, match=r'mask must have shape \[batch, key length\]'):
             layer.pure_fn((x, np.ones((BATCH, 3), bool)), w, s)
+
+
+# ---- key padding masks in causal attention (used by the Terraformer's joint sequence) ---------
+def _left_padded(x, n_pad):
+    padded = np.concatenate([np.zeros_like(x[:, :n_pad]), x], axis=1)
+    mask = np.ones(padded.shape[:2], bool)
+    mask[:, :n_pad] = False
+    return padded, mask
+
+
+def test_masked_causal_attention_ignores_masked_keys(backend_name):
+    rng_np = np.random.default_rng(4)
+    x = rng_np.normal(size=(2, 5, 8)).astype(np.float32)
+    plain = tl.CausalAttention(8, n_heads=2, mode='eval')
+    w, s = plain.init(shapes.signature(x))
+    expected, _ = plain.pure_fn(x, w, s)
+    masked = tl.CausalAttention(8, n_heads=2, masked=True, mode='eval')
+    padded, mask = _left_padded(x, 3)
+    padded[:, :3] = rng_np.normal(size=(2, 3, 8))           # garbage under the mask
+    masked_w = ((), w[0], (), w[2])         # Select, Parallel(q, k, v), core, output Dense
+    assert fastmath.tree_structure(masked.init(shapes.signature((padded, mask)))[0]) == \
+        fastmath.tree_structure(masked_w)
+    (y, mask_out), _ = masked.pure_fn((padded, mask), masked_w, masked.state)
+    np.testing.assert_allclose(np.asarray(y)[:, 3:], np.asarray(expected), atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(mask_out), mask)
+
+
+def test_masked_causal_attention_predict_equals_eval(backend_name):
+    rng_np = np.random.default_rng(5)
+    x = rng_np.normal(size=(2, 7, 8)).astype(np.float32)
+    mask = np.ones((2, 7), bool)
+    mask[0, :2] = False                                      # row 0: two padded positions
+    mask[1, 4] = False                                       # row 1: a hole later on
+    ev = tl.CausalAttention(8, n_heads=2, masked=True, max_len=8, mode='eval')
+    pr = tl.CausalAttention(8, n_heads=2, masked=True, max_len=8, mode='predict')
+    w, _ = ev.init(shapes.signature((x, mask)))
+    (full, _), _ = ev.pure_fn((x, mask), w, ev.state)
+    _, state = pr.init(shapes.signature((x[:, :1], mask[:, :1])))
+    outs, t = [], 0
+    for size in (3, 1, 1, 1, 1):
+        (y, _), state = pr.pure_fn((x[:, t:t + size], mask[:, t:t + size]), w, state)
+        outs.append(np.asarray(y))
+        t += size
+    # Compare the positions whose query is real (a padded query's output is not used).
+    got = np.concatenate(outs, 1)
+    np.testing.assert_allclose(got[mask], np.asarray(full)[mask], atol=1e-5)

@@ -95,3 +95,13 @@ def test_metric_shape_mismatch(backend_name):
     with pytest.raises(tl.LayerError, match=r'targets shape \(2, 4\) must equal the logits shape'):
         tl.CrossEntropyLoss()((np.ones((2, 3, 5), np.float32), np.ones((2, 4), np.int32),
                                np.ones((2, 4), np.float32)))
+
+
+def test_weights_of_another_model_are_a_clear_error(backend_name):
+    a = tl.Serial(tl.Dense(2), tl.Relu(), tl.Dense(2))
+    b = tl.Serial(tl.Dense(2), tl.Dense(2))
+    x = np.ones((1, 2), np.float32)
+    w, s = a.init(shapes.signature(x))
+    with pytest.raises(tl.LayerError, match='Serial has 2 sublayers but got weights with tuple '
+                                            'of 3 entries'):
+        b.pure_fn(x, w, ((), ()))

@@ -1,7 +1,9 @@
 """Dense multi-head attention layers: causal (with a fast K/V cache), masked, enc-dec.
 
-- `DotProductCausalAttention(n_heads)`: weightless core, (q, k, v) -> y.
-- `CausalAttention(d_feature, n_heads)`: Dense q/k/v, the core, Dense output.
+- `DotProductCausalAttention(n_heads)`: weightless core, (q, k, v) -> y; with
+  masked=True (q, k, v, key mask [B, L]) -> y (the mask is cached in predict).
+- `CausalAttention(d_feature, n_heads)`: Dense q/k/v, the core, Dense output;
+  masked=True: (x, mask) -> (y, mask).
 - `Attention(d_feature, n_heads)`: bidirectional, (x, mask) -> (y, mask).
 - `EncDecAttention(d_feature, n_heads)`: (x, encoder, encoder mask) -> y.
 
@@ -90,8 +92,9 @@ class DotProductCausalAttention(Layer):
     """
 
     def __init__(self, n_heads: int, dropout: float = 0.0, max_len: int = 2048,
-                 mode: str = 'train', predict_block_size: int = 128):
-        super().__init__(n_in=3, n_out=1, name='DotProductCausalAttention')
+                 mode: str = 'train', predict_block_size: int = 128, masked: bool = False):
+        super().__init__(n_in=4 if masked else 3, n_out=1, name='DotProductCausalAttention')
+        self._masked = bool(masked)
         if int(n_heads) < 1:
             raise ValueError(f'{self.name}: n_heads must be >= 1, got {n_heads}')
         if not 0.0 <= dropout < 1.0:
@@ -104,7 +107,7 @@ class DotProductCausalAttention(Layer):
         self._mode = check_mode(mode, self.name)
 
     def init_weights_and_state(self, input_signature: Any) -> None:
-        q, k, v = input_signature
+        q, k, v = input_signature[:3]
         _check_qkv(self.name, self._n_heads, q.shape, k.shape, v.shape)
         self.weights = ()
         if self._mode == 'predict':
@@ -112,23 +115,37 @@ class DotProductCausalAttention(Layer):
             self.state = (xnp.zeros((batch, heads, slots, k.shape[-1] // heads), k.dtype),
                           xnp.zeros((batch, heads, slots, v.shape[-1] // heads), v.dtype),
                           xnp.zeros((), xnp.int32))           # k, v [B, H, max_len, d_h]; pos
+            if self._masked:                                   # + key mask [B, max_len]
+                self.state += (xnp.zeros((batch, slots), xnp.bool_),)
         else:
             self.state = ()
 
+    def _split_inputs(self, inputs: Any) -> tuple:
+        q, k, v = inputs[:3]
+        key_mask = inputs[3] if self._masked else None
+        if key_mask is not None and tuple(key_mask.shape) != tuple(k.shape[:2]):
+            raise ValueError(f'{self.name}: the key mask must have shape [batch, length] = '
+                             f'{tuple(k.shape[:2])}, got {tuple(key_mask.shape)}')
+        return q, k, v, key_mask
+
     def forward(self, inputs: Any) -> Any:
-        q, k, v = inputs
+        q, k, v, key_mask = self._split_inputs(inputs)
         _check_qkv(self.name, self._n_heads, q.shape, k.shape, v.shape)
         if q.shape[1] != k.shape[1]:
             raise ValueError(f'{self.name}: causal attention needs as many keys as queries, got '
                              f'{q.shape[1]} queries and {k.shape[1]} keys')
         if self._mode == 'predict':
-            return self._predict(q, k, v)
+            return self._predict(q, k, v, key_mask)
         dropout = self._dropout if self._mode == 'train' else 0.0
-        return multihead_attention(q, k, v, causal_mask(q.shape[1]), self._n_heads,
-                                   dropout, self.rng)                    # [B, L, d_v]
+        mask = causal_mask(q.shape[1])                                   # [L, L]
+        if key_mask is not None:
+            mask = mask[None, None] & padding_mask(key_mask)             # [B, 1, L, L]
+        return multihead_attention(q, k, v, mask, self._n_heads, dropout,
+                                   self.rng)                             # [B, L, d_v]
 
-    def _predict(self, q: Any, k: Any, v: Any) -> Any:
-        k_cache, v_cache, pos = self.state
+    def _predict(self, q: Any, k: Any, v: Any, key_mask: Any) -> Any:
+        k_cache, v_cache, pos = self.state[:3]
+        mask_cache = self.state[3] if self._masked else None
         length, heads = q.shape[1], self._n_heads
         fits = ((k_cache.shape[0], k_cache.shape[3] * heads),
                 (v_cache.shape[0], v_cache.shape[3] * heads))    # (batch, width) of k and v
@@ -142,25 +159,34 @@ class DotProductCausalAttention(Layer):
                              f'{length} new tokens exceeds max_len={self._max_len}')
         q, k, v = split_heads(q, heads), split_heads(k, heads), split_heads(v, heads)
         if not fastmath.is_jax():
-            return merge_heads(self._predict_numpy(q, k, v, k_cache, v_cache, int(pos)))
+            return merge_heads(self._predict_numpy(q, k, v, k_cache, v_cache, int(pos),
+                                                   key_mask, mask_cache))
         k_cache = fastmath.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, 0, pos, 0))
         v_cache = fastmath.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, 0, pos, 0))
         self.state = (k_cache, v_cache, pos + length)
-        out = blockwise_cached_causal_attention(q, k_cache, v_cache, pos,
-                                                self._block_size)       # [B, H, L, d_vh]
+        if self._masked:
+            mask_cache = fastmath.dynamic_update_slice(mask_cache, key_mask != 0, (0, pos))
+            self.state += (mask_cache,)
+        out = blockwise_cached_causal_attention(q, k_cache, v_cache, pos, self._block_size,
+                                                mask_cache)             # [B, H, L, d_vh]
         out = merge_heads(out)                                           # [B, L, d_v]
         # Under jit an overflow cannot raise: poison the output instead.
         return xnp.where(pos + length > self._max_len, xnp.full_like(out, xnp.nan), out)
 
     def _predict_numpy(self, q: Any, k: Any, v: Any, k_cache: Any, v_cache: Any,
-                       pos: int) -> Any:
+                       pos: int, key_mask: Any = None, mask_cache: Any = None) -> Any:
         end = pos + q.shape[2]
         k_cache, v_cache = _writable(k_cache), _writable(v_cache)
         k_cache[:, :, pos:end] = k                                       # in place
         v_cache[:, :, pos:end] = v
         self.state = (k_cache, v_cache, onp.asarray(end, onp.int32))
+        if self._masked:
+            mask_cache = _writable(mask_cache)
+            mask_cache[:, pos:end] = key_mask != 0
+            self.state += (mask_cache,)
+            mask_cache = mask_cache[:, :end]
         return cached_causal_attention(q, k_cache[:, :, :end], v_cache[:, :, :end],
-                                       pos)                              # [B, H, L, d_vh]
+                                       pos, mask_cache)                  # [B, H, L, d_vh]
 
 
 def _writable(array: Any) -> onp.ndarray:
@@ -171,18 +197,29 @@ def _writable(array: Any) -> onp.ndarray:
 
 
 def CausalAttention(d_feature: int, n_heads: int = 1, dropout: float = 0.0,  # noqa: N802
-                    max_len: int = 2048, mode: str = 'train') -> Layer:
+                    max_len: int = 2048, masked: bool = False, mode: str = 'train') -> Layer:
     """Causal self-attention x [B, L, d] -> [B, L, d_feature]: Dense q/k/v, core, Dense out.
 
+    masked=True: (x, mask [B, L]) -> (y, mask), keys where mask is False are
+    hidden as well (e.g. padding inside a joint encoder-decoder sequence).
+
     Example:
-        >>> CausalAttention(8, n_heads=2).n_in
-        1
+        >>> CausalAttention(8, n_heads=2).n_in, CausalAttention(8, masked=True).n_out
+        (1, 2)
     """
     check_divisible('CausalAttention', d_feature, n_heads)
     check_mode(mode, 'CausalAttention')
+    core = DotProductCausalAttention(n_heads, dropout, max_len, mode=mode, masked=masked)
+    if not masked:
+        return Serial(
+            Branch(Dense(d_feature), Dense(d_feature), Dense(d_feature)),  # q, k, v
+            core,
+            Dense(d_feature),
+            name='CausalAttention')
     return Serial(
-        Branch(Dense(d_feature), Dense(d_feature), Dense(d_feature)),  # q, k, v
-        DotProductCausalAttention(n_heads, dropout, max_len, mode=mode),
+        Select([0, 0, 0, 1, 1]),                                         # x, x, x, mask, mask
+        Parallel(Dense(d_feature), Dense(d_feature), Dense(d_feature)),  # q, k, v, mask, mask
+        core,                                                            # y, mask
         Dense(d_feature),
         name='CausalAttention')
 

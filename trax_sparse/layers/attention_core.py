@@ -111,21 +111,25 @@ def multihead_attention(q: Any, k: Any, v: Any, mask: Any, n_heads: int,
     return merge_heads(out)
 
 
-def cached_causal_attention(q: Any, k_cache: Any, v_cache: Any, start: Any) -> Any:
+def cached_causal_attention(q: Any, k_cache: Any, v_cache: Any, start: Any,
+                            key_mask: Any = None) -> Any:
     """New queries against a per-head K/V cache, one masked softmax over the whole cache.
 
     q [B, H, Lq, d_h] are the tokens at positions start..start+Lq-1; k_cache
     [B, H, N, d_h] and v_cache [B, H, N, d_vh] hold keys/values for positions
     0..start+Lq-1 (later slots are ignored). Returns [B, H, Lq, d_vh]. Cost
     O(N): the reference for the blockwise version, and the NumPy decoding path
-    on a cache cut to start+Lq slots.
+    on a cache cut to start+Lq slots. key_mask [B, N] (True = real key), if
+    given, also hides padded keys.
     """
     mask = prefix_causal_mask(start, q.shape[2], k_cache.shape[2])     # [Lq, N]
+    if key_mask is not None:
+        mask = mask[None, None] & padding_mask(key_mask)                 # [B, 1, Lq, N]
     return dot_product_attention(q, k_cache, v_cache, mask)
 
 
 def blockwise_cached_causal_attention(q: Any, k_cache: Any, v_cache: Any, start: Any,
-                                      block_size: int = 128) -> Any:
+                                      block_size: int = 128, key_mask: Any = None) -> Any:
     """Same result as `cached_causal_attention`, reading only the filled cache blocks.
 
     Loops (fastmath.fori_loop) over the ceil((start+Lq)/block_size) key blocks
@@ -133,11 +137,12 @@ def blockwise_cached_causal_attention(q: Any, k_cache: Any, v_cache: Any, start:
     (online softmax), so the cost is O(start + Lq), not O(N). `start` may be a
     traced scalar (the trip count is then dynamic); shapes stay static. On JAX
     the loop always runs compiled (an eager while-loop would retrace per call).
+    key_mask [B, N] (True = real key), if given, also hides padded keys.
     """
     if fastmath.is_jax():
         return _compiled_blockwise(fastmath.backend_name())(q, k_cache, v_cache, start,
-                                                            int(block_size))
-    return _blockwise(q, k_cache, v_cache, start, int(block_size))
+                                                            int(block_size), key_mask)
+    return _blockwise(q, k_cache, v_cache, start, int(block_size), key_mask)
 
 
 @functools.lru_cache(maxsize=None)
@@ -146,7 +151,8 @@ def _compiled_blockwise(backend_name: str) -> Callable:
     return fastmath.jit(_blockwise, static_argnums=(4,))
 
 
-def _blockwise(q: Any, k_cache: Any, v_cache: Any, start: Any, block_size: int) -> Any:
+def _blockwise(q: Any, k_cache: Any, v_cache: Any, start: Any, block_size: int,
+               key_mask: Any = None) -> Any:
     batch, n_heads, n_queries, d_head = q.shape
     n_slots = k_cache.shape[2]
     block = max(1, min(int(block_size), n_slots))
@@ -166,6 +172,9 @@ def _blockwise(q: Any, k_cache: Any, v_cache: Any, start: Any, block_size: int) 
         key_positions = read_start + xnp.arange(block)                          # [blk]
         valid = ((key_positions[None, :] <= query_positions[:, None])
                  & (key_positions[None, :] >= block_start))                     # [Lq, blk]
+        if key_mask is not None:
+            real = fastmath.dynamic_slice(key_mask, (0, read_start), (batch, block))  # [B, blk]
+            valid = valid[None, None] & (real != 0)[:, None, None, :]          # [B,1,Lq,blk]
         scores = xnp.matmul(q, xnp.swapaxes(k_block, -1, -2))                  # [B,H,Lq,blk]
         scores = xnp.where(valid, scores, xnp.full_like(scores, MASK_VALUE))
         new_max = xnp.maximum(running_max, xnp.max(scores, axis=-1, keepdims=True))

@@ -33,6 +33,17 @@ def _from_stack(stack: list, n: int) -> Any:
     return tuple(stack[:n])
 
 
+def _check_trees(layer: Layer, weights: Any, state: Any) -> None:
+    """Weights/state of a combinator must have one entry per sublayer."""
+    n = len(layer.sublayers)
+    for what, tree in (('weights', weights), ('state', state)):
+        if not isinstance(tree, (tuple, list)) or len(tree) != n:
+            got = f'{type(tree).__name__} of {len(tree)}' if isinstance(tree, (tuple, list)) \
+                else type(tree).__name__
+            raise ValueError(f'{layer.name} has {n} sublayers but got {what} with {got} '
+                             f'entries (were they made for another model?)')
+
+
 def _flatten(layers: Sequence[Any]) -> list[Layer]:
     flat = []
     for layer in layers:
@@ -67,6 +78,7 @@ class Serial(Layer):
         super().__init__(n_in=n_in, n_out=n_out, name=name or 'Serial', sublayers=layers)
 
     def forward(self, xs: Any) -> Any:
+        _check_trees(self, self.weights, self.state)
         stack = _to_stack(xs, self.n_in)
         rngs = split_rngs(self.rng, len(self.sublayers))
         new_states = []
@@ -111,6 +123,7 @@ class Parallel(Layer):
         return spans
 
     def forward(self, xs: Any) -> Any:
+        _check_trees(self, self.weights, self.state)
         rngs = split_rngs(self.rng, len(self.sublayers))
         outputs, new_states = [], []
         for i, (layer, x, w, s, r) in enumerate(
