@@ -33,16 +33,25 @@ def fresh_state(model: Layer, state: Any = None) -> Any:
 def step_function(model: Layer, accelerate: bool = True) -> Callable:
     """(inputs, weights, state, rng) -> (logits of the last position [B, V], new_state).
 
-    On JAX it is jit-compiled with the state donated, so caches update in place.
+    On JAX the calls after the first are jit-compiled with the state donated,
+    so caches update in place. The first call (the prefix: start token, prompt,
+    encoder inputs) runs without jit, so layers that prime their caches on it
+    (e.g. the Terraformer's joint sequence) see a concrete state.
     """
     def step(inputs, weights, state, rng):
         out, new_state = model.pure_fn(inputs, weights, state, rng)
         logits = out[0] if isinstance(out, (tuple, list)) else out   # [B, L, V]
         return logits[:, -1, :], new_state
 
-    if accelerate and fastmath.is_jax():
-        return fastmath.jit(step, donate_argnums=(2,))
-    return step
+    if not (accelerate and fastmath.is_jax()):
+        return step
+    compiled = fastmath.jit(step, donate_argnums=(2,))
+    n_calls = [0]
+
+    def first_eager_then_compiled(inputs, weights, state, rng):
+        n_calls[0] += 1
+        return (step if n_calls[0] == 1 else compiled)(inputs, weights, state, rng)
+    return first_eager_then_compiled
 
 
 def batch_leaf_mask(model: Layer, signature_for_batch: Callable[[int], Any],

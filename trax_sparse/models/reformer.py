@@ -1,0 +1,54 @@
+"""ReformerLM: a reversible decoder-only LM with LSH attention (REFERENCE_TRAX.md §3.4).
+
+ShiftRight -> Embedding -> Dropout -> positions -> Dup -> ReversibleSerial of
+RevNet blocks (LSH or dense causal attention, dense or sparse FF) ->
+Concatenate (2·d_model) -> LayerNorm -> Dropout -> output layer (its input
+width is inferred, so a sparse loss layer works, unlike Trax's).
+
+Example:
+    >>> import numpy as np
+    >>> from trax_sparse import shapes
+    >>> from trax_sparse.models import ReformerLM
+    >>> lm = ReformerLM(16, d_model=8, d_ff=16, n_layers=1, n_heads=2, d_attention_key=4,
+    ...                 d_attention_value=4, chunk_len=4, n_buckets=2, mode='eval')
+    >>> lm.output_signature(shapes.ShapeDtype((2, 8), np.int32)).shape
+    (2, 8, 16)
+"""
+from typing import Any, Callable
+
+from trax_sparse import layers as tl
+from trax_sparse.models import blocks
+from trax_sparse.models import reversible_blocks as rb
+
+
+def ReformerLM(vocab_size: int, d_model: int = 512, d_ff: int = 2048,  # noqa: N802
+               n_layers: int = 6, n_heads: int = 8, d_attention_key: int = 64,
+               d_attention_value: int = 64, attention_type: str = 'lsh', chunk_len: int = 64,
+               n_hashes: int = 1, n_buckets: int = 64, n_chunks_before: int = 1,
+               n_chunks_after: int = 0, attention_dropout: float = 0.0,
+               ff_sparsity: Any = 0, loss_sparsity: int = 0, dropout: float = 0.1,
+               max_len: int = 2048, ff_activation: Callable[[], tl.Layer] = tl.FastGelu,
+               mode: str = 'train') -> tl.Layer:
+    """Token ids [B, L] -> logits [B, L, vocab_size]; attention_type 'lsh' or 'dense'."""
+    tl.check_mode(mode, 'ReformerLM')
+    lsh = dict(chunk_len=chunk_len, n_hashes=n_hashes, n_buckets=n_buckets,
+               n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
+               attention_dropout=attention_dropout)
+    if attention_type == 'lsh':
+        attention = rb.lsh_attention(d_model, n_heads, d_attention_key, d_attention_value,
+                                     causal=True, masked=False, dropout=dropout, lsh=lsh,
+                                     max_len=max_len)
+    else:
+        attention = blocks.causal_attention(d_model, n_heads, dropout, max_len, attention_type)
+    ff = blocks.feed_forward(d_model, d_ff, ff_sparsity, dropout, ff_activation)
+    return tl.Serial(                                                    # tokens [B, L]
+        tl.ShiftRight(mode=mode),
+        blocks.embedding_stack(vocab_size, d_model, dropout, max_len, mode),   # [B, L, d]
+        tl.Dup(),                                                        # x1, x2
+        tl.ReversibleSerial([rb.ReversibleDecoderBlock([attention], ff, dropout, mode)
+                             for _ in range(n_layers)]),
+        tl.Concatenate(),                                                # [B, L, 2d]
+        tl.LayerNorm(),
+        tl.Dropout(dropout, mode=mode),
+        blocks.output_layer(vocab_size, loss_sparsity)(mode),            # logits [B, L, V]
+        name='ReformerLM')
