@@ -20,6 +20,7 @@ value_and_grad = jax.value_and_grad
 vjp = jax.vjp
 custom_vjp = jax.custom_vjp
 stop_gradient = lax.stop_gradient
+optimization_barrier = lax.optimization_barrier
 dynamic_slice = lax.dynamic_slice
 dynamic_update_slice = lax.dynamic_update_slice
 fori_loop = lax.fori_loop
@@ -107,3 +108,81 @@ class random:  # noqa: N801 - a namespace, like jax.random.
     @staticmethod
     def randint(key, shape=(), minval=0, maxval=None, dtype=np.int32):
         return jax.random.randint(key, tuple(shape), minval, maxval, dtype)
+
+
+# ---- devices, data parallelism and debugging (used by trax_sparse.training) -----------------
+def tree_flatten(tree: Any) -> tuple[list, Any]:
+    """jax.tree_util.tree_flatten: (leaves, treedef), for trees of any pytree type (optax states)."""
+    return jax.tree_util.tree_flatten(tree)
+
+
+def tree_unflatten(treedef: Any, leaves: Sequence) -> Any:
+    return jax.tree_util.tree_unflatten(treedef, list(leaves))
+
+
+def data_parallel_mesh(n_devices: int | None = None, axis_name: str = 'batch'):
+    """A 1-D Mesh over the first `n_devices` devices (all by default), Auto axis type."""
+    devices = jax.devices()
+    n = len(devices) if n_devices is None else int(n_devices)
+    if not 1 <= n <= len(devices):
+        raise ValueError(f'data_parallel_mesh: n_devices must be in [1, {len(devices)}] '
+                         f'(the devices visible to jax), got {n}')
+    return jax.make_mesh((n,), (axis_name,), axis_types=(jax.sharding.AxisType.Auto,),
+                         devices=devices[:n])
+
+
+def replicate(tree: Any, mesh) -> Any:
+    """Places every leaf of `tree` on all devices of `mesh` (NamedSharding, spec P())."""
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    return jax.tree_util.tree_map(lambda x: jax.device_put(x, sharding), tree)
+
+
+def shard_batch(tree: Any, mesh) -> Any:
+    """Splits every leaf's axis 0 across `mesh` (multi-host: each process gives its local part)."""
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(mesh.axis_names[0]))
+    if jax.process_count() > 1:
+        return jax.tree_util.tree_map(
+            lambda x: jax.make_array_from_process_local_data(sharding, onp.asarray(x)), tree)
+    return jax.tree_util.tree_map(lambda x: jax.device_put(x, sharding), tree)
+
+
+def sharding_device_count(x: Any) -> int:
+    """How many devices hold a part of array `x`."""
+    return len(x.sharding.device_set)
+
+
+def to_host(tree: Any) -> Any:
+    """Copies every leaf to a host NumPy array (replicated multi-host arrays: the local copy)."""
+    def fetch(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return onp.asarray(x.addressable_data(0))
+        return onp.asarray(x)
+    return jax.tree_util.tree_map(fetch, tree)
+
+
+def block_until_ready(tree: Any) -> Any:
+    return jax.block_until_ready(tree)
+
+
+def distributed_initialize(coordinator_address: str | None = None,
+                           num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+    """jax.distributed.initialize for multi-host runs (call before any other jax work)."""
+    jax.distributed.initialize(coordinator_address=coordinator_address,
+                               num_processes=num_processes, process_id=process_id)
+
+
+def process_index() -> int:
+    return jax.process_index()
+
+
+def process_count() -> int:
+    return jax.process_count()
+
+
+def set_debug_options(disable_jit: bool | None = None, debug_nans: bool | None = None) -> None:
+    """Turns jit off and/or NaN checks (jax_debug_nans) on or off for the process."""
+    if disable_jit is not None:
+        jax.config.update('jax_disable_jit', bool(disable_jit))
+    if debug_nans is not None:
+        jax.config.update('jax_debug_nans', bool(debug_nans))

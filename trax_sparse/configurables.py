@@ -1,0 +1,67 @@
+"""Gin registration of the library: layers, data, optimizers, schedules and the `train` root.
+
+The only library module that imports gin (with trainer.py and decode.py). Everything is
+registered with `gin.register`, which leaves the Python objects unchanged, so bindings
+apply only where a gin file references a configurable (`@Dense`, `@Adafactor()`).
+`mode` is never configurable: the trainer builds the train and eval models itself.
+Gin has a `constant` of its own, so write the constant schedule as `@training.constant`
+(bindings: `training.constant.value = 0.001`).
+
+Example:
+    >>> import gin
+    >>> from trax_sparse import configurables
+    >>> with gin.unlock_config():
+    ...     _ = gin.parse_config('Adafactor.decay_rate = 0.9')
+    >>> gin.get_configurable('Adafactor')().hyper_parameters['decay_rate']
+    0.9
+    >>> gin.clear_config()
+"""
+import inspect
+from types import ModuleType
+from typing import Any
+
+import gin
+
+from trax_sparse import data, training
+from trax_sparse import layers as tl
+
+# Public names of trax_sparse.layers that are API, not layers to configure.
+LAYER_API = frozenset({'MODES', 'Layer', 'LayerError', 'PureLayer', 'check_mode', 'is_replaying',
+                       'replay_context'})
+OPTIMIZERS = ('Adafactor', 'Adam', 'SGD')
+SCHEDULES = ('constant', 'multifactor', 'warmup', 'warmup_and_rsqrt_decay')
+
+
+def register(fn: Any, module: str) -> Any:
+    """Registers a function or class with gin under `module`, with `mode` denylisted."""
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        parameters = {}
+    denylist = ['mode'] if 'mode' in parameters else None
+    return gin.register(fn, module=module, denylist=denylist)
+
+
+def register_public(namespace: ModuleType, module: str, exclude: frozenset = frozenset(),
+                    names: Any = None) -> list[str]:
+    """Registers the public functions and classes of `namespace` (its __all__ or `names`)."""
+    registered = []
+    for name in (names if names is not None else namespace.__all__):
+        obj = getattr(namespace, name)
+        if name in exclude or not (inspect.isfunction(obj) or inspect.isclass(obj)):
+            continue
+        if inspect.isclass(obj) and issubclass(obj, BaseException):
+            continue
+        register(obj, module)
+        registered.append(name)
+    return registered
+
+
+LAYERS = register_public(tl, 'trax_sparse.layers', exclude=LAYER_API)
+DATA = register_public(data, 'trax_sparse.data')
+register_public(training, 'trax_sparse.training', names=OPTIMIZERS + SCHEDULES)
+train = gin.external_configurable(training.train, module='trax_sparse.training',
+                                  denylist=['output_dir', 'operative_config'])
+
+__all__ = ['DATA', 'LAYERS', 'LAYER_API', 'OPTIMIZERS', 'SCHEDULES', 'register',
+           'register_public', 'train']

@@ -1,0 +1,131 @@
+"""Metric records to a JSON-lines file, TensorBoard event files, the log and a progress bar.
+
+A record is a flat dict: {'step': 100, 'split': 'train', 'loss': 2.3, ...}. Records go
+to `output_dir/metrics.jsonl` (one JSON object per line) and, when tensorboardX is
+installed, to TensorBoard event files in `output_dir/<split>/` (tag 'metrics/<name>').
+On resume from step N, records of steps > N (written after that checkpoint by the run
+that stopped) are dropped from metrics.jsonl and purged from TensorBoard, because the
+resumed run writes them again.
+
+Example:
+    >>> import json, os, tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> writer = MetricsWriter(d, tensorboard=False)
+    >>> writer.write({'step': 1, 'split': 'train', 'loss': 2.5})
+    >>> writer.close()
+    >>> [json.loads(line)['loss'] for line in open(os.path.join(d, 'metrics.jsonl'))]
+    [2.5]
+"""
+import json
+import logging
+import math
+import os
+import sys
+import warnings
+from typing import Any
+
+from trax_sparse.training.checkpoint import atomic_write_text
+
+METRICS_FILE = 'metrics.jsonl'
+log = logging.getLogger('trax_sparse.training')
+
+
+def read_metrics(output_dir: str) -> list[dict]:
+    """All records of `output_dir/metrics.jsonl` (complete lines only)."""
+    path = os.path.join(output_dir, METRICS_FILE)
+    if not os.path.exists(path):
+        return []
+    records = []
+    with open(path, encoding='utf-8') as f:
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut by a crash mid-write
+                continue
+    return records
+
+
+def _format(record: dict) -> str:
+    parts = [f"{k} {v:.4g}" if isinstance(v, float) else f'{k} {v}'
+             for k, v in record.items() if k not in ('step', 'split')]
+    return f"step {record.get('step')} {record.get('split', '')}: " + ', '.join(parts)
+
+
+class MetricsWriter:
+    """Appends records to metrics.jsonl and TensorBoard; logs them (INFO)."""
+
+    def __init__(self, output_dir: str | None, resume_step: int = 0, tensorboard: bool = True):
+        self._output_dir = output_dir
+        self._writers: dict = {}
+        self._tensorboard = tensorboard and output_dir is not None
+        self._purge_step = resume_step + 1 if resume_step > 0 else None
+        self._file = None
+        if output_dir is not None:
+            path = os.path.join(output_dir, METRICS_FILE)
+            if os.path.exists(path):
+                kept = [r for r in read_metrics(output_dir) if r.get('step', 0) <= resume_step]
+                atomic_write_text(path, ''.join(json.dumps(r) + '\n' for r in kept))
+            self._file = open(path, 'a', encoding='utf-8')
+
+    def write(self, record: dict) -> None:
+        log.info(_format(record))
+        if self._file is not None:
+            self._file.write(json.dumps(record) + '\n')
+            self._file.flush()
+        if self._tensorboard:
+            writer = self._tensorboard_writer(str(record.get('split', 'train')))
+            if writer is not None:
+                for name, value in record.items():
+                    if name not in ('step', 'split') and isinstance(value, (int, float)) \
+                            and math.isfinite(value):
+                        writer.add_scalar(f'metrics/{name}', value, record['step'])
+                writer.flush()
+
+    def _tensorboard_writer(self, split: str) -> Any:
+        if split not in self._writers:
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError:
+                warnings.warn('tensorboardX is not installed: no TensorBoard event files '
+                              '(pip install tensorboardX)', RuntimeWarning, stacklevel=3)
+                self._tensorboard = False
+                return None
+            self._writers[split] = SummaryWriter(os.path.join(self._output_dir, split),
+                                                 purge_step=self._purge_step)
+        return self._writers[split]
+
+    def close(self) -> None:
+        for writer in self._writers.values():
+            writer.close()
+        self._writers = {}
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+class ProgressBar:
+    """A tqdm bar on an interactive terminal; silent otherwise (logs carry the metrics)."""
+
+    def __init__(self, total: int, description: str = 'train', enabled: bool | None = None):
+        if enabled is None:
+            enabled = sys.stderr.isatty()
+        self._bar = None
+        if enabled:
+            try:
+                from tqdm import tqdm
+                self._bar = tqdm(total=total, desc=description, unit='step', dynamic_ncols=True)
+            except ImportError:
+                self._bar = None
+
+    def update(self, loss: float | None = None) -> None:
+        if self._bar is not None:
+            if loss is not None:
+                self._bar.set_postfix(loss=f'{loss:.4f}', refresh=False)
+            self._bar.update(1)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+__all__ = ['METRICS_FILE', 'MetricsWriter', 'ProgressBar', 'read_metrics']

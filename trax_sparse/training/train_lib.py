@@ -1,0 +1,128 @@
+"""`train(...)`: the root that the gin trainer binary configures (Trax's trainer_lib.train).
+
+It builds the train- and eval-mode models, the tasks and a Loop on `output_dir`, resumes
+from the newest checkpoint there, and trains until `steps` steps are done. Arguments that
+gin passes as configurables are accepted either built or as factories:
+`model=@TransformerLM` (called with mode='train' and mode='eval'), `optimizer=@Adam`,
+`lr_schedule=@multifactor` (a factory with no required argument is called),
+`inputs=@my_stream` (a function returning a batch iterator is called).
+
+Example:
+    >>> import numpy as np, tempfile
+    >>> from trax_sparse import layers as tl
+    >>> x = np.arange(8, dtype=np.int32).reshape(2, 4) % 5
+    >>> loop = train(tempfile.mkdtemp(), model=tl.Serial(tl.Embedding(5, 8), tl.Dense(5)),
+    ...              inputs=iter(lambda: (x, x), None), steps=3, checkpoint_every=2)
+    >>> loop.step
+    3
+"""
+import inspect
+import logging
+import os
+from typing import Any, Callable, Iterable
+
+from trax_sparse import layers as tl
+from trax_sparse.training import optimizers as opt
+from trax_sparse.training import schedules
+from trax_sparse.training.checkpoint import atomic_write_text
+from trax_sparse.training.distributed import is_primary
+from trax_sparse.training.loop import Loop, prepare_output_dir
+from trax_sparse.training.tasks import EvalTask, TrainTask, open_stream
+
+log = logging.getLogger('trax_sparse.training')
+CONFIG_FILE = 'config.gin'
+
+
+def _is_factory(fn: Any) -> bool:
+    """A callable whose parameters all have defaults (so it is not a step -> lr schedule)."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return all(p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+               for p in parameters)
+
+
+def _models(model: Any) -> tuple[tl.Layer, tl.Layer]:
+    if model is None:
+        raise ValueError('train: a model is required (gin: train.model = @TransformerLM)')
+    if isinstance(model, tl.Layer):
+        return model, model
+    if not callable(model):
+        raise ValueError(f'train: model must be a Layer or a function mode -> Layer, got '
+                         f'{type(model).__name__}')
+    return model(mode='train'), model(mode='eval')
+
+
+def _stream(data: Any, what: str) -> Iterable:
+    if data is None:
+        raise ValueError(f'train: {what} is required (an iterator of (inputs, targets, weights) '
+                         f'batches, or a function returning one)')
+    return open_stream(data)
+
+
+def _built(value: Any, kind: type, default: Callable, what: str) -> Any:
+    if value is None:
+        return default()
+    if isinstance(value, kind):
+        return value
+    if callable(value):
+        value = value()
+    if not isinstance(value, kind):
+        raise ValueError(f'train: {what} must be a {kind.__name__}, got {type(value).__name__}')
+    return value
+
+
+def train(output_dir: str, model: Any = None, inputs: Any = None, eval_inputs: Any = None,
+          loss: Any = None, optimizer: Any = None, lr_schedule: Any = None, steps: int = 1000,
+          eval_steps: int = 10, eval_every: int | None = None, checkpoint_every: int = 100,
+          keep_checkpoints: int = 3, random_seed: int | None = 0, n_devices: int | None = None,
+          use_jit: bool = True,
+          operative_config: Callable[[], str] | None = None) -> Loop:
+    """Trains `model` until `steps` steps are done in `output_dir` (resuming there); returns
+    the Loop.
+
+    inputs / eval_inputs: batch iterators (or functions returning one); no eval without
+    eval_inputs. loss: a loss layer (default CrossEntropyLoss); optimizer default Adam();
+    lr_schedule default multifactor(). eval_steps batches are evaluated every eval_every
+    steps (default: checkpoint_every). operative_config: returns the config text written
+    to output_dir/config.gin and stored in checkpoints (the trainer passes gin's).
+    """
+    output_dir = prepare_output_dir(output_dir)
+    train_model, eval_model = _models(model)
+    loss_layer = _built(loss, tl.Layer, tl.CrossEntropyLoss, 'loss')
+    optimizer = _built(optimizer, opt.Optimizer, opt.Adam, 'optimizer')
+    if lr_schedule is None:
+        lr_schedule = schedules.multifactor()
+    elif _is_factory(lr_schedule):
+        lr_schedule = lr_schedule()
+    if int(steps) < 0 or int(checkpoint_every) < 1:
+        raise ValueError(f'train: steps must be >= 0 and checkpoint_every >= 1, got {steps}, '
+                         f'{checkpoint_every}')
+    eval_every = int(eval_every or checkpoint_every)
+    task = TrainTask(_stream(inputs, 'inputs'), loss_layer, optimizer, lr_schedule,
+                     n_steps_per_checkpoint=checkpoint_every)
+    eval_tasks = []
+    if eval_inputs is not None:
+        eval_tasks.append(EvalTask(_stream(eval_inputs, 'eval_inputs'),
+                                   n_eval_batches=eval_steps))
+    config_text = operative_config() if operative_config is not None else None
+    if config_text is not None and is_primary():
+        atomic_write_text(os.path.join(output_dir, CONFIG_FILE), config_text)
+    loop = Loop(train_model, task, eval_model=eval_model, eval_tasks=eval_tasks,
+                output_dir=output_dir, random_seed=random_seed,
+                eval_at=lambda step: step % eval_every == 0, keep_checkpoints=keep_checkpoints,
+                n_devices=n_devices, use_jit=use_jit, config_text=config_text)
+    try:
+        remaining = int(steps) - loop.step
+        if remaining > 0:
+            loop.run(remaining)
+        else:
+            log.info('%s already holds step %d >= steps=%d: nothing to train', output_dir,
+                     loop.step, steps)
+    finally:
+        loop.close()
+    return loop
+
+
+__all__ = ['CONFIG_FILE', 'train']
