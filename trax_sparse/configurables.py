@@ -17,17 +17,20 @@ Example:
     >>> gin.clear_config()
 """
 import inspect
+import os
 from types import ModuleType
 from typing import Any
 
 import gin
 
-from trax_sparse import data, training
+from trax_sparse import data, models, training
 from trax_sparse import layers as tl
 
 # Public names of trax_sparse.layers that are API, not layers to configure.
-LAYER_API = frozenset({'MODES', 'Layer', 'LayerError', 'PureLayer', 'check_mode', 'is_replaying',
-                       'replay_context'})
+LAYER_API = frozenset({'MODES', 'Layer', 'LayerError', 'PureLayer', 'check_mode', 'count_params',
+                       'is_replaying', 'replay_context', 'weights_signature'})
+# The gin/ folder of this repository: `include 'shakespeare_lm.gin'` works from anywhere.
+GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'gin')
 OPTIMIZERS = ('Adafactor', 'Adam', 'SGD')
 SCHEDULES = ('constant', 'multifactor', 'warmup', 'warmup_and_rsqrt_decay')
 
@@ -57,11 +60,19 @@ def register_public(namespace: ModuleType, module: str, exclude: frozenset = fro
     return registered
 
 
+def add_search_paths(config_files: Any = ()) -> None:
+    """Lets gin `include` find files beside the given configs and in the repository's gin/."""
+    for directory in [os.path.dirname(os.path.abspath(f)) for f in config_files] + [GIN_DIR]:
+        if os.path.isdir(directory):
+            gin.add_config_file_search_path(directory)
+
+
 LAYERS = register_public(tl, 'trax_sparse.layers', exclude=LAYER_API)
+MODELS = register_public(models, 'trax_sparse.models')
 DATA = register_public(data, 'trax_sparse.data')
 register_public(training, 'trax_sparse.training', names=OPTIMIZERS + SCHEDULES)
 train = gin.external_configurable(training.train, module='trax_sparse.training',
                                   denylist=['output_dir', 'operative_config'])
 
-__all__ = ['DATA', 'LAYERS', 'LAYER_API', 'OPTIMIZERS', 'SCHEDULES', 'register',
-           'register_public', 'train']
+__all__ = ['DATA', 'GIN_DIR', 'LAYERS', 'LAYER_API', 'MODELS', 'OPTIMIZERS', 'SCHEDULES',
+           'add_search_paths', 'register', 'register_public', 'train']

@@ -66,6 +66,7 @@ def main(argv: list[str]) -> None:
         fastmath.backend().set_debug_options(disable_jit=True, debug_nans=True)
 
     from trax_sparse import configurables  # registers everything with gin
+    configurables.add_search_paths(FLAGS.config_file)
     try:
         gin.parse_config_files_and_bindings(FLAGS.config_file, FLAGS.config)
     except Exception as e:  # noqa: BLE001 - gin's message names the file and binding.

@@ -35,7 +35,7 @@ from trax_sparse.data.streams import ExampleSource, ResumableStream, ShuffledOrd
 from trax_sparse.data.tfds_streams import (DEFAULT_FEATURE_KEYS, is_prepared, load_shakespeare,
                                            tfds_examples, tfds_lm_stream, tfds_seq2seq_stream)
 from trax_sparse.data.tokenizers import (ByteTokenizer, SentencePieceTokenizer, Tokenizer,
-                                         train_sentencepiece)
+                                         load_sentencepiece, train_sentencepiece)
 
 __all__ = [
     # Corpora and where they live.
@@ -46,7 +46,8 @@ __all__ = [
     'DEFAULT_FEATURE_KEYS', 'is_prepared', 'tfds_examples', 'tfds_lm_stream',
     'tfds_seq2seq_stream',
     # Tokenizers.
-    'Tokenizer', 'ByteTokenizer', 'SentencePieceTokenizer', 'train_sentencepiece',
+    'Tokenizer', 'ByteTokenizer', 'SentencePieceTokenizer', 'load_sentencepiece',
+    'train_sentencepiece',
     # Pipelines.
     'ResumableStream', 'ExampleSource', 'ShuffledOrder', 'LMStream', 'Seq2SeqStream',
     'SpanCorruptionStream', 'span_corrupt', 'reconstruct_from_spans', 'random_spans_noise_mask',

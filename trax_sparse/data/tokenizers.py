@@ -167,6 +167,11 @@ class SentencePieceTokenizer(Tokenizer):
         return self._processor.decode([int(i) for i in ids])
 
 
+def load_sentencepiece(path: str | os.PathLike, n_extra_ids: int = 0) -> SentencePieceTokenizer:
+    """SentencePieceTokenizer.load as a plain function (for gin: `@load_sentencepiece()`)."""
+    return SentencePieceTokenizer.load(os.path.expanduser(str(path)), n_extra_ids)
+
+
 def train_sentencepiece(texts: Iterable[str], vocab_size: int, model_type: str = 'unigram',
                         n_extra_ids: int = 0, byte_fallback: bool = True,
                         character_coverage: float = 1.0, num_threads: int = 2,

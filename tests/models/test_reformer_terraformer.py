@@ -1,0 +1,116 @@
+"""ReformerLM and Terraformer: predict == eval, padding invariance, reversible grads == autodiff."""
+import jax
+import numpy as np
+import pytest
+
+from trax_sparse import fastmath, models, shapes
+from trax_sparse import layers as tl
+from tests import helpers
+from tests.layers.test_reversible import AutodiffForward
+from tests.models import model_checks
+
+VOCAB = 16
+rng = np.random.default_rng(1)
+TOKENS = rng.integers(1, VOCAB, size=(2, 8)).astype(np.int32)
+INPUTS = rng.integers(1, VOCAB, size=(2, 6)).astype(np.int32)
+INPUTS[1, 3:] = 0                                            # row 1: three padding tokens
+SMALL = dict(d_model=8, d_ff=16, n_heads=2, d_attention_key=4, d_attention_value=4, dropout=0.1,
+             max_len=32)
+
+
+def reformer(mode, **options):
+    # One chunk covering the sequence: LSH predict equals eval exactly (DESIGN.md §5.1).
+    opts = dict(SMALL, n_layers=2, chunk_len=8, n_chunks_before=0, n_buckets=2, n_hashes=2)
+    opts.update(options)
+    return models.ReformerLM(VOCAB, mode=mode, **opts)
+
+
+def terraformer(mode, **options):
+    opts = dict(SMALL, n_encoder_layers=1, n_decoder_layers=1, chunk_len=16, n_chunks_before=0,
+                n_buckets=2)
+    opts.update(options)
+    return models.Terraformer(VOCAB, mode=mode, **opts)
+
+
+TERRA_CONFIGS = {
+    'dense': dict(),
+    'lsh': dict(encoder_attention_type='lsh', decoder_attention_type='lsh'),
+    'sparse': dict(decoder_attention_type='sparse_qkv', qkv_sparsity=2, ff_sparsity=4,
+                   loss_sparsity=2),
+}
+
+
+@pytest.mark.parametrize('attention', ['lsh', 'dense'])
+def test_reformer_predict_equals_eval(attention, backend_name):
+    model_checks.lm_predict_equals_eval(lambda mode: reformer(mode, attention_type=attention),
+                                        TOKENS)
+
+
+@pytest.mark.parametrize('config', sorted(TERRA_CONFIGS))
+def test_terraformer_predict_equals_eval_with_padded_inputs(config, backend_name):
+    model_checks.encdec_predict_equals_eval(
+        lambda mode: terraformer(mode, **TERRA_CONFIGS[config]), INPUTS, TOKENS[:, :5])
+
+
+@pytest.mark.parametrize('config', sorted(TERRA_CONFIGS))
+def test_terraformer_output_ignores_encoder_padding(config):
+    model = terraformer('eval', **TERRA_CONFIGS[config])
+    short = INPUTS[1:, :3]                                    # row 1 without its padding
+    targets = TOKENS[1:, :5]
+    w, s = model.init(shapes.signature((INPUTS[1:], targets)))
+    with fastmath.use_backend('numpy'):
+        (padded_out, _), _ = model.pure_fn((INPUTS[1:], targets), w, s)
+        (short_out, _), _ = model.pure_fn((short, targets), w, s)
+    np.testing.assert_allclose(padded_out, short_out, atol=1e-5)
+
+
+def _autodiff_twin(layer):
+    """The same model with every reversible part differentiated by plain autodiff."""
+    if type(layer) in (tl.Serial, tl.ReversibleSerial):
+        return tl.Serial(*[_autodiff_twin(sub) for sub in layer.sublayers], name=layer.name)
+    if isinstance(layer, tl.ReversibleLayer):
+        return AutodiffForward(layer)
+    return layer
+
+
+@pytest.mark.parametrize('config', ['dense', 'sparse'])
+def test_terraformer_reversible_gradients_equal_autodiff(config):
+    model = terraformer('train', **TERRA_CONFIGS[config])
+    targets = TOKENS[:, :5]
+    batch = (INPUTS, targets)
+    w, s = model.init(shapes.signature(batch), rng=fastmath.random.get_prng(0))
+    twin = _autodiff_twin(model)
+    key = np.array([0, 42], np.uint32)
+    loss_layer = tl.CrossEntropyLoss()
+
+    def loss(layer, weights):
+        (logits, _), _ = layer.pure_fn(batch, weights, s, key)
+        return loss_layer((logits, targets, np.ones(targets.shape)))
+
+    with fastmath.use_backend('jax'), jax.enable_x64(True):
+        w64 = helpers.to_float64(w)
+        g_rev = jax.jit(jax.grad(lambda w_: loss(model, w_)))(w64)
+        g_twin = jax.jit(jax.grad(lambda w_: loss(twin, w_)))(w64)
+    helpers.assert_trees_close(g_rev, g_twin, atol=1e-9, rtol=1e-5)
+    assert max(float(np.abs(np.asarray(g)).max()) for g in fastmath.tree_leaves(g_rev)) > 0
+
+
+def test_reformer_and_terraformer_training_lowers_loss():
+    batch = (TOKENS, TOKENS, np.ones(TOKENS.shape, np.float32))
+    first, last = model_checks.training_lowers_loss(reformer('train'), batch)
+    assert last < first - 0.3, (first, last)
+    targets = TOKENS[:, :5]
+    batch = (INPUTS, targets, np.ones(targets.shape, np.float32))
+    first, last = model_checks.training_lowers_loss(terraformer('train', **TERRA_CONFIGS['sparse']),
+                                                    batch)
+    assert last < first - 0.3, (first, last)
+
+
+def test_terraformer_rejects_padding_before_real_tokens():
+    model = terraformer('eval')
+    bad = INPUTS.copy()
+    bad[0, 1] = 0
+    w, s = model.init(shapes.signature((bad, TOKENS[:, :5])))
+    with fastmath.use_backend('numpy'):
+        with pytest.raises(tl.LayerError, match='encoder padding \\(id 0\\) must come after'):
+            model.pure_fn((bad, TOKENS[:, :5]), w, s)
