@@ -17,6 +17,7 @@ Example:
     >>> gin.clear_config()
 """
 import inspect
+import logging
 import os
 from types import ModuleType
 from typing import Any
@@ -60,11 +61,21 @@ def register_public(namespace: ModuleType, module: str, exclude: frozenset = fro
     return registered
 
 
+class _QuietIncludeSearch(logging.Filter):
+    """Hides gin's 'Path not found' errors for the search-path candidates it tries first."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith('Path not found')
+
+
 def add_search_paths(config_files: Any = ()) -> None:
     """Lets gin `include` find files beside the given configs and in the repository's gin/."""
     for directory in [os.path.dirname(os.path.abspath(f)) for f in config_files] + [GIN_DIR]:
         if os.path.isdir(directory):
             gin.add_config_file_search_path(directory)
+    root = logging.getLogger()
+    if not any(isinstance(f, _QuietIncludeSearch) for f in root.filters):
+        root.addFilter(_QuietIncludeSearch())
 
 
 LAYERS = register_public(tl, 'trax_sparse.layers', exclude=LAYER_API)
