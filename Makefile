@@ -19,7 +19,7 @@ test: $(STAMP)
 	$(PY) -m pytest -q -n 2 tests
 
 demo: $(STAMP)
-	$(PY) examples/layers_tour.py
+	$(PY) examples/demo.py
 
 clean:
 	rm -rf $(VENV) *.egg-info

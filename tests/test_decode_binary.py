@@ -81,8 +81,8 @@ def test_directory_without_checkpoint(tmp_path):
 
 def test_max_length_beyond_the_model_limit(trained_dir):
     with pytest.raises(decode.DecodeError, match=r'needs \d+ positions, but ScalingTransformerLM '
-                                                 r'was built for max_len=64'):
-        decode.run(trained_dir, prompt='abc', max_length=100, out=io.StringIO())
+                                                 r'was built for max_len=512'):
+        decode.run(trained_dir, prompt='abc', max_length=600, out=io.StringIO())
 
 
 def test_prompt_characters_outside_the_vocabulary():

@@ -1,0 +1,186 @@
+"""Decoding speed of Scaling Transformers: the paper's Table 1 on this machine.
+
+Batch 1, greedy, one token per step after a warm-up, median of repeated steps, random
+weights, float32, on the NumPy and the JAX backend (jit, state donated):
+(a) the 800M configuration's decoder (d 1024, 16 heads, d_ff 4096 dense / 6144 sparse,
+    N 64, S 16, vocab 32000, --layers layers; the paper's encoder runs once per sequence
+    and is left out), and
+(b) one block (attention + FF) at the 17B dimensions (d 9216, d_ff 65536, 96 heads,
+    N 256, d_lowrank 32, S 64).
+Every row shows the bytes of weights read per token and the lower bound bytes/bandwidth,
+with the memory bandwidth measured here by a large array copy: batch-1 decoding is memory
+bound, so measured/bound says how close a row is to the physical limit.
+
+Run: .venv/bin/python benchmarks/decode_speed.py [--part=a|b|ab] [--layers=24] [--steps=16]
+"""
+import os
+
+# Batch-1 decoding is memory bound: one BLAS thread already reaches the memory bandwidth
+# (measured: a 16 MB matrix-vector product at ~24 GB/s), more threads only contend for the
+# 2 cores (4-7x slower when the machine is busy). Set before NumPy loads OpenBLAS.
+os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
+
+import argparse
+import gc
+import statistics
+import time
+
+import numpy as np
+
+from trax_sparse import decoding, fastmath, models, shapes
+from trax_sparse import layers as tl
+from trax_sparse.decoding import bytes_read_per_token
+
+PAPER_800M = {'baseline': (0.160, 5.9), '+ Sparse FF': (0.093, 3.1),
+              '+ Sparse QKV': (0.152, 6.2), '+ Sparse FF + QKV': (0.061, 1.9)}
+PAPER_17B_BLOCK = {'baseline': 0.581, '+ Sparse FF': 0.259, '+ Sparse QKV': 0.554,
+                   '+ Sparse FF + QKV': 0.014}
+VARIANTS = {  # name -> (ff_sparsity, attention_type, d_ff multiplier key, loss_sparsity)
+    'baseline': (0, 'dense', 'dense', 0),
+    '+ Sparse FF': ('ff', 'dense', 'sparse', 0),
+    '+ Sparse QKV': (0, 'sparse_qkv', 'dense', 0),
+    '+ Sparse FF + QKV': ('ff', 'sparse_qkv', 'sparse', 0),
+    '+ Sparse FF + QKV + loss': ('ff', 'sparse_qkv', 'sparse', 4),
+}
+
+
+def memory_bandwidth(n_bytes: int = 1 << 29, repeats: int = 5) -> float:
+    """Bytes per second of a large NumPy copy (read + write), best of `repeats`."""
+    src = np.ones(n_bytes // 4, np.float32)
+    dst = np.empty_like(src)
+    best = min(_timed(lambda: np.copyto(dst, src)) for _ in range(repeats))
+    return 2 * n_bytes / best
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def time_per_token(model: tl.Layer, weights, backend: str, steps: int, inputs=None) -> float:
+    with fastmath.use_backend(backend):
+        return decoding.time_per_token(model, weights, steps, inputs)
+
+
+def _lm(variant: str, d: int, d_ff: dict, n_heads: int, n_layers: int, ff_sparsity, qkv: int,
+        vocab: int, max_len: int):
+    ff, attention, width, loss = VARIANTS[variant]
+    return models.ScalingTransformerLM(
+        vocab, d_model=d, d_ff=d_ff[width], n_layers=n_layers, n_heads=n_heads, dropout=0.0,
+        max_len=max_len, ff_sparsity=ff_sparsity if ff else 0, attention_type=attention,
+        qkv_sparsity=qkv, loss_sparsity=loss, mode='predict')
+
+
+def _init(model: tl.Layer, signature):
+    with fastmath.use_backend('jax'):
+        weights, _ = model.init(signature, rng=fastmath.random.get_prng(0))
+        weights = fastmath.to_numpy(weights)
+    model.weights = weights
+    return weights
+
+
+def part_a(n_layers: int, steps: int, bandwidth: float) -> list:
+    d_ff = {'dense': 4096, 'sparse': 6144}
+    rows = []
+    for variant in VARIANTS:
+        model = _lm(variant, 1024, d_ff, 16, n_layers, 64, 16, 32000, 256)
+        weights = _init(model, shapes.ShapeDtype((1, 1), np.int32))
+        n_bytes = bytes_read_per_token(model, weights)
+        times = {b: time_per_token(model, weights, b, steps) for b in ('numpy', 'jax')}
+        rows.append((variant, n_bytes, times))
+        del model, weights
+        gc.collect()
+    terraformer = models.Terraformer(
+        32000, d_model=1024, d_ff=6144, n_encoder_layers=1, n_decoder_layers=n_layers,
+        n_heads=16, encoder_attention_type='dense', decoder_attention_type='sparse_qkv',
+        qkv_sparsity=16, ff_sparsity=64, loss_sparsity=4, dropout=0.0, max_len=512,
+        mode='predict')
+    inputs = np.ones((1, 64), np.int32)
+    weights = _init(terraformer, (shapes.signature(inputs), shapes.ShapeDtype((1, 1), np.int32)))
+    decoder_bytes = bytes_read_per_token(terraformer, weights)
+    times = {b: time_per_token(terraformer, weights, b, steps, inputs) for b in ('numpy', 'jax')}
+    rows.append((f'Terraformer (2 sparse-QKV attentions / block)', decoder_bytes, times))
+    _print_table(f'(a) 800M configuration, decoder only, {n_layers} layers, per token', rows,
+                 bandwidth, {k: v[0] for k, v in PAPER_800M.items()}, per_block=n_layers)
+    return rows
+
+
+def part_b(steps: int, bandwidth: float) -> list:
+    d, d_ff, heads = 9216, 65536, 96
+    rows = []
+    for variant in list(VARIANTS)[:4]:
+        ff, attention, _, _ = VARIANTS[variant]
+        attention_layer = (tl.CausalAttention(d, heads, max_len=64, mode='predict')
+                           if attention == 'dense' else
+                           tl.MultiplicativeConvCausalAttention(d, heads, sparsity=64,
+                                                                max_len=64, mode='predict'))
+        ff_layers = ([tl.SparseFF(d_ff, n_elements_in_block=256, d_lowrank=32, mode='predict')]
+                     if ff else [tl.Dense(d_ff), tl.Relu(), tl.Dense(d)])
+        block = tl.Serial(tl.Embedding(8, d),
+                          tl.Residual(tl.LayerNorm(), attention_layer),
+                          tl.Residual(tl.LayerNorm(), ff_layers))
+        weights = _init(block, shapes.ShapeDtype((1, 1), np.int32))
+        n_bytes = bytes_read_per_token(block, weights) - 4 * d     # not the embedding row
+        times = {}
+        for backend in ('numpy', 'jax'):
+            times[backend] = _block_time(block, weights, backend, steps)
+        rows.append((variant, n_bytes, times))
+        del block, weights
+        gc.collect()
+    _print_table('(b) one block at the 17B dimensions (d 9216, d_ff 65536, 96 heads)', rows,
+                 bandwidth, PAPER_17B_BLOCK, per_block=1)
+    return rows
+
+
+def _block_time(block, weights, backend, steps):
+    with fastmath.use_backend(backend):
+        w = fastmath.to_backend(weights)
+        state = fastmath.to_backend(fastmath.tree_map(np.copy, block.state))
+        run = fastmath.jit(block.pure_fn, donate_argnums=(2,)) if backend == 'jax' \
+            else block.pure_fn
+        token, times = np.zeros((1, 1), np.int32), []
+        y, state = block.pure_fn(token, w, state)                   # prefix call, eager
+        for i in range(steps + 2):
+            start = time.perf_counter()
+            y, state = run(token, w, state)
+            np.asarray(y)
+            if i >= 2:
+                times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+
+def _print_table(title, rows, bandwidth, paper, per_block):
+    base = {b: rows[0][2][b] for b in ('numpy', 'jax')}
+    print(f'\n{title}; memory bandwidth {bandwidth / 1e9:.1f} GB/s (measured copy)')
+    print('| model | weights read / token | bound ms | numpy ms | (x bound) | speed-up '
+          '| jax ms | (x bound) | speed-up | paper s |')
+    print('|---|---|---|---|---|---|---|---|---|---|')
+    for name, n_bytes, times in rows:
+        bound = n_bytes / bandwidth
+        cells = []
+        for b in ('numpy', 'jax'):
+            cells += [f'{times[b] * 1e3:.2f}', f'{times[b] / bound:.1f}x',
+                      f'{base[b] / times[b]:.2f}x']
+        paper_value = paper.get(name)
+        print(f'| {name} | {n_bytes / 1e6:.1f} MB | {bound * 1e3:.2f} | ' + ' | '.join(cells)
+              + f" | {'' if paper_value is None else paper_value} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--part', default='ab')
+    parser.add_argument('--layers', type=int, default=24)
+    parser.add_argument('--steps', type=int, default=16)
+    args = parser.parse_args()
+    print(f'command: .venv/bin/python benchmarks/decode_speed.py --part={args.part} '
+          f'--layers={args.layers} --steps={args.steps}')
+    bandwidth = memory_bandwidth()
+    if 'a' in args.part:
+        part_a(args.layers, args.steps, bandwidth)
+    if 'b' in args.part:
+        part_b(args.steps, bandwidth)
+
+
+if __name__ == '__main__':
+    main()
