@@ -123,6 +123,7 @@ def _dispatched(name: str) -> Callable:
 
 
 stop_gradient = _dispatched('stop_gradient')
+optimization_barrier = _dispatched('optimization_barrier')
 dynamic_slice = _dispatched('dynamic_slice')
 dynamic_update_slice = _dispatched('dynamic_update_slice')
 scan = _dispatched('scan')
@@ -158,7 +159,8 @@ def to_numpy(tree: Any) -> Any:
 __all__ = [
     'BACKENDS', 'BackendError', 'abstract_eval', 'backend', 'backend_name', 'cond', 'conv',
     'custom_vjp', 'device_count', 'dynamic_slice', 'dynamic_update_slice', 'erf', 'fori_loop',
-    'grad', 'is_concrete', 'is_jax', 'jax_available', 'jit', 'logsumexp', 'numpy', 'random',
+    'grad', 'is_concrete', 'is_jax', 'jax_available', 'jit', 'logsumexp', 'numpy',
+    'optimization_barrier', 'random',
     'remat', 'scan', 'set_backend', 'sort_key_val', 'stop_gradient', 'to_numpy', 'top_k',
     'to_backend', 'tree_leaves', 'tree_map', 'tree_structure', 'tree_unflatten_like', 'use_backend',
     'value_and_grad', 'vjp',

@@ -48,6 +48,11 @@ def stop_gradient(x):
     return x
 
 
+def optimization_barrier(tree):
+    """Identity (on JAX it also stops XLA from merging or moving computations across it)."""
+    return tree
+
+
 def is_concrete(x: Any) -> bool:
     """True when `x` holds values (always on NumPy; False for JAX tracers)."""
     return True
