@@ -1,0 +1,261 @@
+"""SparseFF: the 1-in-N sparse feed-forward block of Scaling Transformers.
+
+The d_ff hidden units are split into d_ff/N blocks of N units; a low-rank
+controller picks exactly one unit per block and token, so decoding reads only
+2·d·d_ff/N of the main weights (DESIGN.md §4.1).
+
+Weight layout (the same in every mode): the main weights are stored for the
+predict gather, W1ᵀ as [d_ff/N, N, d] and W2 as [d_ff/N, N, d], so each chosen
+unit is one contiguous row of d floats (Trax stored W1 as [d, d_ff/N, N], which
+turns every gathered unit into a strided column: REFERENCE_TRAX.md §8).
+
+Example:
+    >>> import numpy as np
+    >>> from trax_sparse import fastmath, shapes
+    >>> from trax_sparse.layers import SparseFF
+    >>> x = np.ones((2, 3, 8), np.float32)
+    >>> with fastmath.use_backend('numpy'):
+    ...     ff = SparseFF(d_ff=16, n_elements_in_block=4, mode='eval')
+    ...     y = ff(x)
+    >>> y.shape, ff.state[0].shape     # output, and the unit chosen in each of the 4 blocks
+    ((2, 3, 8), (2, 3, 4))
+"""
+import inspect
+from typing import Any, Callable
+
+import numpy as onp
+
+from trax_sparse import fastmath
+from trax_sparse.fastmath import numpy as xnp
+from trax_sparse.layers import initializers as init
+from trax_sparse.layers.base import Layer, check_mode, is_replaying, split_rngs
+from trax_sparse.layers.core import Dropout, Relu, check_last_axis
+
+ArrayFn = Callable[[Any], Any]
+
+
+def activation_fn(activation: Any, layer_name: str) -> ArrayFn:
+    """Turns `activation` into an array function and checks that it maps 0 to 0.
+
+    Accepts a weightless layer (tl.Relu()), a layer constructor (tl.Relu, Trax
+    style) or a plain array function. act(0) == 0 is required: a unit that is
+    not chosen contributes act(0)·W2 in the masked-dense path and nothing in
+    the gather path, so only then do eval and predict agree.
+    """
+    if not isinstance(activation, Layer) and callable(activation) and _takes_no_arguments(
+            activation):
+        activation = activation()
+    if isinstance(activation, Layer):
+        layer = activation
+        if layer.n_in != 1 or layer.n_out != 1:
+            raise ValueError(f'{layer_name}: the activation layer must map 1 input to 1 output, '
+                             f'got {layer.name} with n_in={layer.n_in}, n_out={layer.n_out}')
+
+        def apply(x):
+            return layer.pure_fn(x, (), (), fastmath.random.get_prng(0))[0]
+    elif callable(activation):
+        apply = activation
+    else:
+        raise ValueError(f'{layer_name}: activation must be a layer, a layer constructor or an '
+                         f'array function, got {activation!r}')
+    with fastmath.use_backend('numpy'):
+        at_zero = onp.asarray(apply(onp.zeros((2,), onp.float32)))
+    if not onp.all(at_zero == 0):
+        raise ValueError(f'{layer_name}: the activation must map 0 to 0 (ReLU, GELU, ...) so '
+                         f'that the predict gather path equals the masked dense path; got '
+                         f'act(0) = {at_zero[0]}')
+    return apply
+
+
+def _takes_no_arguments(fn: Callable) -> bool:
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # builtins and ufuncs without a signature: array functions
+        return False
+    return all(p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+               for p in parameters)
+
+
+def controller_logits(x: Any, controller: tuple, n_blocks: int, block_size: int) -> Any:
+    """Low-rank logits (x W_c1) W_c2 + b_c, as [..., d_ff/N, N]: two plain matmuls."""
+    w_c1, w_c2, b_c = controller                        # [d, r], [r, d_ff], [d_ff]
+    low = xnp.matmul(x, w_c1)                           # [..., r]
+    logits = xnp.matmul(low, w_c2) + b_c                # [..., d_ff]
+    return logits.reshape(x.shape[:-1] + (n_blocks, block_size))
+
+
+def one_hot(choices: Any, block_size: int, dtype: Any) -> Any:
+    """choices [..., n_blocks] (int) -> exactly one-hot masks [..., n_blocks, N]."""
+    return (choices[..., None] == xnp.arange(block_size)).astype(dtype)
+
+
+def gumbel_choices(logits: Any, temperature: float, rng: Any) -> Any:
+    """argmax(log p + τ·g) per block, g ~ Gumbel(0, 1) (τ multiplies the noise)."""
+    log_p = logits - fastmath.logsumexp(logits, axis=-1, keepdims=True)
+    noise = fastmath.random.gumbel(rng, logits.shape, logits.dtype)
+    return xnp.argmax(log_p + temperature * noise, axis=-1).astype(xnp.int32)
+
+
+def split_main(main: tuple) -> tuple:
+    """(w1t, w2, b2) or (w1t, b1, w2, b2) -> (w1t, b1 or None, w2, b2)."""
+    if len(main) == 4:
+        return main
+    w1t, w2, b2 = main
+    return w1t, None, w2, b2
+
+
+def masked_dense_hidden(x: Any, mask: Any, main: tuple, act: ArrayFn) -> Any:
+    """act((x W1 [+ b1]) ⊙ mask) over all d_ff units: [..., d] -> [..., d_ff]."""
+    w1t, b1, _, _ = split_main(main)
+    n_blocks, block_size, d = w1t.shape
+    d_ff = n_blocks * block_size
+    hidden = xnp.matmul(x, w1t.reshape(d_ff, d).T)      # [..., d_ff]
+    hidden = hidden.reshape(x.shape[:-1] + (n_blocks, block_size))
+    if b1 is not None:
+        hidden = hidden + b1
+    hidden = act(hidden * mask)                         # [..., d_ff/N, N]
+    return hidden.reshape(x.shape[:-1] + (d_ff,))
+
+
+def dense_output(hidden: Any, main: tuple) -> Any:
+    """hidden [..., d_ff] @ W2 + b2 -> [..., d]."""
+    _, _, w2, b2 = split_main(main)
+    n_blocks, block_size, d = w2.shape
+    return xnp.matmul(hidden, w2.reshape(n_blocks * block_size, d)) + b2
+
+
+def gathered_ff(x: Any, choices: Any, main: tuple, act: ArrayFn) -> Any:
+    """The predict path: reads only the chosen row of W1ᵀ and of W2 in each block.
+
+    x [..., d], choices [..., d_ff/N] -> [..., d]; per token it reads
+    2·d·d_ff/N main weights (one contiguous row of d floats per block and matrix).
+    """
+    w1t, b1, w2, b2 = split_main(main)
+    n_blocks, block_size, d = w1t.shape
+    tokens = x.reshape(-1, d)                                             # [T, d]
+    rows = choices.reshape(-1, n_blocks) + xnp.arange(n_blocks) * block_size  # [T, nb]
+    # One expression per matrix: on NumPy the gathered copy [T, nb, d] is freed before the
+    # next one is made, so the allocator reuses its pages instead of faulting in new ones.
+    mid = xnp.matmul(xnp.take(w1t.reshape(-1, d), rows, axis=0, mode='clip'),
+                     tokens[:, :, None])[..., 0]                          # [T, nb]
+    if b1 is not None:
+        mid = mid + xnp.take(b1.reshape(-1), rows, mode='clip')
+    y = xnp.matmul(act(mid)[:, None, :],
+                   xnp.take(w2.reshape(-1, d), rows, axis=0, mode='clip'))[:, 0, :]  # [T, d]
+    return (y + b2).reshape(x.shape)
+
+
+class SparseFF(Layer):
+    """1-in-N sparse feed-forward: x [..., d] -> [..., d], one active unit per block of N.
+
+    train: Gumbel-max choice per block (temperature τ scales the noise); with
+    probability `quant_prob` per call the straight-through mask
+    onehot + p − stop_gradient(p) is used, else the soft mask p.
+    eval: one-hot of argmax. Both compute act((x W1 [+ b1]) ⊙ mask) W2 + b2
+    densely. predict: the gather path (`gathered_ff`), equal to eval (a prefix of
+    N or more tokens reads W1 and W2 once with the masked dense path instead).
+    State: in train/eval (choices int32 [..., d_ff/N], hard bool); inside
+    `base.replay_context()` these are reused instead of drawn again. In predict
+    the state is () (the layer is position-wise, nothing is cached).
+
+    Example:
+        >>> import numpy as np
+        >>> from trax_sparse import fastmath
+        >>> with fastmath.use_backend('numpy'):
+        ...     ff = SparseFF(d_ff=32, n_elements_in_block=8, mode='predict')
+        ...     ff(np.ones((1, 1, 16), np.float32)).shape
+        (1, 1, 16)
+    """
+
+    def __init__(self, d_ff: int, n_elements_in_block: int = 32, d_lowrank: int | None = None,
+                 temperature: float = 0.1, quant_prob: float = 0.3, dropout: float = 0.0,
+                 activation: Any = Relu, use_bias1: bool = False, mode: str = 'train'):
+        super().__init__(name=f'SparseFF_{d_ff}')
+        d_ff, block_size = int(d_ff), int(n_elements_in_block)
+        if d_ff < 1 or block_size < 1:
+            raise ValueError(f'SparseFF: d_ff and n_elements_in_block must be positive, got '
+                             f'd_ff={d_ff}, n_elements_in_block={block_size}')
+        if d_ff % block_size:
+            raise ValueError(f'SparseFF: d_ff={d_ff} must be divisible by '
+                             f'n_elements_in_block={block_size}')
+        d_lowrank = d_ff // block_size if d_lowrank is None else int(d_lowrank)
+        if d_lowrank < 1:
+            raise ValueError(f'SparseFF: d_lowrank must be positive, got {d_lowrank}')
+        if temperature < 0:
+            raise ValueError(f'SparseFF: temperature must be >= 0, got {temperature}')
+        if not 0.0 <= quant_prob <= 1.0:
+            raise ValueError(f'SparseFF: quant_prob must be in [0, 1], got {quant_prob}')
+        self._d_ff, self._block_size, self._d_lowrank = d_ff, block_size, d_lowrank
+        self._temperature, self._quant_prob = float(temperature), float(quant_prob)
+        self._use_bias1 = bool(use_bias1)
+        self._mode = check_mode(mode, 'SparseFF')
+        self._act = activation_fn(activation, 'SparseFF')
+        self._dropout = Dropout(dropout, mode=mode)
+
+    @property
+    def n_blocks(self) -> int:
+        return self._d_ff // self._block_size
+
+    def init_weights_and_state(self, input_signature: Any) -> None:
+        if not input_signature.shape:
+            raise ValueError(f'{self.name} needs inputs [..., d], got a scalar')
+        d = input_signature.shape[-1]
+        nb, n, r = self.n_blocks, self._block_size, self._d_lowrank
+        glorot, small = init.GlorotUniformInitializer(), init.RandomNormalInitializer(1e-6)
+        rngs = split_rngs(self.rng, 7)
+        controller = (glorot((d, r), rngs[0]), glorot((r, self._d_ff), rngs[1]),
+                      small((self._d_ff,), rngs[2]))
+        # Glorot over [d_ff, d] equals Glorot over [d, d_ff] (fan_avg is symmetric).
+        w1t = glorot((self._d_ff, d), rngs[3]).reshape(nb, n, d)     # [d_ff/N, N, d]
+        w2 = glorot((self._d_ff, d), rngs[4]).reshape(nb, n, d)      # [d_ff/N, N, d]
+        b2 = small((d,), rngs[5])
+        main = (w1t, small((nb, n), rngs[6]), w2, b2) if self._use_bias1 else (w1t, w2, b2)
+        self.weights = (controller, main)
+        if self._mode == 'predict':
+            self.state = ()
+        else:
+            self.state = (xnp.zeros(input_signature.shape[:-1] + (nb,), xnp.int32),
+                          xnp.zeros((), xnp.bool_))
+
+    def forward(self, x: Any) -> Any:
+        controller, main = self.weights
+        check_last_axis(self, x, main[0].shape[-1])
+        logits = controller_logits(x, controller, self.n_blocks, self._block_size)
+        if self._mode == 'predict':
+            choices = xnp.argmax(logits, axis=-1).astype(xnp.int32)     # [..., nb]
+            tokens = x.size // x.shape[-1]
+            if tokens >= self._block_size:
+                # A long prefix would gather more rows than W1 has: read W1 once instead.
+                return dense_output(masked_dense_hidden(
+                    x, one_hot(choices, self._block_size, x.dtype), main, self._act), main)
+            return gathered_ff(x, choices, main, self._act)
+        rng_noise, rng_coin, rng_dropout = split_rngs(self.rng, 3)
+        if is_replaying():
+            choices, hard = self._recorded_choices(logits)
+        elif self._mode == 'train':
+            choices = gumbel_choices(logits, self._temperature, rng_noise)
+            hard = fastmath.random.uniform(rng_coin, ()) < self._quant_prob
+        else:
+            choices, hard = xnp.argmax(logits, axis=-1).astype(xnp.int32), xnp.ones((), xnp.bool_)
+        self.state = (choices, hard)
+        mask = one_hot(choices, self._block_size, x.dtype)               # [..., nb, N]
+        if self._mode == 'train':
+            probs = xnp.exp(logits - fastmath.logsumexp(logits, axis=-1, keepdims=True))
+            straight_through = mask + probs - fastmath.stop_gradient(probs)
+            mask = xnp.where(hard, straight_through, probs)
+        hidden = masked_dense_hidden(x, mask, main, self._act)           # [..., d_ff]
+        hidden, _ = self._dropout.pure_fn(hidden, (), (), rng_dropout)
+        return dense_output(hidden, main)
+
+    def _recorded_choices(self, logits: Any) -> tuple[Any, Any]:
+        if not self.state:
+            raise ValueError(f'{self.name}: replaying needs the state of a forward pass, got an '
+                             f'empty state')
+        choices, hard = self.state
+        if tuple(choices.shape) != tuple(logits.shape[:-1]):
+            raise ValueError(f'{self.name}: replaying needs recorded choices of shape '
+                             f'{tuple(logits.shape[:-1])}, the state holds {tuple(choices.shape)}')
+        return choices, hard
+
+
+__all__ = ['SparseFF']
