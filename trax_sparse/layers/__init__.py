@@ -7,7 +7,8 @@ Example:
     (1, 1)
 """
 from trax_sparse.layers.base import (MODES, Fn, Layer, LayerError, PureLayer, check_mode,
-                                     is_replaying, replay_context)
+                                     count_params, is_replaying, replay_context,
+                                     weights_signature)
 from trax_sparse.layers.combinators import (Branch, Cache, Chunk, Drop, Dup, Parallel, Residual,
                                             Scan, Select, Serial, Swap)
 from trax_sparse.layers.core import (Add, Concatenate, Dense, Dropout, Embedding, FastGelu, Gelu,
@@ -21,8 +22,8 @@ from trax_sparse.layers.metrics import Accuracy, CrossEntropyLoss
 
 __all__ = [
     # The layer API.
-    'MODES', 'Fn', 'Layer', 'LayerError', 'PureLayer', 'check_mode', 'is_replaying',
-    'replay_context',
+    'MODES', 'Fn', 'Layer', 'LayerError', 'PureLayer', 'check_mode', 'count_params',
+    'is_replaying', 'replay_context', 'weights_signature',
     # Combinators.
     'Branch', 'Cache', 'Chunk', 'Drop', 'Dup', 'Parallel', 'Residual', 'Scan', 'Select', 'Serial',
     'Swap',
@@ -36,3 +37,18 @@ __all__ = [
     # Metrics.
     'Accuracy', 'CrossEntropyLoss',
 ]
+from trax_sparse.layers.attention import (Attention, CausalAttention, DotProductCausalAttention,
+                                          EncDecAttention)
+__all__ += ['Attention', 'CausalAttention', 'DotProductCausalAttention', 'EncDecAttention']
+from trax_sparse.layers.multiplicative import (LocallyConvDense, MultiplicativeDense,
+                                               SparseDenseWithOptions)
+from trax_sparse.layers.sparse_ff import (SparseFF)
+__all__ += ['LocallyConvDense', 'MultiplicativeDense', 'SparseDenseWithOptions', 'SparseFF']
+from trax_sparse.layers.sparse_qkv import (MultiplicativeConvCausalAttention)
+__all__ += ['MultiplicativeConvCausalAttention']
+from trax_sparse.layers.reversible import (ReversibleHalfResidual, ReversibleLayer,
+                                           ReversibleSelect, ReversibleSerial, ReversibleSwap)
+__all__ += ['ReversibleHalfResidual', 'ReversibleLayer', 'ReversibleSelect', 'ReversibleSerial',
+            'ReversibleSwap']
+from trax_sparse.layers.lsh import (LSHSelfAttention)
+__all__ += ['LSHSelfAttention']
