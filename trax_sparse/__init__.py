@@ -5,7 +5,7 @@ Example:
     >>> tl.Serial(tl.Dense(4), tl.Relu()).n_in
     1
 """
-from trax_sparse import fastmath, layers, shapes
+from trax_sparse import decoding, fastmath, layers, models, shapes
 
 __version__ = '0.1.0'
-__all__ = ['fastmath', 'layers', 'shapes', '__version__']
+__all__ = ['decoding', 'fastmath', 'layers', 'models', 'shapes', '__version__']

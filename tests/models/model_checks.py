@@ -56,8 +56,8 @@ def encdec_predict_equals_eval(make: Callable[[str], tl.Layer], inputs: np.ndarr
     np.testing.assert_allclose(np.concatenate(outs, 1), np.asarray(full), atol=atol, rtol=1e-3)
 
 
-def training_lowers_loss(model: tl.Layer, batch: tuple, steps: int = 8,
-                         learning_rate: float = 3e-3) -> tuple[float, float]:
+def training_lowers_loss(model: tl.Layer, batch: tuple, steps: int = 16,
+                         learning_rate: float = 1e-2) -> tuple[float, float]:
     """A few Adam steps (optax) on one fixed batch with the JAX backend; returns (first, last)."""
     import jax
     import optax

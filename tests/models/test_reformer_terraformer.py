@@ -73,9 +73,9 @@ def _autodiff_twin(layer):
     return layer
 
 
-@pytest.mark.parametrize('config', ['dense', 'sparse'])
-def test_terraformer_reversible_gradients_equal_autodiff(config):
-    model = terraformer('train', **TERRA_CONFIGS[config])
+def test_terraformer_reversible_gradients_equal_autodiff():
+    # Sparse QKV + sparse FF + dropout: replays rng (dropout, Gumbel) and state (FF choices).
+    model = terraformer('train', n_decoder_attention_layers=1, **TERRA_CONFIGS['sparse'])
     targets = TOKENS[:, :5]
     batch = (INPUTS, targets)
     w, s = model.init(shapes.signature(batch), rng=fastmath.random.get_prng(0))
@@ -97,12 +97,12 @@ def test_terraformer_reversible_gradients_equal_autodiff(config):
 
 def test_reformer_and_terraformer_training_lowers_loss():
     batch = (TOKENS, TOKENS, np.ones(TOKENS.shape, np.float32))
-    first, last = model_checks.training_lowers_loss(reformer('train'), batch)
+    first, last = model_checks.training_lowers_loss(reformer('train', n_layers=1), batch)
     assert last < first - 0.3, (first, last)
     targets = TOKENS[:, :5]
     batch = (INPUTS, targets, np.ones(targets.shape, np.float32))
-    first, last = model_checks.training_lowers_loss(terraformer('train', **TERRA_CONFIGS['sparse']),
-                                                    batch)
+    first, last = model_checks.training_lowers_loss(
+        terraformer('train', n_decoder_attention_layers=1, **TERRA_CONFIGS['sparse']), batch)
     assert last < first - 0.3, (first, last)
 
 

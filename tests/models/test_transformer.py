@@ -73,8 +73,9 @@ def test_encoder_padding_does_not_change_the_output():
 @pytest.mark.parametrize('config', ['dense', 'all_sparse'])
 def test_training_step_lowers_loss(config):
     batch = (TOKENS, TOKENS, np.ones(TOKENS.shape, np.float32))
-    first, last = model_checks.training_lowers_loss(scaling_lm('train', **LM_CONFIGS[config]),
-                                                    batch)
+    first, last = model_checks.training_lowers_loss(
+        models.ScalingTransformerLM(VOCAB, d_model=16, d_ff=32, n_layers=1, n_heads=2,
+                                    max_len=16, mode='train', **LM_CONFIGS[config]), batch)
     assert last < first - 0.3, (first, last)
 
 
@@ -83,7 +84,9 @@ def test_encdec_training_step_lowers_loss():
     targets = TOKENS[:, :5]
     batch = (inputs, targets, np.ones(targets.shape, np.float32))
     first, last = model_checks.training_lowers_loss(
-        scaling_encdec('train', **LM_CONFIGS['all_sparse']), batch)
+        models.ScalingTransformer(VOCAB, d_model=16, d_ff=32, n_encoder_layers=1,
+                                  n_decoder_layers=1, n_heads=2, max_len=16, mode='train',
+                                  **LM_CONFIGS['all_sparse']), batch)
     assert last < first - 0.3, (first, last)
 
 

@@ -6,6 +6,8 @@ Example:
     >>> model.n_in, model.n_out
     (1, 1)
 """
+from trax_sparse.layers.attention import (Attention, CausalAttention, DotProductCausalAttention,
+                                          EncDecAttention)
 from trax_sparse.layers.base import (MODES, Fn, Layer, LayerError, PureLayer, check_mode,
                                      count_params, is_replaying, replay_context,
                                      weights_signature)
@@ -18,7 +20,14 @@ from trax_sparse.layers.initializers import (GlorotNormalInitializer, GlorotUnif
                                              LeCunUniformInitializer, OnesInitializer,
                                              RandomNormalInitializer, RandomUniformInitializer,
                                              VarianceScalingInitializer, ZerosInitializer)
+from trax_sparse.layers.lsh import LSHSelfAttention
 from trax_sparse.layers.metrics import Accuracy, CrossEntropyLoss
+from trax_sparse.layers.multiplicative import (LocallyConvDense, MultiplicativeDense,
+                                               SparseDenseWithOptions)
+from trax_sparse.layers.reversible import (ReversibleHalfResidual, ReversibleLayer,
+                                           ReversibleSelect, ReversibleSerial, ReversibleSwap)
+from trax_sparse.layers.sparse_ff import SparseFF
+from trax_sparse.layers.sparse_qkv import MultiplicativeConvCausalAttention
 
 __all__ = [
     # The layer API.
@@ -36,19 +45,13 @@ __all__ = [
     'VarianceScalingInitializer', 'ZerosInitializer',
     # Metrics.
     'Accuracy', 'CrossEntropyLoss',
+    # Attention.
+    'Attention', 'CausalAttention', 'DotProductCausalAttention', 'EncDecAttention',
+    'LSHSelfAttention',
+    # Reversible layers.
+    'ReversibleHalfResidual', 'ReversibleLayer', 'ReversibleSelect', 'ReversibleSerial',
+    'ReversibleSwap',
+    # Sparse layers of Scaling Transformers.
+    'LocallyConvDense', 'MultiplicativeConvCausalAttention', 'MultiplicativeDense',
+    'SparseDenseWithOptions', 'SparseFF',
 ]
-from trax_sparse.layers.attention import (Attention, CausalAttention, DotProductCausalAttention,
-                                          EncDecAttention)
-__all__ += ['Attention', 'CausalAttention', 'DotProductCausalAttention', 'EncDecAttention']
-from trax_sparse.layers.multiplicative import (LocallyConvDense, MultiplicativeDense,
-                                               SparseDenseWithOptions)
-from trax_sparse.layers.sparse_ff import (SparseFF)
-__all__ += ['LocallyConvDense', 'MultiplicativeDense', 'SparseDenseWithOptions', 'SparseFF']
-from trax_sparse.layers.sparse_qkv import (MultiplicativeConvCausalAttention)
-__all__ += ['MultiplicativeConvCausalAttention']
-from trax_sparse.layers.reversible import (ReversibleHalfResidual, ReversibleLayer,
-                                           ReversibleSelect, ReversibleSerial, ReversibleSwap)
-__all__ += ['ReversibleHalfResidual', 'ReversibleLayer', 'ReversibleSelect', 'ReversibleSerial',
-            'ReversibleSwap']
-from trax_sparse.layers.lsh import (LSHSelfAttention)
-__all__ += ['LSHSelfAttention']
