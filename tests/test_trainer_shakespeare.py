@@ -1,5 +1,6 @@
 """The trainer binary trains a tiny ScalingTransformerLM on Shakespeare and the validation
 loss drops clearly (issue acceptance: 'within a couple of minutes on CPU')."""
+import math
 import pathlib
 import subprocess
 import sys
@@ -18,13 +19,14 @@ def test_trainer_lowers_shakespeare_validation_loss(tmp_path):
     out = tmp_path / 'run'
     command = [sys.executable, '-m', 'trax_sparse.trainer', f'--config_file={GIN}',
                '--config=seq_len = 64', '--config=ScalingTransformerLM.n_layers = 1',
-               '--config=train.steps = 60', '--config=train.eval_every = 30',
-               '--config=train.checkpoint_every = 30', '--config=train.eval_steps = 4',
+               '--config=train.steps = 60', '--config=train.eval_every = 20',
+               '--config=train.checkpoint_every = 20', '--config=train.eval_steps = 4',
                '--config=multifactor.warmup_steps = 20', f'--output_dir={out}']
     result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     evals = [r for r in read_metrics(str(out)) if r['split'] == 'eval']
-    assert [r['step'] for r in evals] == [1, 30, 60]
+    assert [r['step'] for r in evals] == [20, 40, 60]
     first, last = evals[0]['loss'], evals[-1]['loss']
-    assert last < first - 1.5, (first, last)          # from ~5.6 nats/byte (uniform: 5.55)
+    uniform = math.log(258)                           # 5.55 nats/byte: an untrained model
+    assert last < first - 0.3 and last < uniform - 2.0, (first, last)
     assert (out / 'config.gin').read_text().count('ScalingTransformerLM.ff_sparsity = 16') == 1
