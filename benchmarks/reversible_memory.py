@@ -26,23 +26,9 @@ from trax_sparse import fastmath, shapes  # noqa: E402
 from trax_sparse import layers as tl  # noqa: E402
 
 
-class AutodiffForward(tl.Layer):
-    """Runs a reversible layer's forward without its custom gradient (same weights tree)."""
-
-    def __init__(self, layer: tl.ReversibleLayer):
-        super().__init__(n_in=layer.n_in, n_out=layer.n_out, name=f'Autodiff_{layer.name}')
-        self._layer = layer
-
-    def forward(self, xs: Any) -> Any:
-        y, self.state = self._layer.pure_fn_autodiff(xs, self.weights, self.state, self.rng)
-        return y
-
-
 def plain_twin(layer: tl.Layer) -> tl.Layer:
     """The plain Serial that computes what `layer` computes, differentiated by autodiff."""
-    if isinstance(layer, tl.ReversibleSerial):
-        return tl.Serial(*[plain_twin(sub) for sub in layer.sublayers])
-    return AutodiffForward(layer)
+    return tl.autodiff_twin(layer)
 
 
 def revnet_stack(n_blocks: int, d_model: int, d_ff: int) -> tl.ReversibleSerial:

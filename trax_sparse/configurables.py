@@ -28,8 +28,8 @@ from trax_sparse import data, models, training
 from trax_sparse import layers as tl
 
 # Public names of trax_sparse.layers that are API, not layers to configure.
-LAYER_API = frozenset({'MODES', 'Layer', 'LayerError', 'PureLayer', 'check_mode', 'count_params',
-                       'is_replaying', 'replay_context', 'weights_signature'})
+LAYER_API = frozenset({'MODES', 'Layer', 'LayerError', 'PureLayer', 'autodiff_twin', 'check_mode',
+                       'count_params', 'is_replaying', 'replay_context', 'weights_signature'})
 # The gin/ folder of this repository: `include 'shakespeare_lm.gin'` works from anywhere.
 GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'gin')
 OPTIMIZERS = ('Adafactor', 'Adam', 'SGD')

@@ -17,8 +17,8 @@ from tests.layers.cases import all_cases
 CASES = all_cases()
 IDS = [c.id for c in CASES]
 # Public names of `tl` that are not layers (the API itself, initializers).
-NOT_LAYERS = {'MODES', 'Layer', 'LayerError', 'PureLayer', 'check_mode', 'count_params',
-              'is_replaying', 'replay_context', 'weights_signature'}
+NOT_LAYERS = {'MODES', 'Layer', 'LayerError', 'PureLayer', 'autodiff_twin', 'check_mode',
+              'count_params', 'is_replaying', 'replay_context', 'weights_signature'}
 
 
 def _init(case, mode, backend):

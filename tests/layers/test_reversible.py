@@ -19,23 +19,7 @@ D, D_FF = 4, 8
 RNG, OTHER_RNG = np.array([0, 11], np.uint32), np.array([0, 12], np.uint32)
 
 
-class AutodiffForward(tl.Layer):
-    """A reversible layer's forward without its custom gradient; same weights and state trees."""
-
-    def __init__(self, layer: tl.ReversibleLayer):
-        super().__init__(n_in=layer.n_in, n_out=layer.n_out, name=f'Autodiff_{layer.name}')
-        self._layer = layer
-
-    def forward(self, xs: Any) -> Any:
-        y, self.state = self._layer.pure_fn_autodiff(xs, self.weights, self.state, self.rng)
-        return y
-
-
-def autodiff_twin(layer: tl.Layer) -> tl.Layer:
-    """The plain tl.Serial computing what `layer` computes, differentiated by ordinary autodiff."""
-    if isinstance(layer, tl.ReversibleSerial):
-        return tl.Serial(*[autodiff_twin(sub) for sub in layer.sublayers])
-    return AutodiffForward(layer)
+autodiff_twin = tl.autodiff_twin
 
 
 class RandomSign(tl.Layer):

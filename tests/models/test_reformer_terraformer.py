@@ -6,7 +6,6 @@ import pytest
 from trax_sparse import fastmath, models, shapes
 from trax_sparse import layers as tl
 from tests import helpers
-from tests.layers.test_reversible import AutodiffForward
 from tests.models import model_checks
 
 VOCAB = 16
@@ -64,22 +63,13 @@ def test_terraformer_output_ignores_encoder_padding(config):
     np.testing.assert_allclose(padded_out, short_out, atol=1e-5)
 
 
-def _autodiff_twin(layer):
-    """The same model with every reversible part differentiated by plain autodiff."""
-    if type(layer) in (tl.Serial, tl.ReversibleSerial):
-        return tl.Serial(*[_autodiff_twin(sub) for sub in layer.sublayers], name=layer.name)
-    if isinstance(layer, tl.ReversibleLayer):
-        return AutodiffForward(layer)
-    return layer
-
-
 def test_terraformer_reversible_gradients_equal_autodiff():
     # Sparse QKV + sparse FF + dropout: replays rng (dropout, Gumbel) and state (FF choices).
     model = terraformer('train', n_decoder_attention_layers=1, **TERRA_CONFIGS['sparse'])
     targets = TOKENS[:, :5]
     batch = (INPUTS, targets)
     w, s = model.init(shapes.signature(batch), rng=fastmath.random.get_prng(0))
-    twin = _autodiff_twin(model)
+    twin = tl.autodiff_twin(model)
     key = np.array([0, 42], np.uint32)
     loss_layer = tl.CrossEntropyLoss()
 

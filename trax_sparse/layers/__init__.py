@@ -25,7 +25,8 @@ from trax_sparse.layers.metrics import Accuracy, CrossEntropyLoss
 from trax_sparse.layers.multiplicative import (LocallyConvDense, MultiplicativeDense,
                                                SparseDenseWithOptions)
 from trax_sparse.layers.reversible import (ReversibleHalfResidual, ReversibleLayer,
-                                           ReversibleSelect, ReversibleSerial, ReversibleSwap)
+                                           ReversibleSelect, ReversibleSerial, ReversibleSwap,
+                                           autodiff_twin)
 from trax_sparse.layers.sparse_ff import SparseFF
 from trax_sparse.layers.sparse_qkv import MultiplicativeConvCausalAttention
 
@@ -50,7 +51,7 @@ __all__ = [
     'LSHSelfAttention',
     # Reversible layers.
     'ReversibleHalfResidual', 'ReversibleLayer', 'ReversibleSelect', 'ReversibleSerial',
-    'ReversibleSwap',
+    'ReversibleSwap', 'autodiff_twin',
     # Sparse layers of Scaling Transformers.
     'LocallyConvDense', 'MultiplicativeConvCausalAttention', 'MultiplicativeDense',
     'SparseDenseWithOptions', 'SparseFF',

@@ -327,3 +327,35 @@ class ReversibleSerial(ReversibleLayer, Serial):
 
 __all__ = ['ReversibleHalfResidual', 'ReversibleLayer', 'ReversibleSelect', 'ReversibleSerial',
            'ReversibleSwap']
+
+
+class _AutodiffForward(Layer):
+    """A reversible layer's forward without its custom gradient; same weights and state trees."""
+
+    def __init__(self, layer: ReversibleLayer):
+        super().__init__(n_in=layer.n_in, n_out=layer.n_out, name=f'Autodiff_{layer.name}')
+        self._layer = layer
+
+    def forward(self, xs: Any) -> Any:
+        y, self.state = self._layer.pure_fn_autodiff(xs, self.weights, self.state, self.rng)
+        return y
+
+
+def autodiff_twin(layer: Layer) -> Layer:
+    """The same computation with every reversible part differentiated by ordinary autodiff.
+
+    Serials (reversible or not) are rebuilt with their sublayers' twins; other layers are
+    kept. The twin takes the original's weights and state trees and stores activations
+    like any plain network: the reference that reversible gradients must equal.
+
+    Example:
+        >>> from trax_sparse import layers as tl
+        >>> stack = ReversibleSerial(ReversibleHalfResidual(tl.Dense(4)), ReversibleSwap())
+        >>> [sub.name for sub in autodiff_twin(stack).sublayers]
+        ['Autodiff_ReversibleHalfResidual', 'Autodiff_ReversibleSwap']
+    """
+    if type(layer) in (Serial, ReversibleSerial):
+        return Serial(*[autodiff_twin(sub) for sub in layer.sublayers], name=layer.name)
+    if isinstance(layer, ReversibleLayer):
+        return _AutodiffForward(layer)
+    return layer
