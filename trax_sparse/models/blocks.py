@@ -108,3 +108,21 @@ def embedding_stack(vocab_size: int, d_model: int, dropout: float, max_len: int,
     """Token ids [B, L] -> Embedding -> Dropout -> PositionalEncoding -> [B, L, d]."""
     return [tl.Embedding(vocab_size, d_model), tl.Dropout(dropout, mode=mode),
             tl.PositionalEncoding(max_len, mode=mode)]
+
+
+def EncoderDecoderFront(encoder: tl.Layer, output_vocab_size: int, d_model: int,  # noqa: N802
+                        dropout: float, max_len: int, mode: str) -> list:
+    """(tokens_e, tokens_d) -> (x_d, enc, mask_e, tokens_d): encode, then embed the targets.
+
+    `encoder` maps (tokens_e, mask_e) -> (enc, mask_e); in predict mode it runs on the first
+    call only (tl.Cache). x_d are the shifted, embedded targets; tokens_d pass through for
+    the loss.
+    """
+    return [                                                            # tok_e, tok_d
+        tl.Select([0, 0, 1, 1]),                                        # tok_e, tok_e, tok_d, tok_d
+        tl.Parallel(None, PaddingMask()),                               # tok_e, mask, tok_d, tok_d
+        tl.Cache(encoder) if mode == 'predict' else encoder,            # enc, mask, tok_d, tok_d
+        tl.Select([2, 0, 1, 3]),                                        # tok_d, enc, mask, tok_d
+        tl.ShiftRight(mode=mode),
+        embedding_stack(output_vocab_size, d_model, dropout, max_len, mode),  # x_d, enc, mask, tok_d
+    ]

@@ -140,15 +140,8 @@ def Terraformer(input_vocab_size: int, output_vocab_size: int | None = None,  # 
         average,                                                        # enc, mask
         tl.LayerNorm(),
         name='Encoder')
-    if mode == 'predict':
-        encoder = tl.Cache(encoder)
     return tl.Serial(                                                   # tok_e, tok_d
-        tl.Select([0, 0, 1, 1]),                                        # tok_e, tok_e, tok_d, tok_d
-        tl.Parallel(None, blocks.PaddingMask()),                        # tok_e, mask, tok_d, tok_d
-        encoder,                                                        # enc, mask, tok_d, tok_d
-        tl.Select([2, 0, 1, 3]),                                        # tok_d, enc, mask, tok_d
-        tl.ShiftRight(mode=mode),
-        blocks.embedding_stack(output_vocab_size, d_model, dropout, max_len, mode),
+        blocks.EncoderDecoderFront(encoder, output_vocab_size, d_model, dropout, max_len, mode),
         ConcatenateWithPadding(mode),                                   # joint, jmask, tok_d
         tl.Select([0, 0, 1]),                                           # x1, x2, jmask, tok_d
         tl.ReversibleSerial([rb.ReversibleDecoderBlock(

@@ -73,15 +73,8 @@ def Transformer(input_vocab_size: int, output_vocab_size: int | None = None,  # 
          for _ in range(n_encoder_layers)],
         tl.LayerNorm(),                                                 # enc [B, Le, d], mask
         name='Encoder')
-    if mode == 'predict':
-        encoder = tl.Cache(encoder)
     return tl.Serial(                                                   # tok_e, tok_d
-        tl.Select([0, 0, 1, 1]),                                        # tok_e, tok_e, tok_d, tok_d
-        tl.Parallel(None, blocks.PaddingMask()),                        # tok_e, mask, tok_d, tok_d
-        encoder,                                                        # enc, mask, tok_d, tok_d
-        tl.Select([2, 0, 1, 3]),                                        # tok_d, enc, mask, tok_d
-        tl.ShiftRight(mode=mode),
-        blocks.embedding_stack(output_vocab_size, d_model, dropout, max_len, mode),
+        blocks.EncoderDecoderFront(encoder, output_vocab_size, d_model, dropout, max_len, mode),
         [blocks.EncoderDecoderBlock(d_model, n_heads, attention, ff, dropout, mode)
          for _ in range(n_decoder_layers)],                             # x, enc, mask, tok_d
         tl.Select([0, 3], n_in=4),                                      # x, tok_d
