@@ -1,4 +1,4 @@
-"""A tour of the layer API: build a small network from combinators, init it, run it on both backends.
+"""A tour of the layer API: build a network from combinators, init it, run it on both backends.
 
 Run: python examples/layers_tour.py   (a few seconds; JAX part skipped if jax is absent)
 """

@@ -3,6 +3,7 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
+import pytest
 
 from trax_sparse import fastmath
 from trax_sparse.fastmath import tree_leaves, tree_map, tree_structure
@@ -64,3 +65,11 @@ def check_grads_fd(f: Callable[[Any], Any], params: Any, n_probes: int = 6, eps:
 
 def _unflatten(like: Any, leaves: list) -> Any:
     return fastmath.tree_unflatten_like(like, leaves)
+
+
+def require_shakespeare() -> None:
+    """Skips the test, saying how to prepare it, when the default corpus is not there."""
+    from trax_sparse import data
+    if not data.is_shakespeare_prepared():
+        pytest.skip('the Shakespeare corpus is not prepared: '
+                    'run python -m trax_sparse.data.prepare')

@@ -10,6 +10,7 @@ import gin
 import numpy as np
 import pytest
 
+from tests import helpers
 from trax_sparse import configurables, data, decode, fastmath
 
 GIN = str(pathlib.Path(configurables.GIN_DIR) / 'scaling_transformer_lm_tiny.gin')
@@ -17,8 +18,7 @@ GIN = str(pathlib.Path(configurables.GIN_DIR) / 'scaling_transformer_lm_tiny.gin
 
 @pytest.fixture(scope='module')
 def trained_dir(tmp_path_factory):
-    if not data.is_shakespeare_prepared():
-        pytest.skip('the Shakespeare corpus is not prepared: run python -m trax_sparse.data.prepare')
+    helpers.require_shakespeare()
     out = tmp_path_factory.mktemp('decode') / 'run'
     gin.clear_config()
     configurables.add_search_paths()

@@ -9,6 +9,7 @@ import gin
 import numpy as np
 import pytest
 
+from tests import helpers
 from trax_sparse import configurables, data, fastmath, shapes
 from trax_sparse import layers as tl
 
@@ -52,8 +53,7 @@ def test_parses(name):
 
 @pytest.mark.parametrize('name', sorted(TINY))
 def test_tiny_config_trains_one_step(name, tmp_path):
-    if not data.is_shakespeare_prepared():
-        pytest.skip('the Shakespeare corpus is not prepared: run python -m trax_sparse.data.prepare')
+    helpers.require_shakespeare()
     gin.parse_config_files_and_bindings(
         [str(GIN_DIR / name)],
         ['seq_len = 32', 'input_len = 32', 'batch_size = 2', 'train.steps = 1',

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 
+from tests import helpers
 from trax_sparse import configurables, data
 from trax_sparse.training import read_metrics
 
@@ -14,8 +15,7 @@ GIN = pathlib.Path(configurables.GIN_DIR) / 'scaling_transformer_lm_tiny.gin'
 
 
 def test_trainer_lowers_shakespeare_validation_loss(tmp_path):
-    if not data.is_shakespeare_prepared():
-        pytest.skip('the Shakespeare corpus is not prepared: run python -m trax_sparse.data.prepare')
+    helpers.require_shakespeare()
     out = tmp_path / 'run'
     command = [sys.executable, '-m', 'trax_sparse.trainer', f'--config_file={GIN}',
                '--config=seq_len = 64', '--config=ScalingTransformerLM.n_layers = 1',

@@ -28,7 +28,8 @@ class ShapeDtype:
         return int(np.prod(self.shape, dtype=np.int64))
 
     def replace(self, shape: Sequence[int] | None = None, dtype: Any = None) -> 'ShapeDtype':
-        return ShapeDtype(self.shape if shape is None else shape, self.dtype if dtype is None else dtype)
+        return ShapeDtype(self.shape if shape is None else shape,
+                          self.dtype if dtype is None else dtype)
 
     def __eq__(self, other: object) -> bool:
         return (isinstance(other, ShapeDtype) and self.shape == other.shape

@@ -59,7 +59,8 @@ def test_multiplicative_dense_errors():
 
 # ---- LocallyConvDense ------------------------------------------------------------
 def _conv_reference(x, kernel, bias, n_modules):
-    """out[b, t, s, u] = Σ_{a, j, c} x[b, t−(lk−1)+a, s+j−(k−1)/2, c]·K[a, j, c, u] + bias[u].
+    """out[b, t, s, u] =
+    Σ_{a, j, c} x[b, t−(lk−1)+a, s+j−(k−1)/2, c]·K[a, j, c, u] + bias[u].
 
     Out-of-range positions (the past before t=0, modules outside [0, S)) count as zeros.
     """

@@ -112,7 +112,7 @@ class random:  # noqa: N801 - a namespace, like jax.random.
 
 # ---- devices, data parallelism and debugging (used by trax_sparse.training) -----------------
 def tree_flatten(tree: Any) -> tuple[list, Any]:
-    """jax.tree_util.tree_flatten: (leaves, treedef), for trees of any pytree type (optax states)."""
+    """jax.tree_util.tree_flatten: (leaves, treedef) of any pytree (e.g. optax states)."""
     return jax.tree_util.tree_flatten(tree)
 
 

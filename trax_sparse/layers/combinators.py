@@ -111,7 +111,8 @@ class Parallel(Layer):
 
     def __init__(self, *layers: Any, name: str | None = None):
         layers = [Serial() if layer is None or layer == [] else
-                  (Serial(layer) if isinstance(layer, (list, tuple)) else layer) for layer in layers]
+                  (Serial(layer) if isinstance(layer, (list, tuple)) else layer)
+                  for layer in layers]
         super().__init__(n_in=sum(l.n_in for l in layers), n_out=sum(l.n_out for l in layers),
                          name=name or 'Parallel', sublayers=layers)
 
@@ -138,7 +139,8 @@ class Parallel(Layer):
     def init_weights_and_state(self, input_signature: Any) -> None:
         rngs = split_rngs(self.rng, len(self.sublayers))
         weights, states = [], []
-        for i, (layer, sig, r) in enumerate(zip(self.sublayers, self._spans(input_signature), rngs)):
+        spans = self._spans(input_signature)
+        for i, (layer, sig, r) in enumerate(zip(self.sublayers, spans, rngs)):
             with self.sublayer_context(i):
                 w, s = layer.init(sig, r)
             weights.append(w)

@@ -42,7 +42,8 @@ def VarianceScalingInitializer(scale: float, mode: str, distribution: str,  # no
                                out_dim: int = -1, in_dim: int = -2) -> Initializer:
     """Variance scale/fan with fan = fan_in, fan_out or their average ('fan_avg')."""
     if mode not in ('fan_in', 'fan_out', 'fan_avg'):
-        raise ValueError(f"VarianceScalingInitializer: mode must be fan_in|fan_out|fan_avg, got {mode!r}")
+        raise ValueError(f'VarianceScalingInitializer: mode must be fan_in|fan_out|fan_avg, '
+                         f'got {mode!r}')
     if distribution not in ('uniform', 'normal'):
         raise ValueError(f"VarianceScalingInitializer: distribution must be uniform|normal, "
                          f"got {distribution!r}")

@@ -26,7 +26,7 @@ def dense_feed_forward(d_model: int, d_ff: int, dropout: float = 0.0,
 
 def sparse_feed_forward(d_ff: int, ff_sparsity: Any, dropout: float = 0.0,
                         activation: Callable[[], tl.Layer] = tl.Relu) -> Part:
-    """SparseFF from the paper's `ff_sparsity`: N, (N, d_lowrank) or (N, d_lowrank, τ, quant_prob)."""
+    """SparseFF from the paper's `ff_sparsity`: N, (N, d_lowrank) or (N, d_lowrank, τ, q)."""
     options = tuple(ff_sparsity) if isinstance(ff_sparsity, (tuple, list)) else (ff_sparsity,)
     if not 1 <= len(options) <= 4:
         raise ValueError(f'ff_sparsity must be N, (N, d_lowrank) or (N, d_lowrank, temperature, '
@@ -124,5 +124,5 @@ def EncoderDecoderFront(encoder: tl.Layer, output_vocab_size: int, d_model: int,
         tl.Cache(encoder) if mode == 'predict' else encoder,            # enc, mask, tok_d, tok_d
         tl.Select([2, 0, 1, 3]),                                        # tok_d, enc, mask, tok_d
         tl.ShiftRight(mode=mode),
-        embedding_stack(output_vocab_size, d_model, dropout, max_len, mode),  # x_d, enc, mask, tok_d
-    ]
+        embedding_stack(output_vocab_size, d_model, dropout, max_len, mode),
+    ]                                                                   # x_d, enc, mask, tok_d
