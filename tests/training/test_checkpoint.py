@@ -1,6 +1,8 @@
 """Checkpoint format: round trip, atomic writes, corruption fallback, keep-last-k, no pickle."""
 import json
 import os
+import subprocess
+import sys
 
 import ml_dtypes
 import numpy as np
@@ -42,7 +44,7 @@ def test_round_trip_keeps_trees_dtypes_and_metadata(tmp_path):
     assert loaded.metadata['data_position'] == {'batches': 10}
     np.testing.assert_array_equal(loaded.opt_state_leaves[1], -np.ones((2, 3)))
     meta = json.load(open(json_path))
-    assert meta['format'] == 'trax_sparse.checkpoint' and meta['format_version'] == 1
+    assert meta['format'] == 'trax_sparse.checkpoint' and meta['format_version'] == 2
     assert meta['leaves']['weights/0/0'] == {'dtype': 'float32', 'shape': [2, 3]}
     assert meta['leaves']['weights/2/scale']['dtype'] == 'bfloat16'
     assert len(meta['arrays']['sha256']) == 64
@@ -125,6 +127,7 @@ def test_archive_with_a_pickled_object_is_refused(tmp_path):
     meta['arrays'].update(sha256=ckpt.sha256_of(npz), bytes=os.path.getsize(npz))
     meta['leaves'] = {'weights/0/0': {'dtype': 'object', 'shape': [1]}}
     meta['trees'] = {'weights': [['*']], 'state': [], 'opt_state': {'n_leaves': 0}}
+    meta[ckpt.METADATA_SHA256] = ckpt.metadata_digest(meta)  # a consistent forgery
     json.dump(meta, open(json_path, 'w'))
     with pytest.raises(ckpt.CheckpointError, match='allow_pickle=False'):
         ckpt.read_checkpoint(json_path)
@@ -137,3 +140,30 @@ def test_load_weights_from_output_dir_and_errors(tmp_path):
     _assert_same(state, _trees()[1])
     with pytest.raises(ckpt.CheckpointError, match='no usable checkpoint in'):
         ckpt.load_weights(str(tmp_path / 'empty'))
+
+
+def test_checksum_covers_the_stored_config(tmp_path):
+    json_path = ckpt.save_checkpoint(str(tmp_path), 3, _trees()[0], _trees()[1], [], '',
+                                     {'gin_config': 'TransformerLM.n_heads = 4\n'})
+    assert ckpt.read_checkpoint(json_path).metadata['gin_config'].endswith('= 4\n')
+    text = open(json_path).read()
+    assert 'n_heads = 4' in text
+    open(json_path, 'w').write(text.replace('n_heads = 4', 'n_heads = 8'))
+    with pytest.raises(ckpt.CheckpointError, match='metadata_sha256 does not match.*corrupt'):
+        ckpt.read_checkpoint(json_path)
+    with pytest.warns(RuntimeWarning, match='unusable'), \
+            pytest.raises(ckpt.CheckpointError, match='no usable checkpoint'):
+        ckpt.load_weights(str(tmp_path))
+
+
+def test_checkpoints_need_no_data_package():
+    script = ('import sys; import trax_sparse.training.checkpoint as c; '
+              "assert c.sha256_of.__module__ == 'trax_sparse.io_utils'; "
+              "bad = [m for m in sys.modules if m.startswith('trax_sparse.data')]; "
+              'assert not bad, bad')
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    result = subprocess.run([sys.executable, '-c', script], cwd=root, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    from trax_sparse.data import corpora
+    assert corpora.sha256_of is ckpt.sha256_of  # still importable from data

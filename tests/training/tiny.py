@@ -1,4 +1,6 @@
 """Tiny LMs and deterministic streams for the training tests."""
+import os
+import signal
 import time
 
 import numpy as np
@@ -30,13 +32,15 @@ def counting_batch(index: int, batch_size: int = 4, length: int = 6, vocab_size:
 
 
 class CountingStream:
-    """Endless counting batches with state()/restore(); optional delay per batch."""
+    """Endless counting batches with state()/restore(); optional delay per batch, NaN
+    weights in batch `nan_at`, a SIGTERM to this process when batch `signal_at` is drawn."""
 
     def __init__(self, batch_size: int = 4, length: int = 6, vocab_size: int = VOCAB,
-                 seed: int = 0, delay_seconds: float = 0.0, nan_at: int | None = None):
+                 seed: int = 0, delay_seconds: float = 0.0, nan_at: int | None = None,
+                 signal_at: int | None = None):
         self.batch_size, self.length, self.vocab_size, self.seed = (batch_size, length,
                                                                     vocab_size, seed)
-        self.delay_seconds, self.nan_at = delay_seconds, nan_at
+        self.delay_seconds, self.nan_at, self.signal_at = delay_seconds, nan_at, signal_at
         self.index = 0
 
     def __iter__(self):
@@ -47,6 +51,8 @@ class CountingStream:
                                self.seed)
         if self.nan_at is not None and self.index == self.nan_at:
             batch[2][:] = np.nan
+        if self.signal_at is not None and self.index == self.signal_at:
+            os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` while this batch trains
         self.index += 1
         if self.delay_seconds:
             time.sleep(self.delay_seconds)

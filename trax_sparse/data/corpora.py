@@ -4,10 +4,11 @@ Example:
     >>> split_paragraphs('Ber.\\nWho is there?\\n\\n\\nFran.\\nNay, answer me.\\n')
     ['Ber.\\nWho is there?', 'Fran.\\nNay, answer me.']
 """
-import hashlib
 import os
 import re
 from pathlib import Path
+
+from trax_sparse.io_utils import sha256_of  # noqa: F401 - re-exported for data users
 
 DATA_DIR_ENV = 'TRAX_SPARSE_DATA_DIR'
 _REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -74,12 +75,3 @@ def import_tfds():
         raise ImportError(f'TFDS datasets need tensorflow-datasets and importlib_resources: '
                           f"pip install -e '.[data]' ({err})") from err
     return tfds
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file, read in 1 MiB blocks (checks downloads and checkpoints)."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(1 << 20), b''):
-            digest.update(block)
-    return digest.hexdigest()

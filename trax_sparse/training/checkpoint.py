@@ -1,6 +1,6 @@
 """Checkpoints: pickle-free `.npz` arrays plus JSON metadata, written atomically.
 
-Format version 1. A checkpoint of step N in a checkpoint directory is two files:
+Format version 2. A checkpoint of step N in a checkpoint directory is two files:
 
 - `ckpt-0000000N.npz`: an `np.savez` archive (no pickle; loaded with allow_pickle=False)
   holding every leaf of the weights, the model state and the optimizer state, each under
@@ -9,18 +9,22 @@ Format version 1. A checkpoint of step N in a checkpoint directory is two files:
   (bfloat16, ...) are stored as same-width unsigned-integer views.
 - `ckpt-0000000N.json`: the metadata, written last (it is the commit record: an npz
   without its JSON is not a checkpoint):
-  `{"format": "trax_sparse.checkpoint", "format_version": 1, "step": N,
+  `{"format": "trax_sparse.checkpoint", "format_version": 2, "step": N,
     "arrays": {"file": "ckpt-0000000N.npz", "sha256": "...", "bytes": 1234},
     "trees": {"weights": S, "state": S, "opt_state": {"treedef": "...", "n_leaves": k}},
     "leaves": {key: {"dtype": "float32", "shape": [d, ...]}, ...},
-    ...extra entries given by the caller: "rng", "data_position", "gin_config", ...}`
+    ...extra entries given by the caller: "rng", "data_position", "gin_config", ...,
+    "metadata_sha256": "..."}`
   where a structure S is JSON: a list per tuple, an object per dict, "*" per array
-  and null per None.
+  and null per None. "metadata_sha256" is the sha256 of every other entry (JSON with sorted
+  keys, no spaces), so an edit of the stored gin config makes the checkpoint corrupt.
+  Version 1 files (no metadata checksum) still load.
 
 Each file is written to a temporary file in the same directory, fsync'd and moved into
-place with os.replace. Loading verifies the sha256 and that every leaf of the metadata is
-in the archive with its dtype and shape; a checkpoint that fails is reported (a warning
-naming the file) and the previous one is used.
+place with os.replace (io_utils.atomic_write: the umask decides the file mode). Loading
+verifies both checksums and that every leaf of the metadata is in the archive with its
+dtype and shape; a checkpoint that fails is reported (a warning naming the file) and the
+previous one is used.
 
 Example:
     >>> import numpy as np, tempfile
@@ -31,22 +35,23 @@ Example:
 """
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import os
 import re
-import tempfile
 import warnings
-from typing import Any, BinaryIO, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from trax_sparse.data.corpora import sha256_of
+from trax_sparse.io_utils import TEMP_PREFIX, atomic_write, atomic_write_text, sha256_of
 
 FORMAT = 'trax_sparse.checkpoint'
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 FILE_PREFIX = 'ckpt-'
-TEMP_PREFIX = '.tmp-'
+METADATA_SHA256 = 'metadata_sha256'
 _NAME = re.compile(r'^ckpt-(\d+)\.(npz|json)$')
 log = logging.getLogger('trax_sparse.training')
 
@@ -126,44 +131,20 @@ def _from_storable(a: np.ndarray, dtype_name: str) -> np.ndarray:
     return a.view(dtype)
 
 
-# ---- atomic files ---------------------------------------------------------------------------
-def _fsync_dir(directory: str) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
-    """Writes `path` atomically: temp file in the same directory, fsync, os.replace."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix='-' + os.path.basename(path),
-                                dir=directory)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(temp)
-        raise
-    _fsync_dir(directory)
-
-
-def atomic_write_text(path: str, text: str) -> None:
-    atomic_write(path, lambda f: f.write(text.encode('utf-8')))
-
-
+# ---- metadata ---------------------------------------------------------------------------
 def _json_default(x: Any) -> Any:
     if isinstance(x, np.generic):
         return x.item()
     if isinstance(x, np.ndarray):
         return x.tolist()
     raise TypeError(f'{type(x).__name__} is not JSON serializable')
+
+
+def metadata_digest(meta: dict) -> str:
+    """sha256 of every metadata entry but the digest itself (sorted keys, no spaces)."""
+    body = {k: v for k, v in meta.items() if k != METADATA_SHA256}
+    text = json.dumps(body, sort_keys=True, separators=(',', ':'), default=_json_default)
+    return hashlib.sha256(text.encode('utf-8')).hexdigest()
 
 
 # ---- saving -------------------------------------------------------------------------------------
@@ -200,8 +181,9 @@ def save_checkpoint(directory: str, step: int, weights: Any, state: Any,
                   'opt_state': {'treedef': opt_treedef, 'n_leaves': len(opt_state_leaves)}},
         'leaves': leaves,
     })
-    text = json.dumps(record, indent=1, default=_json_default)
-    atomic_write_text(json_path, text)
+    record = json.loads(json.dumps(record, default=_json_default))  # as a reader will see it
+    record[METADATA_SHA256] = metadata_digest(record)
+    atomic_write_text(json_path, json.dumps(record, indent=1))
     if keep:
         prune_checkpoints(directory, keep, up_to_step=step)
     return json_path
@@ -252,9 +234,12 @@ def read_checkpoint(json_path: str) -> Checkpoint:
         raise CheckpointError(f'unreadable metadata: {e}') from e
     if not isinstance(meta, dict) or meta.get('format') != FORMAT:
         raise CheckpointError(f'not a {FORMAT} metadata file')
-    if meta.get('format_version') != FORMAT_VERSION:
-        raise CheckpointError(f"format version {meta.get('format_version')!r} is not "
-                              f'{FORMAT_VERSION}')
+    version = meta.get('format_version')
+    if version not in READABLE_VERSIONS:
+        raise CheckpointError(f'format version {version!r} is not one of {READABLE_VERSIONS}')
+    if version >= 2 and meta.get(METADATA_SHA256) != metadata_digest(meta):
+        raise CheckpointError(f'{METADATA_SHA256} does not match the metadata (corrupt: '
+                              f'the stored config or another entry was changed)')
     try:
         npz_path = os.path.join(os.path.dirname(json_path), meta['arrays']['file'])
         expected_sha, leaves, trees = meta['arrays']['sha256'], meta['leaves'], meta['trees']
@@ -327,7 +312,8 @@ def load_weights(checkpoint_dir: str) -> tuple[Any, Any]:
     return ckpt.weights, ckpt.state
 
 
-__all__ = ['Checkpoint', 'CheckpointError', 'FORMAT', 'FORMAT_VERSION', 'atomic_write',
+__all__ = ['Checkpoint', 'CheckpointError', 'FORMAT', 'FORMAT_VERSION', 'METADATA_SHA256',
+           'READABLE_VERSIONS', 'TEMP_PREFIX', 'atomic_write', 'metadata_digest',
            'atomic_write_text', 'checkpoint_paths', 'find_checkpoint_dir', 'flatten_with_keys',
            'list_checkpoints', 'load_latest', 'load_weights', 'prune_checkpoints',
            'read_checkpoint', 'remove_temp_files', 'save_checkpoint', 'tree_from_json',

@@ -7,14 +7,19 @@ On resume from step N, records of steps > N (written after that checkpoint by th
 that stopped) are dropped from metrics.jsonl and purged from TensorBoard, because the
 resumed run writes them again.
 
+metrics.jsonl is strict JSON: a NaN or infinite value is written as the string "NaN",
+"Infinity" or "-Infinity" (float() reads them; so does `read_metrics`, which turns them
+back into floats), never as a bare NaN token that JSON parsers reject.
+
 Example:
     >>> import json, os, tempfile
     >>> d = tempfile.mkdtemp()
     >>> writer = MetricsWriter(d, tensorboard=False)
     >>> writer.write({'step': 1, 'split': 'train', 'loss': 2.5})
+    >>> writer.write({'step': 2, 'split': 'train', 'loss': float('nan')})
     >>> writer.close()
     >>> [json.loads(line)['loss'] for line in open(os.path.join(d, 'metrics.jsonl'))]
-    [2.5]
+    [2.5, 'NaN']
 """
 import json
 import logging
@@ -24,10 +29,26 @@ import sys
 import warnings
 from typing import Any
 
-from trax_sparse.training.checkpoint import atomic_write_text
+from trax_sparse.io_utils import atomic_write_text
 
 METRICS_FILE = 'metrics.jsonl'
+TENSORBOARD_SPLITS = ('train', 'eval')  # event file folders besides one per eval task name
 log = logging.getLogger('trax_sparse.training')
+_NON_FINITE = {'NaN': math.nan, 'Infinity': math.inf, '-Infinity': -math.inf}
+
+
+def to_json_line(record: dict) -> str:
+    """The record as one line of strict JSON (non-finite floats as strings)."""
+    def strict(v: Any) -> Any:
+        if isinstance(v, float) and not math.isfinite(v):
+            return 'NaN' if math.isnan(v) else ('Infinity' if v > 0 else '-Infinity')
+        return v
+    return json.dumps({k: strict(v) for k, v in record.items()}, allow_nan=False) + '\n'
+
+
+def _from_json(record: dict) -> dict:
+    return {k: _NON_FINITE.get(v, v) if isinstance(v, str) and k != 'split' else v
+            for k, v in record.items()}
 
 
 def read_metrics(output_dir: str) -> list[dict]:
@@ -39,7 +60,7 @@ def read_metrics(output_dir: str) -> list[dict]:
     with open(path, encoding='utf-8') as f:
         for line in f:
             try:
-                records.append(json.loads(line))
+                records.append(_from_json(json.loads(line)))
             except json.JSONDecodeError:  # a line cut by a crash mid-write
                 continue
     return records
@@ -64,13 +85,13 @@ class MetricsWriter:
             path = os.path.join(output_dir, METRICS_FILE)
             if os.path.exists(path):
                 kept = [r for r in read_metrics(output_dir) if r.get('step', 0) <= resume_step]
-                atomic_write_text(path, ''.join(json.dumps(r) + '\n' for r in kept))
+                atomic_write_text(path, ''.join(to_json_line(r) for r in kept))
             self._file = open(path, 'a', encoding='utf-8')
 
     def write(self, record: dict) -> None:
         log.info(_format(record))
         if self._file is not None:
-            self._file.write(json.dumps(record) + '\n')
+            self._file.write(to_json_line(record))
             self._file.flush()
         if self._tensorboard:
             writer = self._tensorboard_writer(str(record.get('split', 'train')))
@@ -106,14 +127,16 @@ class MetricsWriter:
 class ProgressBar:
     """A tqdm bar on an interactive terminal; silent otherwise (logs carry the metrics)."""
 
-    def __init__(self, total: int, description: str = 'train', enabled: bool | None = None):
+    def __init__(self, total: int, description: str = 'train', enabled: bool | None = None,
+                 initial: int = 0):
         if enabled is None:
             enabled = sys.stderr.isatty()
         self._bar = None
         if enabled:
             try:
                 from tqdm import tqdm
-                self._bar = tqdm(total=total, desc=description, unit='step', dynamic_ncols=True)
+                self._bar = tqdm(total=total, initial=initial, desc=description, unit='step',
+                                 dynamic_ncols=True)
             except ImportError:
                 self._bar = None
 
@@ -128,4 +151,5 @@ class ProgressBar:
             self._bar.close()
 
 
-__all__ = ['METRICS_FILE', 'MetricsWriter', 'ProgressBar', 'read_metrics']
+__all__ = ['METRICS_FILE', 'MetricsWriter', 'ProgressBar', 'TENSORBOARD_SPLITS',
+           'read_metrics', 'to_json_line']

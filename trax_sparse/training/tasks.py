@@ -95,6 +95,18 @@ class EvalTask:
         self.name = name
 
 
+def check_tasks(tasks: Any, eval_tasks: Any) -> tuple[TrainTask, list[EvalTask]]:
+    """(the one TrainTask, the list of EvalTasks with distinct names) or a ValueError."""
+    tasks = [tasks] if isinstance(tasks, TrainTask) else list(tasks)
+    if len(tasks) != 1 or not isinstance(tasks[0], TrainTask):
+        raise ValueError(f'Loop trains exactly one TrainTask, got {len(tasks)} tasks')
+    eval_tasks = [eval_tasks] if isinstance(eval_tasks, EvalTask) else list(eval_tasks or [])
+    names = [t.name for t in eval_tasks]
+    if len(set(names)) != len(names) or 'train' in names:
+        raise ValueError(f"eval task names must be distinct and not 'train', got {names}")
+    return tasks[0], eval_tasks
+
+
 def open_stream(data: Any) -> Any:
     """`data`, or what it returns when it is a stream factory (a class or a function)."""
     if isinstance(data, type) or (callable(data) and not hasattr(data, '__next__')
@@ -193,4 +205,4 @@ class BatchFeed:
             self.consumed += 1
 
 
-__all__ = ['BatchFeed', 'EvalTask', 'TrainTask', 'open_stream']
+__all__ = ['BatchFeed', 'EvalTask', 'TrainTask', 'check_tasks', 'open_stream']

@@ -5,7 +5,11 @@ from the newest checkpoint there, and trains until `steps` steps are done. Argum
 gin passes as configurables are accepted either built or as factories:
 `model=@TransformerLM` (called with mode='train' and mode='eval'), `optimizer=@Adam`,
 `lr_schedule=@multifactor` (a factory with no required argument is called),
-`inputs=@my_stream` (a function returning a batch iterator is called).
+`inputs=@my_stream` (a function returning a batch iterator is called). In a multi-host
+run a stream factory that takes `shard_index` and `shard_count` (as the data pipelines do)
+gets process_index() and process_count(): each process reads its own examples and feeds
+its part of the global batch. At the end it writes `loss.png` (plot.py) when matplotlib is
+installed.
 
 Example:
     >>> import numpy as np, tempfile
@@ -16,16 +20,17 @@ Example:
     >>> loop.step
     3
 """
+import functools
 import inspect
 import logging
 import os
 from typing import Any, Callable, Iterable
 
 from trax_sparse import layers as tl
+from trax_sparse.io_utils import atomic_write_text
 from trax_sparse.training import optimizers as opt
-from trax_sparse.training import schedules
-from trax_sparse.training.checkpoint import atomic_write_text
-from trax_sparse.training.distributed import is_primary
+from trax_sparse.training import plot, schedules
+from trax_sparse.training.distributed import is_primary, process_count, process_index
 from trax_sparse.training.loop import Loop, prepare_output_dir
 from trax_sparse.training.tasks import EvalTask, TrainTask, open_stream
 
@@ -54,10 +59,30 @@ def _models(model: Any) -> tuple[tl.Layer, tl.Layer]:
     return model(mode='train'), model(mode='eval')
 
 
+def _takes_shards(factory: Any) -> bool:
+    """Whether `factory` (a class or function) accepts shard_index= and shard_count=."""
+    try:
+        fn = factory.__init__ if isinstance(factory, type) else factory
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return {'shard_index', 'shard_count'} <= set(parameters) or any(
+        p.kind == p.VAR_KEYWORD for p in parameters.values())
+
+
 def _stream(data: Any, what: str) -> Iterable:
+    """The batch stream of `data`; on multi-host, a factory is asked for this process's shard."""
     if data is None:
         raise ValueError(f'train: {what} is required (an iterator of (inputs, targets, weights) '
                          f'batches, or a function returning one)')
+    n_processes = process_count()
+    if n_processes > 1:
+        if callable(data) and not hasattr(data, '__next__') and _takes_shards(data):
+            data = functools.partial(data, shard_index=process_index(),
+                                     shard_count=n_processes)
+        else:
+            log.warning('train: %s is not a stream factory taking shard_index/shard_count: '
+                        'all %d processes read the same examples', what, n_processes)
     return open_stream(data)
 
 
@@ -77,8 +102,8 @@ def train(output_dir: str, model: Any = None, inputs: Any = None, eval_inputs: A
           loss: Any = None, optimizer: Any = None, lr_schedule: Any = None, steps: int = 1000,
           eval_steps: int = 10, eval_every: int | None = None, checkpoint_every: int = 100,
           keep_checkpoints: int = 3, random_seed: int | None = 0, n_devices: int | None = None,
-          use_jit: bool = True,
-          operative_config: Callable[[], str] | None = None) -> Loop:
+          use_jit: bool = True, operative_config: Callable[[], str] | None = None,
+          restart: bool = False, log_every: int | None = None) -> Loop:
     """Trains `model` until `steps` steps are done in `output_dir` (resuming there); returns
     the Loop.
 
@@ -87,6 +112,7 @@ def train(output_dir: str, model: Any = None, inputs: Any = None, eval_inputs: A
     lr_schedule default multifactor(). eval_steps batches are evaluated every eval_every
     steps (default: checkpoint_every). operative_config: returns the config text written
     to output_dir/config.gin and stored in checkpoints (the trainer passes gin's).
+    restart, log_every: see Loop. `loop.interrupted` names a signal that stopped it early.
     """
     output_dir = prepare_output_dir(output_dir)
     train_model, eval_model = _models(model)
@@ -107,12 +133,13 @@ def train(output_dir: str, model: Any = None, inputs: Any = None, eval_inputs: A
         eval_tasks.append(EvalTask(_stream(eval_inputs, 'eval_inputs'),
                                    n_eval_batches=eval_steps))
     config_text = operative_config() if operative_config is not None else None
-    if config_text is not None and is_primary():
-        atomic_write_text(os.path.join(output_dir, CONFIG_FILE), config_text)
     loop = Loop(train_model, task, eval_model=eval_model, eval_tasks=eval_tasks,
                 output_dir=output_dir, random_seed=random_seed,
                 eval_at=lambda step: step % eval_every == 0, keep_checkpoints=keep_checkpoints,
-                n_devices=n_devices, use_jit=use_jit, config_text=config_text)
+                n_devices=n_devices, use_jit=use_jit, config_text=config_text,
+                restart=restart, log_every=log_every)
+    if config_text is not None and is_primary():
+        atomic_write_text(os.path.join(output_dir, CONFIG_FILE), config_text)
     try:
         remaining = int(steps) - loop.step
         if remaining > 0:
@@ -122,6 +149,8 @@ def train(output_dir: str, model: Any = None, inputs: Any = None, eval_inputs: A
                      loop.step, steps)
     finally:
         loop.close()
+    if is_primary():
+        plot.plot_if_possible(output_dir)
     return loop
 
 

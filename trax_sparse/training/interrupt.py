@@ -1,0 +1,52 @@
+"""Graceful stop on SIGTERM / SIGINT: the Loop finishes the current step, saves a
+checkpoint and returns (the trainer then exits 0). A second signal stops at once
+(KeyboardInterrupt). Handlers are installed only in the main thread and restored on exit.
+
+Example:
+    >>> import os, signal
+    >>> with StopOnSignal() as stop:
+    ...     os.kill(os.getpid(), signal.SIGTERM)
+    ...     stop.requested
+    'SIGTERM'
+"""
+import logging
+import signal
+import threading
+from typing import Any
+
+log = logging.getLogger('trax_sparse.training')
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class StopOnSignal:
+    """A context manager; `requested` is the name of the signal received, or None."""
+
+    def __init__(self):
+        self.requested: str | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.requested is not None:
+            self._restore()
+            raise KeyboardInterrupt(f'second signal ({name}): stopping without a checkpoint')
+        self.requested = name
+        log.warning('%s received: stopping after this step and saving a checkpoint (send it '
+                    'again to stop at once)', name)
+
+    def __enter__(self) -> 'StopOnSignal':
+        if threading.current_thread() is threading.main_thread():
+            for sig in SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def __exit__(self, *exc: Any) -> None:
+        self._restore()
+
+
+__all__ = ['StopOnSignal']
