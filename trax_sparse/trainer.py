@@ -53,6 +53,13 @@ def fail(message: str) -> None:
     sys.exit(f"trax-sparse-train: error: {' '.join(message.split())}")
 
 
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: sys.modules[module] is None
+        return False
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -65,7 +72,7 @@ def main(argv: list[str]) -> None:
     if FLAGS.backend != 'jax':
         fail(f'--backend={FLAGS.backend} cannot train: gradients need the JAX backend '
              '(NumPy runs forward passes only, e.g. to decode from a checkpoint)')
-    missing = [m for m in ('jax', 'optax') if importlib.util.find_spec(m) is None]
+    missing = [m for m in ('jax', 'optax') if not _installed(m)]
     if missing:
         fail(f"training needs {' and '.join(missing)} (not installed): "
              f"pip install 'trax_sparse[jax,train]'")
