@@ -13,7 +13,8 @@ installed.
 
 Example:
     >>> import numpy as np, tempfile
-    >>> from trax_sparse import layers as tl
+    >>> from trax_sparse import fastmath
+from trax_sparse import layers as tl
     >>> x = np.arange(8, dtype=np.int32).reshape(2, 4) % 5
     >>> loop = train(tempfile.mkdtemp(), model=tl.Serial(tl.Embedding(5, 8), tl.Dense(5)),
     ...              inputs=iter(lambda: (x, x), None), steps=3, checkpoint_every=2)
@@ -26,11 +27,12 @@ import logging
 import os
 from typing import Any, Callable, Iterable
 
+from trax_sparse import fastmath
 from trax_sparse import layers as tl
 from trax_sparse.io_utils import atomic_write_text
 from trax_sparse.training import optimizers as opt
 from trax_sparse.training import plot, schedules
-from trax_sparse.training.distributed import is_primary, process_count, process_index
+from trax_sparse.training import distributed
 from trax_sparse.training.loop import Loop, prepare_output_dir
 from trax_sparse.training.tasks import EvalTask, TrainTask, open_stream
 
@@ -75,11 +77,11 @@ def _stream(data: Any, what: str) -> Iterable:
     if data is None:
         raise ValueError(f'train: {what} is required (an iterator of (inputs, targets, weights) '
                          f'batches, or a function returning one)')
-    n_processes = process_count()
+    with fastmath.use_backend('jax'):  # the process index of a jax.distributed run
+        index, n_processes = distributed.process_index(), distributed.process_count()
     if n_processes > 1:
         if callable(data) and not hasattr(data, '__next__') and _takes_shards(data):
-            data = functools.partial(data, shard_index=process_index(),
-                                     shard_count=n_processes)
+            data = functools.partial(data, shard_index=index, shard_count=n_processes)
         else:
             log.warning('train: %s is not a stream factory taking shard_index/shard_count: '
                         'all %d processes read the same examples', what, n_processes)
@@ -138,7 +140,9 @@ def train(output_dir: str, model: Any = None, inputs: Any = None, eval_inputs: A
                 eval_at=lambda step: step % eval_every == 0, keep_checkpoints=keep_checkpoints,
                 n_devices=n_devices, use_jit=use_jit, config_text=config_text,
                 restart=restart, log_every=log_every)
-    if config_text is not None and is_primary():
+    with fastmath.use_backend('jax'):
+        primary = distributed.is_primary()
+    if config_text is not None and primary:
         atomic_write_text(os.path.join(output_dir, CONFIG_FILE), config_text)
     try:
         remaining = int(steps) - loop.step
@@ -149,7 +153,7 @@ def train(output_dir: str, model: Any = None, inputs: Any = None, eval_inputs: A
                      loop.step, steps)
     finally:
         loop.close()
-    if is_primary():
+    if primary:
         plot.plot_if_possible(output_dir)
     return loop
 
