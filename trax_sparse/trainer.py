@@ -18,6 +18,7 @@ DIR/loss.png shows the loss curves (`trax-sparse-plot DIR` redraws it).
 """
 import importlib.util
 import logging as std_logging
+import os
 import sys
 
 import gin
@@ -88,6 +89,8 @@ def _train() -> None:
     """Joins a multi-host run, parses the gin config and trains."""
     fastmath.set_backend(FLAGS.backend)
     if FLAGS.coordinator_address or FLAGS.num_processes:
+        # CPU processes need gloo collectives (read when jax is imported; GPU/TPU ignore it).
+        os.environ.setdefault('JAX_CPU_COLLECTIVES_IMPLEMENTATION', 'gloo')
         training.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                         FLAGS.process_id)
     if FLAGS.debug:

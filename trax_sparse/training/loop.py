@@ -336,7 +336,7 @@ class Loop:
         batch = self._train_feed.next()
         self._token_ranges.check(batch, self._model.n_in, f"TrainTask '{self._task.name}', "
                                  f'batch {self._train_feed.consumed}')
-        n_tokens = int(np.prod(batch[1].shape))
+        n_tokens = int(np.prod(batch[1].shape)) * self._parallel.n_processes  # global batch
         self._train_state, metrics = self._train_step(
             self._train_state, self._parallel.shard_batch(batch), self._train_key,
             np.int32(step))

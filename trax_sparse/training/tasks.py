@@ -107,12 +107,15 @@ def check_tasks(tasks: Any, eval_tasks: Any) -> tuple[TrainTask, list[EvalTask]]
     return tasks[0], eval_tasks
 
 
+def is_stream_factory(data: Any) -> bool:
+    """A class, or a callable that is not itself an iterator or iterable (a function)."""
+    return isinstance(data, type) or (callable(data) and not hasattr(data, '__next__')
+                                      and not hasattr(data, '__iter__'))
+
+
 def open_stream(data: Any) -> Any:
     """`data`, or what it returns when it is a stream factory (a class or a function)."""
-    if isinstance(data, type) or (callable(data) and not hasattr(data, '__next__')
-                                  and not hasattr(data, '__iter__')):
-        return data()
-    return data
+    return data() if is_stream_factory(data) else data
 
 
 class BatchFeed:
@@ -205,4 +208,5 @@ class BatchFeed:
             self.consumed += 1
 
 
-__all__ = ['BatchFeed', 'EvalTask', 'TrainTask', 'check_tasks', 'open_stream']
+__all__ = ['BatchFeed', 'EvalTask', 'TrainTask', 'check_tasks', 'is_stream_factory',
+           'open_stream']

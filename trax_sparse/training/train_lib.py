@@ -34,7 +34,7 @@ from trax_sparse.training import optimizers as opt
 from trax_sparse.training import plot, schedules
 from trax_sparse.training import distributed
 from trax_sparse.training.loop import Loop, prepare_output_dir
-from trax_sparse.training.tasks import EvalTask, TrainTask, open_stream
+from trax_sparse.training.tasks import EvalTask, TrainTask, is_stream_factory, open_stream
 
 log = logging.getLogger('trax_sparse.training')
 CONFIG_FILE = 'config.gin'
@@ -80,7 +80,7 @@ def _stream(data: Any, what: str) -> Iterable:
     with fastmath.use_backend('jax'):  # the process index of a jax.distributed run
         index, n_processes = distributed.process_index(), distributed.process_count()
     if n_processes > 1:
-        if callable(data) and not hasattr(data, '__next__') and _takes_shards(data):
+        if is_stream_factory(data) and _takes_shards(data):
             data = functools.partial(data, shard_index=index, shard_count=n_processes)
         else:
             log.warning('train: %s is not a stream factory taking shard_index/shard_count: '
