@@ -13,8 +13,7 @@ installed.
 
 Example:
     >>> import numpy as np, tempfile
-    >>> from trax_sparse import fastmath
-from trax_sparse import layers as tl
+    >>> from trax_sparse import layers as tl
     >>> x = np.arange(8, dtype=np.int32).reshape(2, 4) % 5
     >>> loop = train(tempfile.mkdtemp(), model=tl.Serial(tl.Embedding(5, 8), tl.Dense(5)),
     ...              inputs=iter(lambda: (x, x), None), steps=3, checkpoint_every=2)
@@ -31,8 +30,7 @@ from trax_sparse import fastmath
 from trax_sparse import layers as tl
 from trax_sparse.io_utils import atomic_write_text
 from trax_sparse.training import optimizers as opt
-from trax_sparse.training import plot, schedules
-from trax_sparse.training import distributed
+from trax_sparse.training import distributed, plot, schedules
 from trax_sparse.training.loop import Loop, prepare_output_dir
 from trax_sparse.training.tasks import EvalTask, TrainTask, is_stream_factory, open_stream
 
