@@ -14,11 +14,12 @@ ROOT = pathlib.Path(__file__).resolve().parents[1] / 'trax_sparse'
 # Which trax_sparse subpackages each part of the package may import.
 ALLOWED = {
     'shapes': set(),
+    'io_utils': set(),   # file helpers (sha256, atomic writes) shared by data and training
     'fastmath': {'fastmath', 'shapes'},
     'layers': {'fastmath', 'shapes', 'layers'},
     'models': {'fastmath', 'shapes', 'layers', 'models'},
-    'data': {'fastmath', 'shapes', 'data'},
-    'training': {'fastmath', 'shapes', 'layers', 'data', 'training'},
+    'data': {'fastmath', 'shapes', 'io_utils', 'data'},
+    'training': {'fastmath', 'shapes', 'io_utils', 'layers', 'data', 'training'},
     'decoding': {'fastmath', 'shapes', 'layers', 'data', 'decoding'},
     '__init__': {'fastmath', 'shapes', 'layers', 'models', 'data', 'training', 'decoding'},
 }
