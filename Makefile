@@ -1,25 +1,29 @@
 # Two commands do all set-up: `make demo` and `make test` (see README.md).
+# The corpus is prepared in the per-user data dir (~/.local/share/trax_sparse, or
+# $TRAX_SPARSE_DATA_DIR), created if missing; `make data` is idempotent (about 1 s when done).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo venv clean
+.PHONY: test demo data venv clean
 
 venv: $(STAMP)
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.py setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
 	$(PY) -m pip install -q -e '.[test]'
-	$(PY) -m trax_sparse.data.prepare
 	touch $(STAMP)
 
-test: $(STAMP)
+data: $(STAMP)
+	$(PY) -m trax_sparse.data.prepare
+
+test: data
 	$(PY) -m pytest -q -n 2 tests
 
-demo: $(STAMP)
+demo: data
 	$(PY) examples/demo.py
 
 clean:
-	rm -rf $(VENV) *.egg-info
+	rm -rf $(VENV) *.egg-info build dist

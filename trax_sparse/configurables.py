@@ -19,6 +19,7 @@ Example:
 import inspect
 import logging
 import os
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -30,8 +31,30 @@ from trax_sparse import layers as tl
 # Public names of trax_sparse.layers that are API, not layers to configure.
 LAYER_API = frozenset({'MODES', 'Layer', 'LayerError', 'PureLayer', 'autodiff_twin', 'check_mode',
                        'count_params', 'is_replaying', 'replay_context', 'weights_signature'})
-# The gin/ folder of this repository: `include 'shakespeare_lm.gin'` works from anywhere.
-GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'gin')
+GIN_MARKER = 'shakespeare_lm.gin'     # a config every copy of the gin configs holds
+
+
+def find_gin_dir(package_dir: str | os.PathLike | None = None) -> str:
+    """The folder of the library's gin configs: `include 'x.gin'` finds them from anywhere.
+
+    An installed wheel holds them as the package data `trax_sparse/gin_configs/`; a checkout
+    (or an editable install) at the repository's top-level `gin/`. A folder counts only if it
+    holds GIN_MARKER, so site-packages/gin (gin-config itself) is never taken for it.
+
+        >>> sorted(os.listdir(find_gin_dir()))[:1]
+        ['c4_scaling_transformer_baseline.gin']
+    """
+    package = Path(package_dir or Path(__file__).resolve().parent)
+    candidates = (package / 'gin_configs', package.parent / 'gin')
+    for candidate in candidates:
+        if (candidate / GIN_MARKER).is_file():
+            return str(candidate)
+    raise FileNotFoundError(f'the gin configs of trax_sparse are missing: none of '
+                            f'{[str(c) for c in candidates]} holds {GIN_MARKER} (reinstall the '
+                            f'package)')
+
+
+GIN_DIR = find_gin_dir()
 OPTIMIZERS = ('Adafactor', 'Adam', 'SGD')
 SCHEDULES = ('constant', 'multifactor', 'warmup', 'warmup_and_rsqrt_decay')
 
@@ -69,7 +92,7 @@ class _QuietIncludeSearch(logging.Filter):
 
 
 def add_search_paths(config_files: Any = ()) -> None:
-    """Lets gin `include` find files beside the given configs and in the repository's gin/."""
+    """Lets gin `include` (and --config_file) find files beside the given configs and in GIN_DIR."""
     for directory in [os.path.dirname(os.path.abspath(f)) for f in config_files] + [GIN_DIR]:
         if os.path.isdir(directory):
             gin.add_config_file_search_path(directory)
@@ -85,5 +108,5 @@ register_public(training, 'trax_sparse.training', names=OPTIMIZERS + SCHEDULES)
 train = gin.external_configurable(training.train, module='trax_sparse.training',
                                   denylist=['output_dir', 'operative_config'])
 
-__all__ = ['DATA', 'GIN_DIR', 'LAYERS', 'LAYER_API', 'MODELS', 'OPTIMIZERS', 'SCHEDULES',
-           'add_search_paths', 'register', 'register_public', 'train']
+__all__ = ['DATA', 'GIN_DIR', 'GIN_MARKER', 'LAYERS', 'LAYER_API', 'MODELS', 'OPTIMIZERS',
+           'SCHEDULES', 'add_search_paths', 'find_gin_dir', 'register', 'register_public', 'train']

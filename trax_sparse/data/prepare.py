@@ -2,8 +2,10 @@
 
     python -m trax_sparse.data.prepare [--data_dir=DIR] [--force]
 
-Idempotent: when `shakespeare_works` is already prepared in the data dir (default `.data/`
-or $TRAX_SPARSE_DATA_DIR) it returns at once. Run by the Makefile's install step.
+Idempotent: when `shakespeare_works` is already prepared in the data dir it returns at once.
+The data dir is --data_dir, else $TRAX_SPARSE_DATA_DIR, else the per-user
+$XDG_DATA_HOME/trax_sparse (~/.local/share/trax_sparse); it is created if missing. Run by
+`make test` and `make demo`.
 """
 import argparse
 import sys
@@ -11,14 +13,15 @@ import time
 from typing import Sequence
 
 from trax_sparse.data import shakespeare
-from trax_sparse.data.corpora import DATA_DIR_ENV, resolve_data_dir
+from trax_sparse.data.corpora import DATA_DIR_ENV, resolve_data_dir, user_data_dir
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog='python -m trax_sparse.data.prepare',
                                      description=__doc__.split('\n\n')[0])
     parser.add_argument('--data_dir', default=None,
-                        help=f'where TFDS datasets live (default: ${DATA_DIR_ENV} or .data/)')
+                        help=f'where TFDS datasets live (default: ${DATA_DIR_ENV}, else '
+                             f'{user_data_dir()})')
     parser.add_argument('--force', action='store_true',
                         help='delete the prepared dataset and prepare it again')
     parser.add_argument('--verbose', action='store_true',
@@ -27,6 +30,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         _quiet_tfds()
     data_dir = resolve_data_dir(args.data_dir)
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        print(f'error: cannot create the data dir {str(data_dir)!r} ({err.strerror}); choose '
+              f'another with --data_dir or ${DATA_DIR_ENV}', file=sys.stderr)
+        return 1
     start = time.perf_counter()
     if args.force:
         shakespeare.remove_shakespeare(data_dir)
@@ -36,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         path = shakespeare.prepare_shakespeare(data_dir)
-    except (ConnectionError, ValueError, FileNotFoundError) as err:
+    except (ConnectionError, ValueError, OSError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 1
     print(f'prepared {shakespeare.DATASET_NAME} in {path} ({time.perf_counter() - start:.1f} s)')

@@ -122,7 +122,7 @@ def shakespeare_builder(data_dir: str | os.PathLike | None = None) -> Any:
 
 
 def is_shakespeare_prepared(data_dir: str | os.PathLike | None = None) -> bool:
-    """Whether `shakespeare_works` is prepared in `data_dir` (default: `.data/`)."""
+    """Whether `shakespeare_works` is prepared in `data_dir` (default: `default_data_dir()`)."""
     return shakespeare_builder(data_dir).is_prepared()
 
 
