@@ -31,6 +31,10 @@ class Dense(Layer):
 
     def __init__(self, n_units: int, kernel_initializer: init.Initializer | None = None,
                  bias_initializer: init.Initializer | None = None, use_bias: bool = True):
+        if isinstance(n_units, bool) or not isinstance(n_units, (int, onp.integer)) \
+                or n_units < 1:
+            raise ValueError(f'Dense(n_units={n_units!r}): n_units, the output width, must be a '
+                             f'positive integer')
         super().__init__(name=f'Dense_{n_units}')
         self._n_units, self._use_bias = int(n_units), use_bias
         self._kernel_init = kernel_initializer or init.GlorotUniformInitializer()
