@@ -30,7 +30,8 @@ SCRIPT = textwrap.dedent('''
         out['batch_devices'] = fastmath.backend().sharding_device_count(batch[0])
         out['shard_shapes'] = sorted({tuple(s.data.shape) for s in batch[0].addressable_shards})
         loop8, out['losses_8'] = train(8)
-        out['weights_devices'] = fastmath.backend().sharding_device_count(loop8._train_state.weights[1][0])
+        weight = loop8._train_state.weights[1][0]
+        out['weights_devices'] = fastmath.backend().sharding_device_count(weight)
         loop1, out['losses_1'] = train(1)
         out['max_weight_diff'] = max(float(np.abs(a - b).max()) for a, b in zip(
             fastmath.tree_leaves(loop8.weights), fastmath.tree_leaves(loop1.weights)))

@@ -112,13 +112,15 @@ def test_save_time_oserror_names_the_step_and_keeps_previous_checkpoints(tmp_pat
     assert not [n for n in os.listdir(loop.checkpoint_dir) if n.startswith('.tmp-')]
 
 
-def test_sigterm_saves_a_checkpoint_and_resume_is_exact(tmp_path):
+@pytest.mark.parametrize('name', ['SIGTERM', 'SIGINT'])
+def test_signal_saves_a_checkpoint_and_resume_is_exact(tmp_path, name):
     straight = _loop(tmp_path / 'straight')
     straight.run(7)
-    stopped = _loop(tmp_path / 'stopped', stream=tiny.CountingStream(signal_at=2))
-    stopped.run(7)  # SIGTERM while the batch of step 3 is drawn: step 3 ends, saved, return
+    stopped = _loop(tmp_path / 'stopped', stream=tiny.CountingStream(signal_at=2,
+                                                                   signal_name=name))
+    stopped.run(7)  # the signal comes while the batch of step 3 is drawn: step 3 ends, saved
     stopped.close()
-    assert stopped.interrupted == 'SIGTERM' and stopped.step == 3
+    assert stopped.interrupted == name and stopped.step == 3
     assert stopped.last_checkpoint.endswith('ckpt-00000003.json')  # off the every-2 schedule
     resumed = _loop(tmp_path / 'stopped')
     assert resumed.step == 3

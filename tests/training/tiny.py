@@ -33,15 +33,17 @@ def counting_batch(index: int, batch_size: int = 4, length: int = 6, vocab_size:
 
 class CountingStream:
     """Endless counting batches with state()/restore(); optional delay per batch, NaN
-    weights in batch `nan_at`, a SIGTERM to this process when batch `signal_at` is drawn.
+    weights in batch `nan_at`, a signal (SIGTERM) to this process when batch `signal_at` is drawn.
     With shard_index/shard_count (multi-host) it yields its rows of the batch_size batch."""
 
     def __init__(self, batch_size: int = 4, length: int = 6, vocab_size: int = VOCAB,
                  seed: int = 0, delay_seconds: float = 0.0, nan_at: int | None = None,
-                 signal_at: int | None = None, shard_index: int = 0, shard_count: int = 1):
+                 signal_at: int | None = None, signal_name: str = 'SIGTERM',
+                 shard_index: int = 0, shard_count: int = 1):
         self.batch_size, self.length, self.vocab_size, self.seed = (batch_size, length,
                                                                     vocab_size, seed)
         self.delay_seconds, self.nan_at, self.signal_at = delay_seconds, nan_at, signal_at
+        self.signal = getattr(signal, signal_name)
         rows = batch_size // shard_count
         self.rows = slice(shard_index * rows, (shard_index + 1) * rows)
         self.index = 0
@@ -55,7 +57,7 @@ class CountingStream:
         if self.nan_at is not None and self.index == self.nan_at:
             batch[2][:] = np.nan
         if self.signal_at is not None and self.index == self.signal_at:
-            os.kill(os.getpid(), signal.SIGTERM)  # as `kill PID` while this batch trains
+            os.kill(os.getpid(), self.signal)  # as `kill PID` (or ^C) while this batch trains
         self.index += 1
         if self.delay_seconds:
             time.sleep(self.delay_seconds)
