@@ -1,5 +1,6 @@
 """The decode binary: a trained checkpoint decodes the same greedy text on NumPy and JAX,
-streams without importing jax on NumPy, and bad input gets clear errors."""
+streams without importing jax on NumPy, and every user error is one line with its true reason
+(checked on the host before any jitted call; --debug shows the traceback)."""
 import io
 import pathlib
 import subprocess
@@ -14,6 +15,7 @@ from tests import helpers
 from trax_sparse import configurables, data, decode, fastmath
 
 GIN = str(pathlib.Path(configurables.GIN_DIR) / 'scaling_transformer_lm_tiny.gin')
+MAX_LEN = 32
 
 
 @pytest.fixture(scope='module')
@@ -23,8 +25,9 @@ def trained_dir(tmp_path_factory):
     gin.clear_config()
     configurables.add_search_paths()
     gin.parse_config_files_and_bindings(
-        [GIN], ['seq_len = 64', 'batch_size = 2', 'train.steps = 2', 'train.eval_steps = 1',
-                'train.checkpoint_every = 2', 'ScalingTransformerLM.n_layers = 1'])
+        [GIN], ['seq_len = 16', 'batch_size = 2', 'train.steps = 2', 'train.eval_steps = 1',
+                'train.checkpoint_every = 2', 'ScalingTransformerLM.n_layers = 1',
+                f'ScalingTransformerLM.max_len = {MAX_LEN}'])
     with fastmath.use_backend('jax'):
         configurables.train(output_dir=str(out), operative_config=gin.operative_config_str)
     gin.clear_config()
@@ -79,10 +82,13 @@ def test_directory_without_checkpoint(tmp_path):
         decode.run(str(tmp_path), prompt='x')
 
 
-def test_max_length_beyond_the_model_limit(trained_dir):
-    with pytest.raises(decode.DecodeError, match=r'needs \d+ positions, but ScalingTransformerLM '
-                                                 r'was built for max_len=512'):
-        decode.run(trained_dir, prompt='abc', max_length=600, out=io.StringIO())
+def test_max_length_up_to_the_model_limit_decodes_one_more_is_refused(trained_dir):
+    with fastmath.use_backend('numpy'):                 # NumPy raises past max_len by itself
+        decode.run(trained_dir, prompt='abc', max_length=MAX_LEN - 3, out=io.StringIO())
+    with pytest.raises(decode.DecodeError, match=r'--max_length=30 with a 3-token prompt needs 33 '
+                                                 r'positions, but ScalingTransformerLM was built '
+                                                 r'for max_len=32'):
+        decode.run(trained_dir, prompt='abc', max_length=MAX_LEN - 2, out=io.StringIO())
 
 
 def test_prompt_characters_outside_the_vocabulary():
@@ -95,3 +101,151 @@ def test_prompt_characters_outside_the_vocabulary():
         decode.encode_checked(data.ByteTokenizer(), 'hi', 5, '--prompt')
     np.testing.assert_array_equal(decode.encode_checked(data.ByteTokenizer(), 'hi', 300, 'p'),
                                   data.ByteTokenizer().encode('hi'))
+
+
+@pytest.mark.parametrize('flags, reason', [
+    (dict(max_length=0), '--max_length=0: the number of tokens to generate must be >= 1'),
+    (dict(max_length=-3), '--max_length=-3: the number of tokens to generate must be >= 1'),
+    (dict(temperature=-0.5), r'--temperature=-0.5 must be >= 0'),
+    (dict(temperature=float('nan')), r'--temperature=nan must be >= 0'),
+    (dict(top_k=0), r'--top_k=0 must be >= 1'),
+    (dict(beam_size=0), r'--beam_size=0 must be >= 1'),
+    (dict(beam_size=-3), r'--beam_size=-3 must be >= 1'),
+    (dict(beam_size=4, temperature=0.7), r'--beam_size=4 runs beam search, which does not use '
+                                         r'--temperature=0.7; drop it, or sample with '
+                                         r'--beam_size=1'),
+    (dict(beam_size=2, temperature=1.0, top_k=5), r'does not use --temperature=1.0 or --top_k=5; '
+                                                  r'drop them'),
+])
+def test_flag_values_are_refused_with_the_true_reason(flags, reason, tmp_path):
+    with pytest.raises(decode.DecodeError, match=reason):
+        decode.run(str(tmp_path), **{'max_length': 5, **flags})    # before any checkpoint read
+
+
+def test_top_k_larger_than_the_vocabulary(trained_dir):
+    with pytest.raises(decode.DecodeError, match=r'--top_k=259 is more than the 258 tokens'):
+        decode.run(trained_dir, prompt='a', max_length=2, top_k=259, out=io.StringIO())
+
+
+def _main(*args: str) -> str | int | None:
+    """Runs the binary's main in this process; returns its exit message or code."""
+    FLAGS = decode.FLAGS
+    FLAGS.unparse_flags()
+    FLAGS(['trax-sparse-decode', *args])
+    try:
+        decode.main(['trax-sparse-decode'])
+    except SystemExit as e:
+        return e.code
+    finally:
+        FLAGS.unparse_flags()
+    return None
+
+
+def test_binary_errors_are_one_line_and_debug_shows_the_traceback(tmp_path):
+    message = _main(f'--checkpoint_dir={tmp_path / "missing"}')
+    assert message == (f"trax-sparse-decode: error: --checkpoint_dir '{tmp_path / 'missing'}' "
+                       f'is not a directory')
+    assert _main('--checkpoint_dir=x', '--max_length=0') == (
+        'trax-sparse-decode: error: --max_length=0: the number of tokens to generate must be >= 1')
+    assert 'is required' in _main()
+    with pytest.raises(decode.DecodeError, match='is not a directory'):
+        _main(f'--checkpoint_dir={tmp_path / "missing"}', '--debug')
+
+
+def test_user_errors_of_the_model_are_one_line(trained_dir):
+    message = _main(f'--checkpoint_dir={trained_dir}', '--top_k=1000')
+    assert message.startswith('trax-sparse-decode: error: --top_k=1000 is more than the 258')
+    assert '\n' not in message
+
+
+def test_missing_jax_is_one_line(trained_dir):
+    script = textwrap.dedent(f'''
+        import importlib.abc, runpy, sys
+
+        class BlockJax(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name == 'jax' or name.startswith(('jax.', 'jaxlib', 'optax')):
+                    raise ImportError('blocked for this test: ' + name)
+                return None
+
+        sys.meta_path.insert(0, BlockJax())
+        sys.argv = ['decode', '--checkpoint_dir={trained_dir}', '--backend=jax']
+        runpy.run_module('trax_sparse.decode', run_name='__main__')
+    ''')
+    result = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 1
+    assert result.stderr.strip() == ("trax-sparse-decode: error: --backend=jax needs jax, which is "
+                                     "not installed: pip install 'trax_sparse[jax]', or decode "
+                                     "with --backend=numpy"), result.stderr
+
+
+def test_trainer_and_decode_flags_coexist_in_one_process():
+    result = subprocess.run([sys.executable, '-c', 'import trax_sparse.trainer, '
+                             'trax_sparse.decode'], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+class _EosAt(data.ByteTokenizer):
+    eos_id = 7                                        # not the usual 1: read, not hard-coded
+
+
+def _fake_stream(tokens):
+    def stream(model, **kwargs):
+        yield from (np.array([t], np.int32) for t in tokens)
+    return stream
+
+
+def test_eos_id_comes_from_the_tokenizer_and_an_empty_output_is_noted(trained_dir, monkeypatch):
+    monkeypatch.setattr(decode, 'tokenizer_from_config', lambda: _EosAt())
+    monkeypatch.setattr(decode.decoding, 'autoregressive_sample_stream',
+                        _fake_stream([106, 1, 107, 7, 108]))
+    out, err = io.StringIO(), io.StringIO()
+    text, _ = decode.run(trained_dir, prompt='x', max_length=5, out=out, err=err)
+    assert text == 'hi' and out.getvalue() == 'xhi\n' and not err.getvalue()   # 1: reserved
+
+    monkeypatch.setattr(decode.decoding, 'autoregressive_sample_stream', _fake_stream([7, 106]))
+    out, err = io.StringIO(), io.StringIO()
+    assert decode.run(trained_dir, prompt='x', max_length=5, out=out, err=err)[0] == ''
+    assert err.getvalue() == ('trax-sparse-decode: note: the model produced EOS (id 7) first: '
+                              'nothing was generated\n')
+
+
+def test_beam_search_passes_the_tokenizer_eos_and_notes_an_empty_output(trained_dir,
+                                                                        monkeypatch):
+    seen = {}
+
+    def fake_beam_search(model, **kwargs):
+        seen.update(kwargs)
+        return np.array([[[7, 0, 0]]], np.int32), np.zeros((1, 1))
+    monkeypatch.setattr(decode, 'tokenizer_from_config', lambda: _EosAt())
+    monkeypatch.setattr(decode.decoding, 'beam_search', fake_beam_search)
+    err = io.StringIO()
+    assert decode.run(trained_dir, max_length=3, beam_size=2, out=io.StringIO(), err=err)[0] == ''
+    assert seen['eos_id'] == 7 and 'produced EOS (id 7) first' in err.getvalue()
+
+
+class _NegativeIds(data.ByteTokenizer):
+    def encode(self, text):
+        return np.array([-1], np.int32)
+
+    def decode(self, ids, errors='strict'):
+        return 'x'
+
+
+def test_prompt_ids_are_checked_on_the_host():
+    with pytest.raises(decode.DecodeError, match=r'--prompt encodes to id -1, outside the model '
+                                                 r'vocabulary of 258 tokens \[0, 258\)'):
+        decode.encode_checked(_NegativeIds(), 'x', 258, '--prompt')
+
+
+def test_encoder_input_and_terraformer_joint_length_are_checked():
+    pm = object.__new__(decode.PredictModel)
+    pm.name, pm.max_len = 'Terraformer', 16
+    pm.check_lengths(np.zeros(3, np.int32), 5, np.zeros((1, 8), np.int32))       # 3 + 5 + 8
+    with pytest.raises(decode.DecodeError, match=r'with a 3-token prompt and a 8-token input '
+                                                 r'needs 17 positions'):
+        pm.check_lengths(np.zeros(3, np.int32), 6, np.zeros((1, 8), np.int32))
+    pm.name = 'Transformer'
+    with pytest.raises(decode.DecodeError, match=r'--input_file encodes to 17 tokens'):
+        pm.check_lengths(np.zeros(0, np.int32), 1, np.zeros((1, 17), np.int32))

@@ -8,6 +8,10 @@ DIR/config.gin), loads the newest valid checkpoint and streams the continuation 
 produced. --beam_size > 1 runs beam search instead (printed at the end). Encoder-decoder
 models (Transformer, ScalingTransformer, Terraformer) read their input from --input_file.
 On --backend=numpy nothing imports jax.
+
+Every user error (bad flag values, a missing checkpoint or jax, token ids outside the
+vocabulary, a prompt + --max_length longer than the model's max_len) is one line on stderr
+and exit status 1, checked on the host before any jitted call; --debug shows the traceback.
 """
 import os
 import sys
@@ -25,18 +29,51 @@ FLAGS = flags.FLAGS
 flags.DEFINE_string('checkpoint_dir', None, 'Training output dir (or its checkpoints/ dir).')
 flags.DEFINE_string('prompt', '', 'Text the continuation follows (language models).')
 flags.DEFINE_string('input_file', None, 'Encoder-decoder models: a UTF-8 text file to encode.')
-flags.DEFINE_integer('max_length', 100, 'Number of tokens to generate.')
-flags.DEFINE_float('temperature', 0.0, 'Sampling temperature; 0 is greedy.')
-flags.DEFINE_integer('top_k', None, 'Sample only among the k most likely tokens.')
-flags.DEFINE_integer('beam_size', 1, 'Beam search with this many beams when > 1.')
+flags.DEFINE_integer('max_length', 100, 'Number of tokens to generate (>= 1).')
+flags.DEFINE_float('temperature', 0.0, 'Sampling temperature (>= 0); 0 is greedy.')
+flags.DEFINE_integer('top_k', None, 'Sample only among the k most likely tokens (1..vocab).')
+flags.DEFINE_integer('beam_size', 1, 'Beam search with this many beams when > 1 (then '
+                     '--temperature and --top_k do not apply).')
 flags.DEFINE_float('length_penalty', 0.6, 'Beam search: GNMT length penalty alpha.')
 flags.DEFINE_integer('seed', 0, 'Random seed for sampling.')
-flags.DEFINE_enum('backend', 'numpy', list(fastmath.BACKENDS), 'fastmath backend.')
+# Also defined by trainer.py: allow_override lets both binaries be imported in one process.
+flags.DEFINE_enum('backend', 'numpy', list(fastmath.BACKENDS), 'fastmath backend.',
+                  allow_override=True)
+flags.DEFINE_bool('debug', False, 'Show the traceback of an error.', allow_override=True)
 ENCODER_DECODER = ('Transformer', 'ScalingTransformer', 'Terraformer')
+PROG = 'trax-sparse-decode'
 
 
 class DecodeError(ValueError):
     """Bad command-line input, reported without a traceback."""
+
+
+def check_flags(max_length: int, temperature: float = 0.0, top_k: int | None = None,
+                beam_size: int = 1) -> None:
+    """DecodeError for flag values no model could decode with (checked before loading one).
+
+        >>> try:
+        ...     check_flags(max_length=0)
+        ... except DecodeError as e:
+        ...     print(e)
+        --max_length=0: the number of tokens to generate must be >= 1
+    """
+    if max_length < 1:
+        raise DecodeError(f'--max_length={max_length}: the number of tokens to generate must be '
+                          f'>= 1')
+    if not temperature >= 0:                                        # NaN too
+        raise DecodeError(f'--temperature={temperature} must be >= 0 (0 decodes greedily)')
+    if top_k is not None and top_k < 1:
+        raise DecodeError(f'--top_k={top_k} must be >= 1 (sample among the k most likely tokens)')
+    if beam_size < 1:
+        raise DecodeError(f'--beam_size={beam_size} must be >= 1 (1 samples, more runs beam '
+                          f'search)')
+    ignored = [f'--{name}={value}' for name, value, default in
+               (('temperature', temperature, 0.0), ('top_k', top_k, None)) if value != default]
+    if beam_size > 1 and ignored:
+        raise DecodeError(f'--beam_size={beam_size} runs beam search, which does not use '
+                          f'{" or ".join(ignored)}; drop {"them" if len(ignored) > 1 else "it"}, '
+                          f'or sample with --beam_size=1')
 
 
 def load_config(checkpoint_dir: str) -> str:
@@ -79,19 +116,44 @@ def tokenizer_from_config() -> Any:
 
 
 def encode_checked(tokenizer: Any, text: str, vocab_size: int, what: str) -> np.ndarray:
-    """Token ids of `text`; an error names characters the vocabulary cannot represent."""
+    """Token ids of `text`, all in [0, vocab_size); else a DecodeError naming the problem."""
     ids = np.asarray(tokenizer.encode(text), np.int32)
     if tokenizer.decode(ids) != text:
         lost = sorted({c for c in text if tokenizer.decode(tokenizer.encode(c)) != c})
         raise DecodeError(f'{what} has characters outside the vocabulary: {lost}')
-    if ids.size and int(ids.max()) >= vocab_size:
-        raise DecodeError(f'{what} encodes to id {int(ids.max())}, outside the model '
-                          f'vocabulary of {vocab_size} tokens')
+    bad = ids[(ids < 0) | (ids >= vocab_size)]
+    if bad.size:
+        raise DecodeError(f'{what} encodes to id {int(bad[0])}, outside the model '
+                          f'vocabulary of {vocab_size} tokens [0, {vocab_size})')
     return ids
 
 
+def detokenize(tokenizer: Any, ids: Any) -> str:
+    """Text of generated ids; ids past the tokenizer's vocabulary (a model vocabulary padded
+    beyond it) are written U+FFFD instead of failing.
+
+        >>> from trax_sparse.data import ByteTokenizer
+        >>> detokenize(ByteTokenizer(), [106, 300, 107])
+        'h\ufffdi'
+    """
+    pieces, run = [], []
+    for token in (int(t) for t in ids):
+        if 0 <= token < tokenizer.vocab_size:
+            run.append(token)
+            continue
+        pieces += [tokenizer.decode(np.asarray(run, np.int32), errors='replace'), '\ufffd']
+        run = []
+    pieces.append(tokenizer.decode(np.asarray(run, np.int32), errors='replace'))
+    return ''.join(pieces)
+
+
 class PredictModel:
-    """The predict-mode model of a checkpoint, with its tokenizer and limits."""
+    """The predict-mode model of a checkpoint, with its tokenizer and limits.
+
+    The vocabulary sizes come from the model's config (`vocab_size`, or `input_vocab_size`
+    and `output_vocab_size` of encoder-decoders), else from the tokenizer; EOS is the
+    tokenizer's `eos_id`.
+    """
 
     def __init__(self, checkpoint_dir: str):
         from trax_sparse import configurables
@@ -103,11 +165,15 @@ class PredictModel:
             raise DecodeError(f'the config of {checkpoint_dir!r} sets no train.model')
         self.name = reference.selector.split('.')[-1]
         self.make = reference.scoped_configurable_fn
-        self.vocab_size = _binding(f'{self.name}.vocab_size') or \
-            _binding(f'{self.name}.output_vocab_size') or _binding(f'{self.name}.input_vocab_size')
-        self.max_len = _binding(f'{self.name}.max_len', 2048)
-        self.is_encoder_decoder = self.name in ENCODER_DECODER
         self.tokenizer = tokenizer_from_config()
+        self.eos_id = int(self.tokenizer.eos_id)
+        self.input_vocab_size = int(_binding(f'{self.name}.input_vocab_size') or
+                                    _binding(f'{self.name}.vocab_size') or
+                                    self.tokenizer.vocab_size)
+        self.vocab_size = int(_binding(f'{self.name}.output_vocab_size') or
+                              self.input_vocab_size)          # the logits' width
+        self.max_len = int(_binding(f'{self.name}.max_len', 2048))
+        self.is_encoder_decoder = self.name in ENCODER_DECODER
         self.weights, _ = checkpoint.load_weights(checkpoint_dir)
 
     def build(self, batch_size: int, inputs: np.ndarray | None = None) -> Any:
@@ -117,41 +183,80 @@ class PredictModel:
         model.weights = fastmath.to_backend(self.weights)
         return model
 
+    def check_lengths(self, prompt_ids: np.ndarray, max_length: int,
+                      inputs: np.ndarray | None) -> None:
+        """DecodeError unless the start token, the prompt and max_length - 1 fed-back tokens
+        (with a Terraformer's encoder input in front) fit in max_len positions."""
+        n_inputs = 0 if inputs is None else inputs.shape[1]
+        if n_inputs > self.max_len:
+            raise DecodeError(f'--input_file encodes to {n_inputs} tokens (EOS included), but '
+                              f'{self.name} was built for max_len={self.max_len}')
+        needed = len(prompt_ids) + max_length + (n_inputs if self.name == 'Terraformer' else 0)
+        if needed > self.max_len:
+            what = f'a {len(prompt_ids)}-token prompt' + (f' and a {n_inputs}-token input'
+                                                          if self.name == 'Terraformer' else '')
+            raise DecodeError(f'--max_length={max_length} with {what} needs {needed} positions, '
+                              f'but {self.name} was built for max_len={self.max_len}')
+
 
 def run(checkpoint_dir: str, prompt: str = '', input_file: str | None = None,
         max_length: int = 100, temperature: float = 0.0, top_k: int | None = None,
         beam_size: int = 1, length_penalty: float = 0.6, seed: int = 0,
-        out: Any = sys.stdout) -> tuple[str, float]:
-    """Decodes and writes the text to `out` as it comes; returns (text, seconds per token)."""
+        out: Any = sys.stdout, err: Any = sys.stderr) -> tuple[str, float]:
+    """Decodes and writes the text to `out` as it comes; returns (text, seconds per token).
+
+    Flags, token ids and lengths are checked on the host first (DecodeError); a notice
+    goes to `err` when the model ends at EOS before producing anything.
+    """
+    check_flags(max_length, temperature, top_k, beam_size)
     pm = PredictModel(checkpoint_dir)
+    if top_k is not None and top_k > pm.vocab_size:
+        raise DecodeError(f'--top_k={top_k} is more than the {pm.vocab_size} tokens of the '
+                          f'vocabulary of {pm.name}')
     inputs = None
     if pm.is_encoder_decoder:
         if not input_file:
             raise DecodeError(f'{pm.name} is an encoder-decoder model: give --input_file')
         from trax_sparse import data
         text = data.read_text_file(input_file)
-        inputs = encode_checked(pm.tokenizer, text, pm.vocab_size, f'--input_file {input_file}')
-        inputs = np.concatenate([inputs, [1]]).astype(np.int32)[None]      # + EOS, batch 1
+        inputs = encode_checked(pm.tokenizer, text, pm.input_vocab_size,
+                                f'--input_file {input_file}')
+        inputs = np.concatenate([inputs, [pm.eos_id]]).astype(np.int32)[None]  # + EOS, batch 1
     elif input_file:
         raise DecodeError(f'{pm.name} is a language model: use --prompt, not --input_file')
     prompt_ids = encode_checked(pm.tokenizer, prompt, pm.vocab_size, '--prompt')
-    needed = len(prompt_ids) + max_length + 1 + (inputs.shape[1] if pm.name == 'Terraformer'
-                                                 and inputs is not None else 0)
-    if max_length < 1 or needed > pm.max_len:
-        raise DecodeError(f'--max_length={max_length} with a {len(prompt_ids)}-token prompt needs '
-                          f'{needed} positions, but {pm.name} was built for max_len='
-                          f'{pm.max_len}')
+    pm.check_lengths(prompt_ids, max_length, inputs)
     model = pm.build(1, inputs)
     prompt_arg = prompt_ids[None] if len(prompt_ids) else None
     start = time.perf_counter()
     if beam_size > 1:
-        seqs, _ = decoding.beam_search(model, inputs=inputs, beam_size=beam_size,
-                                       max_length=max_length, length_penalty=length_penalty,
-                                       eos_id=1, prompt=prompt_arg)
-        ids = [int(t) for t in seqs[0, 0]]
-        text = pm.tokenizer.decode(np.asarray(ids, np.int32), errors='replace')
+        ids, text = _beam_search(pm, model, inputs, prompt_arg, beam_size, max_length,
+                                 length_penalty)
         out.write(prompt + text + '\n')
-        return text, (time.perf_counter() - start) / max_length
+    else:
+        ids, text = _stream(pm, model, inputs, prompt_arg, max_length, temperature, top_k, seed,
+                            prompt, out)
+    seconds = (time.perf_counter() - start) / max(len(ids), 1)
+    if not ids:
+        err.write(f'{PROG}: note: the model produced EOS (id {pm.eos_id}) first: nothing was '
+                  f'generated\n')
+    return text, seconds
+
+
+def _beam_search(pm: PredictModel, model: Any, inputs: Any, prompt: Any, beam_size: int,
+                 max_length: int, length_penalty: float) -> tuple[list[int], str]:
+    seqs, _ = decoding.beam_search(model, inputs=inputs, beam_size=beam_size,
+                                   max_length=max_length, length_penalty=length_penalty,
+                                   eos_id=pm.eos_id, prompt=prompt)
+    ids = [int(t) for t in np.asarray(seqs)[0, 0]]
+    if pm.eos_id in ids:
+        ids = ids[:ids.index(pm.eos_id)]
+    return ids, detokenize(pm.tokenizer, ids)
+
+
+def _stream(pm: PredictModel, model: Any, inputs: Any, prompt_arg: Any, max_length: int,
+            temperature: float, top_k: int | None, seed: int, prompt: str,
+            out: Any) -> tuple[list[int], str]:
     stream = decoding.autoregressive_sample_stream(
         model, inputs=inputs, temperature=temperature, top_k=top_k, prompt=prompt_arg,
         rng=fastmath.random.get_prng(seed))
@@ -159,32 +264,48 @@ def run(checkpoint_dir: str, prompt: str = '', input_file: str | None = None,
     ids, shown = [], ''
     for _ in range(max_length):
         token = int(np.asarray(next(stream))[0])
-        if token == 1:                                                   # EOS
+        if token == pm.eos_id:
             break
         ids.append(token)
-        text = pm.tokenizer.decode(np.asarray(ids, np.int32), errors='replace')
+        text = detokenize(pm.tokenizer, ids)
         out.write(text[len(shown):])
         out.flush()
         shown = text
     out.write('\n')
-    return shown, (time.perf_counter() - start) / max(len(ids), 1)
+    return ids, shown
+
+
+def _one_line(error: BaseException) -> str:
+    return ' '.join(str(error).split()) or type(error).__name__
 
 
 def main(argv: list[str]) -> None:
-    del argv
-    if not FLAGS.checkpoint_dir:
-        sys.exit('trax-sparse-decode: --checkpoint_dir is required')
-    fastmath.set_backend(FLAGS.backend)
+    if len(argv) > 1:
+        raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    from trax_sparse.layers import LayerError
+    user_errors = (DecodeError, checkpoint.CheckpointError, fastmath.BackendError, LayerError,
+                   OSError, ValueError, ImportError)
     try:
+        if not FLAGS.checkpoint_dir:
+            raise DecodeError('--checkpoint_dir is required')
+        check_flags(FLAGS.max_length, FLAGS.temperature, FLAGS.top_k, FLAGS.beam_size)
+        if FLAGS.backend == 'jax' and not fastmath.jax_available():
+            raise DecodeError("--backend=jax needs jax, which is not installed: pip install "
+                              "'trax_sparse[jax]', or decode with --backend=numpy")
+        fastmath.set_backend(FLAGS.backend)
         run(FLAGS.checkpoint_dir, FLAGS.prompt, FLAGS.input_file, FLAGS.max_length,
             FLAGS.temperature, FLAGS.top_k, FLAGS.beam_size, FLAGS.length_penalty, FLAGS.seed)
-    except (DecodeError, checkpoint.CheckpointError, FileNotFoundError) as e:
-        sys.exit(f'trax-sparse-decode: {e}')
+    except user_errors as e:
+        if FLAGS.debug:
+            raise
+        hint = '' if isinstance(e, DecodeError) else ' (--debug shows the traceback)'
+        sys.exit(f'{PROG}: error: {_one_line(e)}{hint}')
 
 
 def console_main() -> None:
+    """Entry point of the `trax-sparse-decode` console script."""
     app.run(main)
 
 
 if __name__ == '__main__':
-    app.run(main)
+    console_main()
