@@ -10,4 +10,4 @@ from setuptools import find_packages, setup
 PACKAGES = find_packages(include=['trax_sparse', 'trax_sparse.*'])
 setup(packages=PACKAGES + ['trax_sparse.gin_configs'],
       package_dir={'trax_sparse.gin_configs': 'gin'},
-      package_data={'trax_sparse.gin_configs': ['*.gin']})
+      package_data={'trax_sparse.gin_configs': ['*.gin', '**/*.gin']})

@@ -87,7 +87,7 @@ def _pip_install(python: pathlib.Path, *args) -> None:
 
 def test_wheel_holds_the_package_and_every_gin_config(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
-    configs = sorted(p.name for p in (ROOT / 'gin').glob('*.gin'))
+    configs = sorted(p.relative_to(ROOT / 'gin').as_posix() for p in (ROOT / 'gin').rglob('*.gin'))
     assert configs and {f'trax_sparse/gin_configs/{c}' for c in configs} <= names
     modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / 'trax_sparse').rglob('*.py')}
     assert modules <= names, sorted(modules - names)
