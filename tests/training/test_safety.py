@@ -168,3 +168,18 @@ def test_move_aside_never_overwrites(tmp_path):
         'ckpt-00000003.json', 'ckpt-00000003.json.1', 'ckpt-00000003.npz',
         'ckpt-00000003.npz.1']
     assert (tmp_path / 'corrupt' / 'ckpt-00000003.npz.1').read_bytes() == b'second'
+
+
+def test_other_processes_replay_their_shard_not_the_stream_state_of_process_0(tmp_path,
+                                                                            monkeypatch):
+    _loop(tmp_path / 'run').run(4)
+    straight = _loop(tmp_path / 'straight')
+    straight.run(6)
+    monkeypatch.setattr(training.loop, 'is_primary', lambda: False)  # as process 1 of 2
+    stream = tiny.CountingStream()
+    monkeypatch.setattr(stream, 'restore', lambda state: pytest.fail('restored a foreign state'))
+    resumed = _loop(tmp_path / 'run', stream=stream)
+    assert resumed.step == 4 and stream.index == 5  # 4 batches replayed, 1 peeked
+    resumed.run(2)
+    for a, b in zip(fastmath.tree_leaves(resumed.weights), fastmath.tree_leaves(straight.weights)):
+        np.testing.assert_array_equal(a, b)

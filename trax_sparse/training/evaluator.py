@@ -21,13 +21,14 @@ from trax_sparse.training.tasks import BatchFeed, EvalTask
 class Evaluator:
     """Feeds (positioned for resume) and, after `build`, the eval steps of the eval tasks."""
 
-    def __init__(self, tasks: Sequence[EvalTask], restored_positions: dict | None):
+    def __init__(self, tasks: Sequence[EvalTask], restored_positions: dict | None,
+                 stream_states: bool = True):
         self.tasks = list(tasks)
         self.feeds = [BatchFeed(t.labeled_data, f'EvalTask({t.name}).labeled_data')
                       for t in self.tasks]
         if restored_positions is not None:
             for task, feed in zip(self.tasks, self.feeds):
-                feed.restore(restored_positions.get(task.name, {'batches': 0}))
+                feed.restore(restored_positions.get(task.name, {'batches': 0}), stream_states)
         # Evals of resumable streams start from here each time (same batches every eval).
         self.starts = [feed.position() for feed in self.feeds]
         self._steps: list[Callable] = []

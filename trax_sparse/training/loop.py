@@ -52,10 +52,6 @@ from trax_sparse.training.token_check import TokenRanges
 log = logging.getLogger('trax_sparse.training')
 
 
-def _every(n: int) -> Callable[[int], bool]:
-    return lambda step: step % n == 0
-
-
 def _forget_tracers(layer: tl.Layer) -> None:
     """Drops weights/state/rng that a traced (jit'd) init left on `layer` and its sublayers."""
     for sub in layer.sublayers:
@@ -96,7 +92,7 @@ class Loop:
         self._model = tl.Serial(model) if not isinstance(model, tl.Layer) else model
         self._eval_model = eval_model if eval_model is not None else self._model
         every = self._task.n_steps_per_checkpoint
-        self._checkpoint_at = checkpoint_at or _every(every)
+        self._checkpoint_at = checkpoint_at or (lambda step: step % every == 0)
         self._eval_at = eval_at or (lambda step: step == 1 or step % every == 0)
         self._use_jit, self._config_text = use_jit, config_text
         self._output_dir = prepare_output_dir(output_dir) if output_dir else None
@@ -271,10 +267,11 @@ class Loop:
     def _make_feeds(self, restored: ckpt.Checkpoint | None) -> None:
         self._train_feed = BatchFeed(self._task.labeled_data, 'TrainTask.labeled_data')
         position = restored.metadata.get('data_position', {}) if restored else None
+        own = is_primary()  # checkpoints hold the stream states of process 0
         if restored is not None:
-            self._train_feed.restore(position.get('train', {'batches': restored.step}))
+            self._train_feed.restore(position.get('train', {'batches': restored.step}), own)
         self._evaluator = Evaluator(self._eval_tasks, None if position is None else
-                                    position.get('eval', {}))
+                                    position.get('eval', {}), own)
 
     def _initialize(self) -> dict:
         """Keys, weights and states from the first batches (jit'd), and the token ranges."""

@@ -188,10 +188,14 @@ class BatchFeed:
             return self._pending[0]
         return {'batches': self.consumed, 'stream': self._stream_state()}
 
-    def restore(self, position: dict) -> None:
-        """Continues after the batches counted in `position` (restore() or fast-forward)."""
+    def restore(self, position: dict, stream_state: bool = True) -> None:
+        """Continues after the batches counted in `position` (restore() or fast-forward).
+
+        stream_state=False ignores the stream's saved state and fast-forwards (the state is
+        another process's: checkpoints of a multi-host run hold process 0's).
+        """
         target = int(position.get('batches', 0))
-        if self.resumable and position.get('stream') is not None:
+        if self.resumable and stream_state and position.get('stream') is not None:
             self._pending = None
             self._source.restore(position['stream'])
             self._iterator = self._make_iterator()
