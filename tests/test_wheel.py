@@ -133,3 +133,17 @@ def test_trainer_data_dir_flag_is_where_the_corpus_is_read(tmp_path):
     assert result.returncode != 0
     assert f"'shakespeare_works' is not prepared in data_dir '{empty}'" in result.stderr, \
         result.stderr[-3000:]
+
+
+def test_gin_dir_is_never_gin_configs_own_package(tmp_path):
+    from trax_sparse import configurables
+    site = tmp_path / 'site-packages'
+    (site / 'gin').mkdir(parents=True)                       # gin-config: config.py, no .gin
+    (site / 'gin' / 'config.py').write_text('')
+    (site / 'trax_sparse').mkdir()
+    with pytest.raises(FileNotFoundError, match='the gin configs of trax_sparse are missing'):
+        configurables.find_gin_dir(site / 'trax_sparse')
+    (site / 'trax_sparse' / 'gin_configs').mkdir()
+    (site / 'trax_sparse' / 'gin_configs' / configurables.GIN_MARKER).write_text('')
+    assert configurables.find_gin_dir(site / 'trax_sparse') == str(site / 'trax_sparse' /
+                                                                  'gin_configs')
