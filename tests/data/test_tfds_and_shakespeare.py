@@ -1,7 +1,8 @@
 """TFDS access without TF or downloads, and the embedded Shakespeare corpus.
 
 Tests on the real corpus need `python -m trax_sparse.data.prepare` (run by `make test`);
-they skip when `.data` lacks it. All other tests use tmp dirs and never download.
+they skip when the data dir (`data.default_data_dir()`) lacks it. All other tests use tmp
+dirs and never download.
 """
 import io
 import shutil
@@ -161,7 +162,8 @@ def test_prepare_cli_is_idempotent_and_fast(prepared_dir):
     assert time.perf_counter() - start < 20.0
 
 
-def test_makefile_install_step_prepares_the_corpus():
+def test_make_test_and_demo_prepare_the_corpus_first():
     lines = (REPO / 'Makefile').read_text().splitlines()
-    install = lines.index("\t$(PY) -m pip install -q -e '.[test]'")
-    assert lines[install + 1] == '\t$(PY) -m trax_sparse.data.prepare'
+    data = lines.index('data: $(STAMP)')
+    assert lines[data + 1] == '\t$(PY) -m trax_sparse.data.prepare'
+    assert 'test: data' in lines and 'demo: data' in lines
