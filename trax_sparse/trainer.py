@@ -14,7 +14,7 @@ save -- end in one line and status 1). --coordinator_address, --num_processes an
 its shard of the data. SIGTERM / SIGINT stop after the current step with a checkpoint and
 exit 0. --restart starts from step 0 when every checkpoint in DIR is unusable (they are
 moved into DIR/checkpoints/corrupt/; without it the trainer refuses to start). At the end,
-DIR/loss.png shows the loss curves (`trax-sparse-plot DIR` redraws it).
+DIR/loss.png shows the loss curves (--noplot: not; `trax-sparse-plot DIR` redraws it).
 """
 import importlib.util
 import logging as std_logging
@@ -38,6 +38,8 @@ flags.DEFINE_enum('backend', 'jax', list(fastmath.BACKENDS), 'fastmath backend (
 flags.DEFINE_bool('debug', False, 'Disable jit, turn on jax_debug_nans and show tracebacks.')
 flags.DEFINE_bool('restart', False, 'When every checkpoint in output_dir is unusable, move '
                   'them into checkpoints/corrupt/ and train from step 0 (default: refuse).')
+flags.DEFINE_bool('plot', True, 'At the end, draw the loss curves into output_dir/loss.png '
+                  '(needs matplotlib).')
 flags.DEFINE_integer('log_every', 100, 'Log a line with loss, speed and ETA every N steps '
                      '(0: only at evals and checkpoints).')
 flags.DEFINE_string('data_dir', None, 'Where datasets live (as TFDS data_dir); default '
@@ -109,7 +111,7 @@ def _train() -> None:
             raise
         fail(f'in the gin config: {e}')
     loop = configurables.train(output_dir=FLAGS.output_dir, restart=FLAGS.restart,
-                               log_every=FLAGS.log_every or None,
+                               log_every=FLAGS.log_every or None, plot=FLAGS.plot,
                                operative_config=gin.operative_config_str)
     if loop.interrupted:
         logging.warning('%s: stopped at step %d with a checkpoint; run the same command to '

@@ -37,7 +37,7 @@ def _start(tmp_path, devices, n_processes, process_id, address):
     env = subprocess_env(XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
     (tmp_path / 'tiny.gin').write_text(GIN)
     command = [sys.executable, '-m', 'trax_sparse.trainer', f'--config_file={tmp_path}/tiny.gin',
-               f'--output_dir={tmp_path}/run{n_processes}-{process_id}']
+               f'--output_dir={tmp_path}/run{n_processes}-{process_id}', '--noplot']
     if n_processes > 1:
         command += [f'--coordinator_address={address}', f'--num_processes={n_processes}',
                     f'--process_id={process_id}']

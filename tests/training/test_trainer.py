@@ -33,7 +33,7 @@ CountingStream.delay_seconds = 0.02
 
 def _command(config_file, output_dir, *flags):
     return [sys.executable, '-m', 'trax_sparse.trainer', f'--config_file={config_file}',
-            f'--output_dir={output_dir}', *flags]
+            f'--output_dir={output_dir}', '--noplot', *flags]
 
 
 def _run(*args, timeout=240):

@@ -47,6 +47,8 @@ def _trainer(tmp_path, *args, gin_text=GIN):
         gin.clear_config()
         FLAGS.unparse_flags()
         fastmath.set_backend(backend)
+        with fastmath.use_backend('jax'):  # --debug set them for the whole process
+            fastmath.backend().set_debug_options(disable_jit=False, debug_nans=False)
 
 
 def _one_line_error(status, message, *expected):

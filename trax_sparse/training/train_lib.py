@@ -30,7 +30,8 @@ from trax_sparse import fastmath
 from trax_sparse import layers as tl
 from trax_sparse.io_utils import atomic_write_text
 from trax_sparse.training import optimizers as opt
-from trax_sparse.training import distributed, plot, schedules
+from trax_sparse.training import distributed, schedules
+from trax_sparse.training import plot as plot_lib
 from trax_sparse.training.loop import Loop, prepare_output_dir
 from trax_sparse.training.tasks import EvalTask, TrainTask, is_stream_factory, open_stream
 
@@ -103,7 +104,7 @@ def train(output_dir: str, model: Any = None, inputs: Any = None, eval_inputs: A
           eval_steps: int = 10, eval_every: int | None = None, checkpoint_every: int = 100,
           keep_checkpoints: int = 3, random_seed: int | None = 0, n_devices: int | None = None,
           use_jit: bool = True, operative_config: Callable[[], str] | None = None,
-          restart: bool = False, log_every: int | None = None) -> Loop:
+          restart: bool = False, log_every: int | None = None, plot: bool = True) -> Loop:
     """Trains `model` until `steps` steps are done in `output_dir` (resuming there); returns
     the Loop.
 
@@ -113,6 +114,7 @@ def train(output_dir: str, model: Any = None, inputs: Any = None, eval_inputs: A
     steps (default: checkpoint_every). operative_config: returns the config text written
     to output_dir/config.gin and stored in checkpoints (the trainer passes gin's).
     restart, log_every: see Loop. `loop.interrupted` names a signal that stopped it early.
+    plot: write output_dir/loss.png at the end (when matplotlib is installed).
     """
     output_dir = prepare_output_dir(output_dir)
     train_model, eval_model = _models(model)
@@ -151,8 +153,8 @@ def train(output_dir: str, model: Any = None, inputs: Any = None, eval_inputs: A
                      loop.step, steps)
     finally:
         loop.close()
-    if primary:
-        plot.plot_if_possible(output_dir)
+    if plot and primary:
+        plot_lib.plot_if_possible(output_dir)
     return loop
 
 
