@@ -13,6 +13,7 @@ Every user error (bad flag values, a missing checkpoint or jax, token ids outsid
 vocabulary, a prompt + --max_length longer than the model's max_len) is one line on stderr
 and exit status 1, checked on the host before any jitted call; --debug shows the traceback.
 """
+import inspect
 import os
 import sys
 import time
@@ -106,6 +107,12 @@ def _binding(name: str, default: Any = None) -> Any:
     return value
 
 
+def _default(model_name: str, arg: str) -> Any:
+    """The default of argument `arg` of trax_sparse.models.<model_name>."""
+    from trax_sparse import models
+    return inspect.signature(getattr(models, model_name)).parameters[arg].default
+
+
 def tokenizer_from_config() -> Any:
     """The tokenizer the model was trained with: SentencePiece if configured, else bytes."""
     from trax_sparse import data
@@ -172,7 +179,7 @@ class PredictModel:
                                     self.tokenizer.vocab_size)
         self.vocab_size = int(_binding(f'{self.name}.output_vocab_size') or
                               self.input_vocab_size)          # the logits' width
-        self.max_len = int(_binding(f'{self.name}.max_len', 2048))
+        self.max_len = int(_binding(f'{self.name}.max_len', _default(self.name, 'max_len')))
         self.is_encoder_decoder = self.name in ENCODER_DECODER
         self.weights, _ = checkpoint.load_weights(checkpoint_dir)
 
@@ -202,12 +209,15 @@ class PredictModel:
 def run(checkpoint_dir: str, prompt: str = '', input_file: str | None = None,
         max_length: int = 100, temperature: float = 0.0, top_k: int | None = None,
         beam_size: int = 1, length_penalty: float = 0.6, seed: int = 0,
-        out: Any = sys.stdout, err: Any = sys.stderr) -> tuple[str, float]:
-    """Decodes and writes the text to `out` as it comes; returns (text, seconds per token).
+        out: Any = None, err: Any = None) -> tuple[str, float]:
+    """Decodes and writes the text to `out` (stdout) as it comes; returns (text, seconds
+    per token).
 
     Flags, token ids and lengths are checked on the host first (DecodeError); a notice
-    goes to `err` when the model ends at EOS before producing anything.
+    goes to `err` (stderr) when the model ends at EOS before producing anything.
     """
+    out = sys.stdout if out is None else out
+    err = sys.stderr if err is None else err
     check_flags(max_length, temperature, top_k, beam_size)
     pm = PredictModel(checkpoint_dir)
     if top_k is not None and top_k > pm.vocab_size:
