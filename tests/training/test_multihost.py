@@ -23,6 +23,8 @@ train.lr_schedule = @training.constant  # all-reduce would show
 training.constant.value = 0.5
 train.steps = 3
 train.checkpoint_every = 1
+CountingStream.signal_at = 1          # SIGTERM to the process of shard 1 (none in the
+CountingStream.signal_shard = 1       # single-process run) while step 2 trains
 """
 
 
@@ -52,13 +54,16 @@ def _losses(process, output_dir):
 
 
 def test_two_trainer_processes_equal_one_process_with_four_devices(tmp_path):
+    """... and a SIGTERM to one of them stops both after the same step, with a checkpoint."""
     address = f'127.0.0.1:{_free_port()}'
     hosts = [_start(tmp_path, 2, 2, i, address) for i in range(2)]
     single = _start(tmp_path, 4, 1, 0, address)
     reference = _losses(single, tmp_path / 'run1-0')
     two_hosts = _losses(hosts[0], tmp_path / 'run2-0')
     assert _losses(hosts[1], tmp_path / 'run2-1') == []  # only process 0 writes metrics
-    assert len(reference) == 3
+    assert len(reference) == 3 and len(two_hosts) == 2  # both processes stopped at step 2
     # Equal losses need each process to feed its own half of the global batch: two copies of
     # the same rows would make another batch (and another loss).
-    np.testing.assert_allclose(two_hosts, reference, rtol=1e-6)
+    np.testing.assert_allclose(two_hosts, reference[:2], rtol=1e-6)
+    saved = training.checkpoint.list_checkpoints(str(tmp_path / 'run2-0' / 'checkpoints'))
+    assert [step for step, _ in saved] == [1, 2]

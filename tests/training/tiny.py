@@ -39,11 +39,13 @@ class CountingStream:
     def __init__(self, batch_size: int = 4, length: int = 6, vocab_size: int = VOCAB,
                  seed: int = 0, delay_seconds: float = 0.0, nan_at: int | None = None,
                  signal_at: int | None = None, signal_name: str = 'SIGTERM',
-                 shard_index: int = 0, shard_count: int = 1):
+                 signal_shard: int | None = None, shard_index: int = 0, shard_count: int = 1):
         self.batch_size, self.length, self.vocab_size, self.seed = (batch_size, length,
                                                                     vocab_size, seed)
         self.delay_seconds, self.nan_at, self.signal_at = delay_seconds, nan_at, signal_at
         self.signal = getattr(signal, signal_name)
+        if signal_shard is not None and signal_shard != shard_index:
+            self.signal_at = None  # only the process reading shard `signal_shard` is signalled
         rows = batch_size // shard_count
         self.rows = slice(shard_index * rows, (shard_index + 1) * rows)
         self.index = 0

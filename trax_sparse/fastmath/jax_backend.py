@@ -180,6 +180,13 @@ def process_count() -> int:
     return jax.process_count()
 
 
+def process_any(flag: bool) -> bool:
+    """Whether `flag` is True on any process (all processes must call this together)."""
+    from jax.experimental import multihost_utils
+    flags = multihost_utils.process_allgather(onp.array([int(bool(flag))], onp.int32))
+    return bool(onp.any(flags))
+
+
 def set_debug_options(disable_jit: bool | None = None, debug_nans: bool | None = None) -> None:
     """Turns jit off and/or NaN checks (jax_debug_nans) on or off for the process."""
     if disable_jit is not None:

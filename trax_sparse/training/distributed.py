@@ -40,6 +40,14 @@ def process_count() -> int:
     return fastmath.backend().process_count()
 
 
+def any_process(flag: bool) -> bool:
+    """Whether `flag` is True on any process of a multi-host run (every process must call
+    this at the same point: it is a collective); `flag` itself on one process."""
+    if process_count() == 1:
+        return bool(flag)
+    return fastmath.backend().process_any(flag)
+
+
 def is_primary() -> bool:
     """True on the process that writes checkpoints and metrics (process 0)."""
     return process_index() == 0
@@ -77,5 +85,5 @@ class DataParallel:
         return self._backend.to_host(tree)
 
 
-__all__ = ['DataParallel', 'initialize_distributed', 'is_primary', 'process_count',
-           'process_index']
+__all__ = ['DataParallel', 'any_process', 'initialize_distributed', 'is_primary',
+           'process_count', 'process_index']

@@ -34,13 +34,13 @@ import numpy as np
 
 from trax_sparse import fastmath, shapes
 from trax_sparse import layers as tl
-from trax_sparse.fastmath import BackendError, tree_leaves
+from trax_sparse.fastmath import BackendError
 from trax_sparse.training import checkpoint as ckpt
 from trax_sparse.training import train_step as ts
 from trax_sparse.training.checkpointer import (Checkpointer, OutputDir, OutputDirError,
                                                prepare_output_dir, restore_train_state,
                                                tree_bytes)
-from trax_sparse.training.distributed import DataParallel, is_primary
+from trax_sparse.training.distributed import DataParallel, any_process, is_primary
 from trax_sparse.training.evaluator import Evaluator
 from trax_sparse.training.interrupt import StopOnSignal
 from trax_sparse.training.metrics_writer import METRICS_FILE
@@ -50,15 +50,6 @@ from trax_sparse.training.tasks import BatchFeed, EvalTask, TrainTask, check_tas
 from trax_sparse.training.token_check import TokenRanges
 
 log = logging.getLogger('trax_sparse.training')
-
-
-def _forget_tracers(layer: tl.Layer) -> None:
-    """Drops weights/state/rng that a traced (jit'd) init left on `layer` and its sublayers."""
-    for sub in layer.sublayers:
-        _forget_tracers(sub)
-    for attr in ('weights', 'state', 'rng'):
-        if not all(fastmath.is_concrete(x) for x in tree_leaves(getattr(layer, attr))):
-            setattr(layer, attr, None)
 
 
 class Loop:
@@ -187,8 +178,8 @@ class Loop:
                 for _ in range(int(n_steps)):
                     self._train_one_step()
                     self._after_step()
-                    if stop.requested:
-                        self.interrupted = stop.requested
+                    if any_process(stop.requested is not None):  # all stop at one step
+                        self.interrupted = stop.requested or 'a signal to another process'
                         break
                 self._finish_run()
             finally:
@@ -291,9 +282,6 @@ class Loop:
             self._model, self._task.loss_layer, self._tx, key, shapes.signature(first),
             self._eval_model, [t.metrics for t in self._eval_tasks],
             [shapes.signature(b) for b in eval_firsts], info=info))(base_key)
-        for layer in [self._model, self._eval_model, self._task.loss_layer] + \
-                [m for t in self._eval_tasks for m in t.metrics]:
-            _forget_tracers(layer)
         self._token_ranges = TokenRanges(info, first, self._model.n_in)
         return init
 
