@@ -26,7 +26,7 @@ SOURCES = ('setup.py', 'setup.cfg', 'pyproject.toml', 'README.md', 'LICENSE', 'g
            'trax_sparse')
 TINY = ['--config=seq_len=32', '--config=batch_size=2', '--config=train.steps=2',
         '--config=train.eval_steps=1', '--config=train.eval_every=2',
-        '--config=train.checkpoint_every=2', '--config=TransformerLM.n_layers=1']
+        '--config=train.checkpoint_every=2', '--config=TransformerLM.n_layers=1', '--noplot']
 
 
 def _run(cmd: list, cwd: pathlib.Path, env: dict | None = None) -> subprocess.CompletedProcess:
