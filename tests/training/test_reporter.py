@@ -6,6 +6,7 @@ import logging
 import numpy as np
 import pytest
 
+from trax_sparse import layers as tl
 from trax_sparse import training
 from trax_sparse.training import plot, reporter
 from tests.training import tiny
@@ -94,16 +95,17 @@ def _stream_with(position, input_id=None, target_id=None, weight=1.0):
     return iter(lambda: (tokens, targets, weights), None)
 
 
-def _loop(stream):
+def _loop(stream, loss=None):
     return training.Loop(tiny.TinyLM(), training.TrainTask(
-        stream, optimizer=training.Adam(), lr_schedule=training.constant(tiny.LEARNING_RATE)))
+        stream, loss, optimizer=training.Adam(),
+        lr_schedule=training.constant(tiny.LEARNING_RATE)))
 
 
 @pytest.mark.parametrize('ids, message', [
     ({'input_id': tiny.VOCAB}, r"TrainTask 'train', batch 1: inputs item 0 holds token id 11, "
                                r"outside the model's vocabulary \[0, 11\)"),
     ({'input_id': -1}, 'inputs item 0 holds token id -1'),
-    ({'target_id': 12}, r'targets hold token id 12 .*width \[0, 11\)'),
+    ({'target_id': 12}, r'targets hold token id 12, outside the model output width \[0, 11\)'),
     ({'target_id': -1}, r'targets hold token id -1'),
 ])
 def test_token_ids_are_checked_on_the_host_before_the_step(ids, message):
@@ -113,7 +115,11 @@ def test_token_ids_are_checked_on_the_host_before_the_step(ids, message):
     assert loop.step == 0
 
 
-def test_padding_targets_with_zero_weight_may_hold_any_id():
-    loop = _loop(_stream_with((1, 2), target_id=-1, weight=0.0))
+def test_the_loss_padding_id_may_lie_outside_the_vocabulary():
+    with pytest.raises(ValueError, match='targets hold token id -1'):  # weight 0 or not
+        _loop(_stream_with((1, 2), target_id=-1, weight=0.0)).run(1)
+    loop = _loop(_stream_with((1, 2), target_id=-1, weight=0.0), tl.CrossEntropyLoss(pad_id=-1))
     loop.run(1)
-    assert loop.step == 1 and np.isfinite(loop.history[-1]['loss'])
+    record = loop.history[-1]
+    assert loop.step == 1 and np.isfinite(record['loss'])
+    assert record['log_perplexity'] == record['loss']

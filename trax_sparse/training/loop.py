@@ -282,7 +282,9 @@ class Loop:
             self._model, self._task.loss_layer, self._tx, key, shapes.signature(first),
             self._eval_model, [t.metrics for t in self._eval_tasks],
             [shapes.signature(b) for b in eval_firsts], info=info))(base_key)
-        self._token_ranges = TokenRanges(info, first, self._model.n_in)
+        loss = self._task.loss_layer  # its padding id may lie outside [0, vocab)
+        pad_id = getattr(loss, 'pad_id', getattr(loss, '_pad_id', None))
+        self._token_ranges = TokenRanges(info, first, self._model.n_in, pad_id)
         return init
 
     def _jit(self, fn: Callable, **kwargs: Any) -> Callable:

@@ -3,7 +3,7 @@ table gathers NaN, id -1 reads the last row).
 
 Integer model inputs must lie in [0, V) where V is the largest Embedding table of the
 model; integer targets (the first batch item after the model inputs) must lie in
-[0, output width) wherever their weight is non-zero (padding with weight 0 may hold any id).
+[0, output width) or equal the loss layer's padding id (as CrossEntropyLoss requires).
 
 Example:
     >>> import numpy as np
@@ -29,7 +29,7 @@ def _bad_id(x: np.ndarray, limit: int) -> int | None:
 
 
 def check_token_ids(batch: Sequence, n_in: int, vocab_size: int | None,
-                    n_classes: int | None, where: str) -> None:
+                    n_classes: int | None, where: str, pad_id: int | None = None) -> None:
     """Raises ValueError naming `where` when a token id is outside the model's range."""
     if vocab_size is not None:
         for i, x in enumerate(batch[:n_in]):
@@ -45,20 +45,22 @@ def check_token_ids(batch: Sequence, n_in: int, vocab_size: int | None,
     targets = batch[n_in]
     if not (isinstance(targets, np.ndarray) and np.issubdtype(targets.dtype, np.integer)):
         return
-    weights = batch[n_in + 1] if len(batch) > n_in + 1 else None
-    if isinstance(weights, np.ndarray) and weights.shape == targets.shape:
-        targets = targets[weights != 0]
+    if pad_id is not None:
+        targets = targets[targets != pad_id]
     bad = _bad_id(targets, n_classes)
     if bad is not None:
-        raise ValueError(f'{where}: targets hold token id {bad} (with a non-zero weight), '
-                         f'outside the model output width [0, {n_classes}); check the '
-                         f"tokenizer's vocab_size against the model's and the padding id")
+        pad = f' (and is not the padding id {pad_id})' if pad_id is not None else ''
+        raise ValueError(f'{where}: targets hold token id {bad}, outside the model output '
+                         f"width [0, {n_classes}){pad}; check the tokenizer's vocab_size "
+                         f"against the model's and the padding id")
 
 
 class TokenRanges:
     """The id ranges of one model: from `initialize`'s info and the first train batch."""
 
-    def __init__(self, info: dict, first_batch: Sequence, n_in: int):
+    def __init__(self, info: dict, first_batch: Sequence, n_in: int,
+                 pad_id: int | None = None):
+        self.pad_id = pad_id
         sizes = info.get('vocab_sizes') or []
         self.vocab_size = max(sizes) if sizes else None
         out_shape = info.get('output_shape')
@@ -67,7 +69,7 @@ class TokenRanges:
             len(out_shape) == len(np.shape(targets)) + 1 else None
 
     def check(self, batch: Sequence, n_in: int, where: str) -> None:
-        check_token_ids(batch, n_in, self.vocab_size, self.n_classes, where)
+        check_token_ids(batch, n_in, self.vocab_size, self.n_classes, where, self.pad_id)
 
 
 __all__ = ['TokenRanges', 'check_token_ids']

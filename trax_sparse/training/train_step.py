@@ -28,7 +28,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from trax_sparse import fastmath
+from trax_sparse import fastmath, shapes
 from trax_sparse import layers as tl
 from trax_sparse.fastmath import numpy as xnp
 from trax_sparse.fastmath import tree_leaves, tree_map, tree_structure
@@ -79,9 +79,11 @@ def _stack_signature(model: tl.Layer, batch_sig: Sequence, weights: Any, state: 
 
 
 def embedding_vocab_sizes(layer: tl.Layer) -> list[int]:
-    """Rows of the tables of the Embedding layers in `layer` (after init; [] if none)."""
-    sizes = [] if not isinstance(layer, tl.Embedding) or not layer.weights else \
-        [int(np.shape(layer.weights[0])[0])]
+    """Rows of the tables of the Embedding layers in `layer` ([] if none); no side effects."""
+    sizes = []
+    if isinstance(layer, tl.Embedding):
+        table = tl.weights_signature(layer, shapes.ShapeDtype((1,), np.int32))
+        sizes.append(int(tree_leaves(table)[0].shape[0]))
     return sizes + [n for sub in layer.sublayers for n in embedding_vocab_sizes(sub)]
 
 
@@ -149,7 +151,8 @@ def make_train_step(model: tl.Layer, loss: tl.Layer, loss_weights_and_state: tup
         if is_prediction_stack(stack):
             top = tuple(stack[:3])
             metrics['accuracy'] = accuracy.pure_fn(top, (), (), rng)[0]
-            metrics['log_perplexity'] = cross_entropy.pure_fn(top, (), (), rng)[0]
+            metrics['log_perplexity'] = value if isinstance(loss, tl.CrossEntropyLoss) else \
+                cross_entropy.pure_fn(top, (), (), rng)[0]  # (the loss knows its padding id)
         return TrainState(weights, new_state, opt_state), metrics
     return step_fn
 
