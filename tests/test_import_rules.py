@@ -71,3 +71,21 @@ def test_module_follows_import_rules(path):
 
 def test_scan_sees_the_package():
     assert len(_modules()) > 10
+
+
+# The predict contract: caches are written with fastmath.update_cache (in place on NumPy,
+# donated on JAX), reads depend on whether a position is concrete; so no layer module asks
+# which backend is live. Only the Layer base (custom gradients on JAX) may.
+BACKEND_QUERIES = {'backend_name', 'is_jax'}
+LAYER_MODULES = sorted(p for p in (ROOT / 'layers').rglob('*.py') if p.name != 'base.py')
+
+
+@pytest.mark.parametrize('path', LAYER_MODULES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_layer_modules_do_not_branch_on_the_backend(path):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    asked = {node.attr for node in ast.walk(tree)
+             if isinstance(node, ast.Attribute) and node.attr in BACKEND_QUERIES}
+    asked |= {node.id for node in ast.walk(tree)
+              if isinstance(node, ast.Name) and node.id in BACKEND_QUERIES}
+    assert not asked, (f'{path.relative_to(ROOT)} asks the backend ({sorted(asked)}): use '
+                       f'fastmath.update_cache / fastmath.is_concrete instead')

@@ -59,3 +59,16 @@ def test_distributions_have_the_right_moments(backend_name):
     assert abs(g.mean() - 0.5772) < 0.05          # Euler–Mascheroni constant
     assert abs(b.mean() - 0.25) < 0.02
     assert u.dtype == n.dtype == np.float32
+
+
+@pytest.mark.parametrize('seed', [0, 42, 2**31 + 5])
+def test_split_and_fold_in_equal_jax_bit_for_bit(seed):
+    """Threefry on both backends: keys derived on NumPy are JAX's keys."""
+    with fastmath.use_backend('jax'):
+        key = np.asarray(fastmath.random.get_prng(seed))
+        jax_split = np.asarray(fastmath.random.split(key, 5))
+        jax_folds = [np.asarray(fastmath.random.fold_in(key, d)) for d in (0, 1, 12345)]
+    with fastmath.use_backend('numpy'):
+        np.testing.assert_array_equal(fastmath.random.split(key, 5), jax_split)
+        for d, expected in zip((0, 1, 12345), jax_folds):
+            np.testing.assert_array_equal(fastmath.random.fold_in(key, d), expected)

@@ -109,17 +109,19 @@ def test_wrappers_keep_the_weights_tree():
     assert fastmath.tree_structure(tl.Chunk(dense, 2).init(sig)[0]) == plain
 
 
-def test_cache_runs_once(backend_name):
+def test_cache_stores_on_real_inputs_and_returns_them_on_empty_ones(backend_name):
     cache = tl.Cache(tl.Dense(2))
-    x = np.ones((1, 3), np.float32)
+    x = np.ones((1, 3, 4), np.float32)
     w, s = cache.init(shapes.signature(x))
-    y1, s = cache.pure_fn(x, w, s)
-    y2, s = cache.pure_fn(x * 5, w, s)                       # ignored: cached output returned
-    np.testing.assert_allclose(np.asarray(y1), np.asarray(y2))
-    if backend_name == 'jax':
-        import jax
-        y3, _ = jax.jit(cache.pure_fn)(x * 7, w, s)
-        np.testing.assert_allclose(np.asarray(y3), np.asarray(y1))
+    run = fastmath.jit(cache.pure_fn) if backend_name == 'jax' else cache.pure_fn
+    y1, s = run(x, w, s)                                     # first call: computed, stored
+    y2, s = run(x[:, :0], w, s)                              # empty input: the stored output
+    np.testing.assert_array_equal(np.asarray(y2), np.asarray(y1))
+    y3, s = run(x * 5, w, s)                                 # real input again: recomputed
+    np.testing.assert_allclose(np.asarray(y3), 5 * np.asarray(y1) - 4 * np.asarray(w[1]),
+                               rtol=1e-5)
+    y4, _ = run(x[:, :0], w, s)
+    np.testing.assert_array_equal(np.asarray(y4), np.asarray(y3))
 
 
 def test_weights_and_state_trees_mirror_sublayers():

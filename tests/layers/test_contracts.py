@@ -17,8 +17,9 @@ from tests.layers.cases import all_cases
 CASES = all_cases()
 IDS = [c.id for c in CASES]
 # Public names of `tl` that are not layers (the API itself, initializers).
-NOT_LAYERS = {'MODES', 'Layer', 'LayerError', 'PureLayer', 'autodiff_twin', 'check_mode',
-              'count_params', 'is_replaying', 'replay_context', 'weights_signature'}
+NOT_LAYERS = {'MODES', 'Layer', 'LayerError', 'PredictUse', 'PureLayer', 'autodiff_twin',
+              'check_mode', 'count_params', 'is_empty_call', 'is_replaying', 'note_predict_use',
+              'recording_predict_use', 'replay_context', 'weights_signature'}
 
 
 def _init(case, mode, backend):

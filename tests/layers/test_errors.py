@@ -105,3 +105,18 @@ def test_weights_of_another_model_are_a_clear_error(backend_name):
     with pytest.raises(tl.LayerError, match='Serial has 2 sublayers but got weights with tuple '
                                             'of 3 entries'):
         b.pure_fn(x, w, ((), ()))
+
+
+def test_errors_say_where_the_failing_layer_was_created(backend_name):
+    dense = tl.Dense(4)                                  # the line the error must point to
+    line = __import__('inspect').currentframe().f_lineno - 1
+    model = tl.Serial(tl.Relu(), dense)
+    model.init(shapes.signature(np.ones((2, 3), np.float32)))
+    with pytest.raises(tl.LayerError, match=rf'created at test_errors.py:{line}\)$'):
+        model(np.ones((2, 5), np.float32))
+
+
+def test_calling_before_init_says_to_call_init_first(backend_name):
+    model = tl.Serial(tl.Dense(4), tl.Relu())
+    with pytest.raises(tl.LayerError, match='call layer.init'):
+        model.pure_fn(np.ones((2, 3), np.float32), None, None)

@@ -261,8 +261,9 @@ def test_predict_equals_eval_token_by_token(backend_name):
     decoded, cache = _decode(_layer('predict', **settings), weights, x, prefix=3)
     np.testing.assert_allclose(decoded, full, atol=1e-5, rtol=1e-5)
     keys, values, buckets, rotations, pos = cache
-    assert int(pos) == 7 and np.all(np.asarray(buckets)[..., :7] >= 0)
-    assert np.all(np.asarray(buckets)[..., 7:] == -1)
+    # Stored as bucket + 1: 0 marks an empty slot (every predict state starts at zero).
+    assert int(pos) == 7 and np.all(np.asarray(buckets)[..., :7] >= 1)
+    assert np.all(np.asarray(buckets)[..., 7:] == 0)
 
 
 def test_predict_under_jit_prefix_then_steps_then_several_tokens():
@@ -334,7 +335,7 @@ def test_masked_predict_equals_eval_on_real_tokens():
             steps.append(y)
     decoded = np.concatenate(steps, axis=1)
     np.testing.assert_allclose(decoded[mask], full[mask], atol=1e-5, rtol=1e-5)
-    assert np.all(np.asarray(cache[2])[1, :, :, [2, 4]] == -1)   # masked positions never chosen
+    assert np.all(np.asarray(cache[2])[1, :, :, [2, 4]] == 0)    # masked: stored as empty (0)
 
 
 # ---- errors -----------------------------------------------------------------------------------

@@ -6,9 +6,14 @@ Example:
     ['autoregressive_sample', 'autoregressive_sample_stream']
 """
 from trax_sparse.decoding.beam_search import beam_search, length_normalizer
+from trax_sparse.decoding.predict_state import (PredictStep, check_token_ids, fresh_state,
+                                                init_predict_state, later_inputs, predict_step,
+                                                start_decoding)
 from trax_sparse.decoding.sampling import (autoregressive_sample, autoregressive_sample_stream,
                                            sample_logits)
 from trax_sparse.decoding.timing import bytes_read_per_token, time_per_token
 
-__all__ = ['autoregressive_sample', 'autoregressive_sample_stream', 'beam_search',
-           'bytes_read_per_token', 'length_normalizer', 'sample_logits', 'time_per_token']
+__all__ = ['PredictStep', 'autoregressive_sample', 'autoregressive_sample_stream',
+           'beam_search', 'bytes_read_per_token', 'check_token_ids', 'fresh_state',
+           'init_predict_state', 'later_inputs', 'length_normalizer', 'predict_step',
+           'sample_logits', 'start_decoding', 'time_per_token']

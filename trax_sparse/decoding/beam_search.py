@@ -20,7 +20,9 @@ import numpy as onp
 
 from trax_sparse import fastmath, shapes
 from trax_sparse.decoding.predict_state import (batch_leaf_mask, check_predict_model,
-                                                reorder_state, step_function)
+                                                check_token_ids, init_predict_state,
+                                                later_inputs, predict_step, reorder_state,
+                                                start_decoding)
 from trax_sparse.fastmath import numpy as xnp
 from trax_sparse.layers.base import Layer
 
@@ -36,14 +38,6 @@ def _log_softmax(x: onp.ndarray) -> onp.ndarray:
     return x - m - onp.log(onp.exp(x - m).sum(-1, keepdims=True))
 
 
-def _initial_state(model: Layer, signature: Any) -> Any:
-    snapshot = model._snapshot()
-    try:
-        return model.init(signature)[1]
-    finally:
-        model._restore(snapshot)
-
-
 def beam_search(model: Layer, inputs: Any = None, batch_size: int = 1, beam_size: int = 4,
                 max_length: int = 50, length_penalty: float = 0.0, eos_id: int | None = None,
                 start_id: int = 0, prompt: Any = None, weights: Any = None,
@@ -57,23 +51,29 @@ def beam_search(model: Layer, inputs: Any = None, batch_size: int = 1, beam_size
     check_predict_model(model)
     weights = fastmath.to_backend(model.weights if weights is None else weights)
     if inputs is not None:
+        inputs = onp.asarray(inputs)
+        check_token_ids(model, 'inputs', inputs, encoder=True)
         batch_size = inputs.shape[0]
-    k, n_rows = beam_size, batch_size * beam_size
+    k, n_rows = int(beam_size), batch_size * int(beam_size)
     if k < 1:
         raise ValueError(f'beam_size must be >= 1, got {beam_size}')
-    enc = None if inputs is None else onp.repeat(onp.asarray(inputs), k, axis=0)   # [B·K, L_in]
+    if int(max_length) < 1:
+        raise ValueError(f'max_length must be >= 1, got {max_length}')
+    enc = None if inputs is None else onp.repeat(inputs, k, axis=0)   # [B·K, L_in]
 
     def signature_for(rows: int):
         tok = shapes.ShapeDtype((rows, 1), onp.int32)
         return tok if enc is None else (shapes.ShapeDtype((rows,) + enc.shape[1:], enc.dtype), tok)
 
-    state = fastmath.to_backend(_initial_state(model, signature_for(n_rows)))
+    state = init_predict_state(model, signature_for(n_rows))
     batch_mask = batch_leaf_mask(model, signature_for, n_rows)
-    step = step_function(model, accelerate)
+    step = predict_step(model, accelerate)
     rng = fastmath.random.get_prng(0)
 
     tokens = onp.full((n_rows, 1), start_id, onp.int32)
+    check_token_ids(model, 'start_id', tokens[:1])
     if prompt is not None:
+        check_token_ids(model, 'prompt', prompt)
         tokens = onp.concatenate([tokens, onp.repeat(onp.asarray(prompt, onp.int32), k, 0)], 1)
     alive_scores = onp.full((batch_size, k), -onp.inf)
     alive_scores[:, 0] = 0.0                              # all beams start identical: keep one
@@ -83,7 +83,13 @@ def beam_search(model: Layer, inputs: Any = None, batch_size: int = 1, beam_size
     rows = onp.arange(batch_size)[:, None]
 
     for t in range(max_length):
-        logits, state = step(tokens if enc is None else (enc, tokens), weights, state, rng)
+        if t == 0:
+            logits, state, _ = start_decoding(model, step, (tokens if enc is None else
+                                                            (enc, tokens)),
+                                              weights, state, rng, max_length - 1)
+            enc = later_inputs(enc)
+        else:
+            logits, state = step(tokens if enc is None else (enc, tokens), weights, state, rng)
         logp = _log_softmax(onp.asarray(logits)).reshape(batch_size, k, -1)   # [B, K, V]
         vocab = logp.shape[-1]
         cand = (alive_scores[..., None] + logp).reshape(batch_size, k * vocab)

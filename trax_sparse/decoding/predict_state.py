@@ -1,15 +1,39 @@
-"""Predict-mode state handling shared by sampling and beam search.
+"""The predict-mode contract as the decoding functions use it (docs/predict_mode.md).
 
-Decoding threads the model state explicitly through `pure_fn`; it never writes
-to `model.state`, so a model can be decoded twice in a row (Trax #1713).
+- `init_predict_state(model, signature)`: a fresh state for one decoding step's
+  inputs, built from `model.state_signature` (every predict state starts at
+  zero), without running or re-initializing the model.
+- `predict_step(model)`: (inputs, weights, state, rng) -> (logits [B, V], new
+  state); on JAX every call (the prefix too) is jit-compiled with the state
+  donated, so caches update in place.
+- `start_decoding(...)`: runs the prefix call, after checking on the host that
+  the caches hold the prefix plus the steps to come (a clear error, never NaN).
+- `later_inputs(inputs)`: encoder inputs of the calls after the first: empty.
+
+Decoding threads the state explicitly through `pure_fn`; it never writes to
+`model.state`, so a model can be decoded twice in a row (Trax #1713).
+
+Example:
+    >>> import numpy as np
+    >>> from trax_sparse import fastmath, shapes, layers as tl
+    >>> with fastmath.use_backend('numpy'):
+    ...     model = tl.Serial(tl.Embedding(5, 4), tl.PositionalEncoding(8, mode='predict'))
+    ...     _ = model.init(shapes.ShapeDtype((1, 1), np.int32))
+    ...     state = init_predict_state(model, shapes.ShapeDtype((3, 1), np.int32))
+    >>> state
+    ((), array(0, dtype=int32))
 """
+import weakref
 from typing import Any, Callable
 
 import numpy as onp
 
 from trax_sparse import fastmath, shapes
 from trax_sparse.fastmath import numpy as xnp
-from trax_sparse.layers.base import Layer
+from trax_sparse.layers.base import Layer, recording_predict_use
+from trax_sparse.layers.core import Embedding
+
+_compiled_steps: 'weakref.WeakKeyDictionary[Layer, Callable]' = weakref.WeakKeyDictionary()
 
 
 def check_predict_model(model: Layer) -> None:
@@ -18,62 +42,146 @@ def check_predict_model(model: Layer) -> None:
                          f'model.init(signature of one step of inputs) and set model.weights first')
 
 
-def fresh_state(model: Layer, state: Any = None) -> Any:
-    """A private copy of a predict state (default: the model's initial one) on the live backend.
+def init_predict_state(model: Layer, input_signature: Any) -> Any:
+    """A fresh predict state (zeros of `model.state_signature`) on the live backend."""
+    signature = model.state_signature(input_signature)
+    return fastmath.tree_map(lambda sig: xnp.zeros(sig.shape, sig.dtype), signature)
+
+
+def fresh_state(model: Layer, state: Any = None, input_signature: Any = None) -> Any:
+    """A private copy of `state` (default: a new initial state for `input_signature`).
 
     The copy is safe to update in place (NumPy caches) or to donate (JAX).
     """
     check_predict_model(model)
-    state = model.state if state is None else state
-    if fastmath.is_jax():
-        return fastmath.tree_map(lambda a: xnp.array(a, copy=True), state)
-    return fastmath.tree_map(lambda a: onp.array(a, copy=True), state)
+    if state is None:
+        return init_predict_state(model, input_signature)
+    return fastmath.tree_map(lambda a: xnp.array(a, copy=True), state)
 
 
-def step_function(model: Layer, accelerate: bool = True) -> Callable:
+class PredictStep:
     """(inputs, weights, state, rng) -> (logits of the last position [B, V], new_state).
 
-    On JAX the calls after the first are jit-compiled with the state donated,
-    so caches update in place. The first call (the prefix: start token, prompt,
-    encoder inputs) runs without jit, so layers that prime their caches on it
-    (e.g. the Terraformer's joint sequence) see a concrete state.
+    `compiled`: on JAX with `accelerate`, every call is jit-compiled (one
+    compilation per input shape, kept for the model's lifetime) with the
+    state donated, so the caches are written in place.
     """
-    def step(inputs, weights, state, rng):
-        out, new_state = model.pure_fn(inputs, weights, state, rng)
-        logits = out[0] if isinstance(out, (tuple, list)) else out   # [B, L, V]
-        return logits[:, -1, :], new_state
 
-    if not (accelerate and fastmath.is_jax()):
-        return step
-    compiled = fastmath.jit(step, donate_argnums=(2,))
-    n_calls = [0]
+    def __init__(self, model: Layer, accelerate: bool = True):
+        def step(inputs, weights, state, rng):
+            out, new_state = model.pure_fn(inputs, weights, state, rng)
+            logits = out[0] if isinstance(out, (tuple, list)) else out   # [B, L, V]
+            return logits[:, -1, :], new_state
 
-    def first_eager_then_compiled(inputs, weights, state, rng):
-        n_calls[0] += 1
-        return (step if n_calls[0] == 1 else compiled)(inputs, weights, state, rng)
-    return first_eager_then_compiled
+        self.eager = step
+        self.compiled = bool(accelerate and fastmath.is_jax())
+        if self.compiled:
+            if model not in _compiled_steps:
+                _compiled_steps[model] = fastmath.jit(step, donate_argnums=(2,))
+            self._run = _compiled_steps[model]
+        else:
+            self._run = step
+
+    def __call__(self, inputs: Any, weights: Any, state: Any, rng: Any) -> tuple[Any, Any]:
+        return self._run(inputs, weights, state, rng)
+
+
+def predict_step(model: Layer, accelerate: bool = True) -> PredictStep:
+    """The decoding step of `model` (see `PredictStep`)."""
+    return PredictStep(model, accelerate)
+
+
+def later_inputs(inputs: Any) -> Any:
+    """Encoder inputs of the predict calls after the first: an empty [B, 0] array."""
+    return None if inputs is None else inputs[:, :0]
+
+
+def _embedding_vocab_sizes(model: Layer) -> list[int]:
+    found, stack = [], [model]
+    while stack:
+        layer = stack.pop(0)
+        if isinstance(layer, Embedding):
+            found.append(layer.vocab_size)
+        stack[:0] = list(layer.sublayers)
+    return found
+
+
+def check_token_ids(model: Layer, what: str, ids: Any, encoder: bool = False) -> None:
+    """Raises a ValueError unless every id in `ids` is in [0, vocab) of the model.
+
+    The vocabulary is the first Embedding's (encoder inputs) or the last one's
+    (decoder tokens, prompts).
+    """
+    vocab_sizes = _embedding_vocab_sizes(model)
+    ids = onp.asarray(ids)
+    if ids.size == 0:
+        return
+    if not onp.issubdtype(ids.dtype, onp.integer):
+        raise ValueError(f'decoding: {what} must be integer token ids, got dtype {ids.dtype}')
+    vocab = (vocab_sizes[0] if encoder else vocab_sizes[-1]) if vocab_sizes else None
+    low, high = int(ids.min()), int(ids.max())
+    if low < 0 or (vocab is not None and high >= vocab):
+        bad = low if low < 0 else high
+        limit = f'[0, {vocab})' if vocab is not None else 'ids >= 0'
+        raise ValueError(f'decoding: {what} holds token id {bad}, outside the vocabulary '
+                         f'{limit} of {model.name}')
+
+
+def _signature(tree: Any) -> Any:
+    return fastmath.tree_map(shapes.signature, tree)
+
+
+def positions_left(uses: list) -> int | None:
+    """How many more one-token steps the caches hold after the recorded prefix call."""
+    left = [use.capacity - use.n_new for use in uses]
+    return min(left) if left else None
+
+
+def _check_room(model: Layer, uses: list, n_steps: int | None) -> None:
+    for use in uses:
+        if use.n_new > use.capacity or (n_steps is not None
+                                        and use.n_new + n_steps > use.capacity):
+            total = use.n_new + (n_steps or 0)
+            raise ValueError(
+                f'decoding: {model.name} cannot decode that far: its layer {use.layer} holds '
+                f'{use.capacity} positions, but the prefix call takes {use.n_new} and '
+                f'{n_steps or 0} more steps follow ({total} in all); decode fewer tokens, '
+                f'or build the model with a larger max_len')
+
+
+def start_decoding(model: Layer, step: PredictStep, prefix_inputs: Any, weights: Any,
+                   state: Any, rng: Any, n_steps: int | None) -> tuple[Any, Any, int | None]:
+    """Runs the prefix call, checking first that the caches hold it plus `n_steps` steps.
+
+    Returns (logits [B, V], new state, steps the caches still hold). Under jit
+    the check traces the model abstractly (`recording_predict_use`), so an
+    overflow is an error before anything runs; eagerly it records the real
+    prefix call and raises before any token is produced.
+    """
+    if step.compiled:
+        with recording_predict_use() as uses:
+            fastmath.abstract_eval(lambda x, w, s, r: step.eager(x, w, s, r)[0])(
+                _signature(prefix_inputs), _signature(weights), _signature(state),
+                _signature(rng))
+        _check_room(model, uses, n_steps)
+        logits, state = step(prefix_inputs, weights, state, rng)
+    else:
+        with recording_predict_use() as uses:
+            logits, state = step(prefix_inputs, weights, state, rng)
+        _check_room(model, uses, n_steps)
+    return logits, state, positions_left(uses)
 
 
 def batch_leaf_mask(model: Layer, signature_for_batch: Callable[[int], Any],
                     batch_size: int) -> list[bool]:
     """For each state leaf: does its leading axis run over the batch?
 
-    Found by comparing the abstract initial state at batch sizes B and B+1 (no
+    Found by comparing the state signatures at batch sizes B and B+1 (no
     guessing from shapes that happen to coincide). `signature_for_batch(b)`
     gives the signature of one decoding step's inputs at batch size b.
     """
-    def state_leaves(b):
-        snapshot = model._snapshot()
-        try:
-            if fastmath.is_jax():
-                out = fastmath.abstract_eval(lambda: model.init(signature_for_batch(b))[1])()
-            else:
-                out = fastmath.tree_map(shapes.signature, model.init(signature_for_batch(b))[1])
-        finally:
-            model._restore(snapshot)
-        return fastmath.tree_leaves(out)
-
-    a, b = state_leaves(batch_size), state_leaves(batch_size + 1)
+    a = fastmath.tree_leaves(model.state_signature(signature_for_batch(batch_size)))
+    b = fastmath.tree_leaves(model.state_signature(signature_for_batch(batch_size + 1)))
     return [bool(x.shape and y.shape and x.shape[0] != y.shape[0]) for x, y in zip(a, b)]
 
 

@@ -15,8 +15,10 @@ from typing import Any, Iterator
 
 import numpy as onp
 
-from trax_sparse import fastmath
-from trax_sparse.decoding.predict_state import fresh_state, step_function
+from trax_sparse import fastmath, shapes
+from trax_sparse.decoding.predict_state import (check_predict_model, check_token_ids,
+                                                fresh_state, later_inputs, predict_step,
+                                                start_decoding)
 from trax_sparse.fastmath import numpy as xnp
 from trax_sparse.layers.base import Layer
 
@@ -41,40 +43,66 @@ def _with_inputs(inputs: Any, tokens: Any) -> Any:
     return tokens if inputs is None else (inputs, tokens)
 
 
+def _first_tokens(model: Layer, batch_size: int, start_id: int, prompt: Any) -> onp.ndarray:
+    """[B, 1 + P]: the start id, then the prompt; checked against the model's vocabulary."""
+    first = onp.full((batch_size, 1), start_id, onp.int32)
+    if prompt is not None:
+        prompt = onp.asarray(prompt)
+        if prompt.ndim != 2 or prompt.shape[0] != batch_size:
+            raise ValueError(f'prompt must be token ids [batch={batch_size}, length], '
+                             f'got shape {prompt.shape}')
+        check_token_ids(model, 'prompt', prompt)
+        first = onp.concatenate([first, prompt.astype(onp.int32)], axis=1)
+    check_token_ids(model, 'start_id', first[:, :1])
+    return first
+
+
 def autoregressive_sample_stream(model: Layer, inputs: Any = None, batch_size: int = 1,
                                  temperature: float = 1.0, start_id: int = 0,
                                  prompt: Any = None, top_k: int | None = None, rng: Any = None,
                                  weights: Any = None, state: Any = None,
-                                 accelerate: bool = True) -> Iterator[Any]:
-    """Yields the next token ids [B] forever (the caller stops it).
+                                 accelerate: bool = True,
+                                 max_steps: int | None = None) -> Iterator[Any]:
+    """Yields the next token ids [B] until the model's caches are full (the caller stops it).
 
-    model: a predict-mode model, initialized for one step's inputs at this batch
-      size (its weights may come from a train-mode checkpoint: the trees agree).
-    inputs: encoder inputs [B, L_in] for encoder-decoder models (fed every step,
-      encoded once: the model caches the encoder), or None for an LM.
+    model: a predict-mode model (initialized; its weights may come from a
+      train-mode checkpoint: the trees agree). Any batch size works: the
+      state is made for this call (`init_predict_state`).
+    inputs: encoder inputs [B, L_in] for encoder-decoder models (given to the
+      first call; later calls get an empty [B, 0] array), or None for an LM.
     prompt: token ids [B, P] that the continuation follows (not yielded).
-    weights/state: default to the model's; the state is copied, never modified.
+    weights/state: default to the model's weights and a fresh state; a given
+      state is copied, never modified.
+    max_steps: if given, checked against the caches before decoding starts.
+    Token ids and lengths are checked on the host before any jitted call.
     """
+    check_predict_model(model)
+    if temperature < 0:
+        raise ValueError(f'temperature must be >= 0, got {temperature}')
     weights = fastmath.to_backend(model.weights if weights is None else weights)
-    state = fresh_state(model, state)
     rng = fastmath.random.get_prng(0) if rng is None else rng
     if inputs is not None:
+        inputs = onp.asarray(inputs)
+        check_token_ids(model, 'inputs', inputs, encoder=True)
         batch_size = inputs.shape[0]
-    step = step_function(model, accelerate)
-    first = onp.full((batch_size, 1), start_id, onp.int32)
-    if prompt is not None:
-        prompt = onp.asarray(prompt, onp.int32)
-        if prompt.ndim != 2 or prompt.shape[0] != batch_size:
-            raise ValueError(f'prompt must be token ids [batch={batch_size}, length], '
-                             f'got shape {prompt.shape}')
-        first = onp.concatenate([first, prompt], axis=1)
-    tokens = first
+    tokens = _first_tokens(model, batch_size, start_id, prompt)
+    step_signature = shapes.signature(_with_inputs(inputs, tokens[:, :1]))
+    state = fresh_state(model, state, step_signature)
+    step = predict_step(model, accelerate)
+    rng, step_rng, sample_rng = fastmath.random.split(rng, 3)
+    n_more = None if max_steps is None else max_steps - 1
+    logits, state, room = start_decoding(model, step, _with_inputs(inputs, tokens), weights,
+                                         state, step_rng, n_more)
+    inputs = later_inputs(inputs)
     while True:
-        rng, step_rng, sample_rng = fastmath.random.split(rng, 3)
-        logits, state = step(_with_inputs(inputs, tokens), weights, state, step_rng)
         next_ids = sample_logits(logits, sample_rng, temperature, top_k)
         yield next_ids
-        tokens = next_ids[:, None]
+        if room is not None and room <= 0:
+            raise ValueError(f'decoding: the caches of {model.name} are full (its max_len); '
+                             f'no further token can be decoded')
+        room = None if room is None else room - 1
+        rng, step_rng, sample_rng = fastmath.random.split(rng, 3)
+        logits, state = step(_with_inputs(inputs, next_ids[:, None]), weights, state, step_rng)
 
 
 def autoregressive_sample(model: Layer, inputs: Any = None, batch_size: int = 1,
@@ -84,11 +112,15 @@ def autoregressive_sample(model: Layer, inputs: Any = None, batch_size: int = 1,
                           accelerate: bool = True) -> onp.ndarray:
     """Samples [B, max_length] token ids (positions after an EOS are set to 0).
 
-    Stops early once every row has produced `eos_id`.
+    Stops early once every row has produced `eos_id`. A `max_length` beyond
+    what the model's caches hold is an error before decoding starts.
     """
+    if int(max_length) < 1:
+        raise ValueError(f'max_length must be >= 1, got {max_length}')
     stream = autoregressive_sample_stream(
         model, inputs=inputs, batch_size=batch_size, temperature=temperature, start_id=start_id,
-        prompt=prompt, top_k=top_k, rng=rng, weights=weights, state=state, accelerate=accelerate)
+        prompt=prompt, top_k=top_k, rng=rng, weights=weights, state=state, accelerate=accelerate,
+        max_steps=max_length)
     rows, done = [], None
     for _ in range(max_length):
         ids = onp.asarray(next(stream))
@@ -99,4 +131,5 @@ def autoregressive_sample(model: Layer, inputs: Any = None, batch_size: int = 1,
             done = (ids == eos_id) if done is None else (done | (ids == eos_id))
             if done.all():
                 break
+    stream.close()
     return onp.stack(rows, axis=1).astype(onp.int32)

@@ -19,9 +19,10 @@ from typing import Any
 
 import numpy as onp
 
-from trax_sparse import fastmath
+from trax_sparse import fastmath, shapes
 from trax_sparse import layers as tl
-from trax_sparse.decoding.predict_state import step_function
+from trax_sparse.decoding.predict_state import (fresh_state, later_inputs, predict_step,
+                                                start_decoding)
 
 
 def bytes_read_per_token(layer: tl.Layer, weights: Any) -> int:
@@ -50,20 +51,29 @@ def time_per_token(model: tl.Layer, weights: Any = None, steps: int = 16, inputs
                    warmup: int = 3) -> float:
     """Median seconds of a one-token greedy predict step on the live backend (batch 1).
 
-    The model must be initialized in predict mode for batch 1; `inputs` are encoder
-    inputs of encoder-decoder models. The prefix call and `warmup` steps are not timed.
+    The model must be initialized in predict mode; `inputs` are encoder inputs [1, L_in]
+    of encoder-decoder models. The prefix call and `warmup` steps are not timed.
     """
     weights = fastmath.to_backend(model.weights if weights is None else weights)
-    state = fastmath.to_backend(fastmath.tree_map(onp.copy, model.state))
-    step = step_function(model, accelerate=True)
     token, rng, times = onp.zeros((1, 1), onp.int32), fastmath.random.get_prng(0), []
-    for i in range(steps + warmup + 1):
-        start = time.perf_counter()
-        logits, state = step(token if inputs is None else (inputs, token), weights, state, rng)
+    state = fresh_state(model, None, shapes.signature(_with_inputs(inputs, token)))
+    step = predict_step(model, accelerate=True)
+    logits, state, _ = start_decoding(model, step, _with_inputs(inputs, token), weights, state,
+                                      rng, steps + warmup)
+    inputs = later_inputs(inputs)
+    for i in range(steps + warmup):
         token = onp.asarray(onp.argmax(onp.asarray(logits), -1), onp.int32)[:, None]
-        if i > warmup:
+        start = time.perf_counter()
+        logits, state = step(_with_inputs(inputs, token), weights, state, rng)
+        fastmath.tree_map(lambda a: a.block_until_ready() if hasattr(a, 'block_until_ready')
+                          else a, logits)
+        if i >= warmup:
             times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def _with_inputs(inputs: Any, tokens: Any) -> Any:
+    return tokens if inputs is None else (inputs, tokens)
 
 
 __all__ = ['bytes_read_per_token', 'time_per_token']

@@ -30,6 +30,16 @@ erf = jax.scipy.special.erf
 same_padding = numpy_backend.same_padding
 
 
+def update_cache(cache, update, start, axis: int):
+    """Writes `update` into `cache` at `start` along `axis`: a functional update.
+
+    Under jit with the cache donated (`donate_argnums`), XLA writes in place.
+    """
+    starts = [0] * cache.ndim
+    starts[axis] = start
+    return lax.dynamic_update_slice(cache, update.astype(cache.dtype), starts)
+
+
 def remat(fn: Callable, **kwargs) -> Callable:
     return jax.checkpoint(fn, **kwargs)
 

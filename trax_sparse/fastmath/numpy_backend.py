@@ -94,6 +94,25 @@ def dynamic_update_slice(x, update, start_indices: Sequence):
     return out
 
 
+def update_cache(cache, update, start, axis: int):
+    """Writes `update` into `cache` at `start` along `axis` IN PLACE; returns `cache`.
+
+    The NumPy half of the predict-mode cache contract: the array passed in is
+    the one returned, so a decoding step never copies its caches. A read-only
+    array (e.g. a view of a JAX buffer) is copied once, then written.
+    """
+    if not (isinstance(cache, np.ndarray) and cache.flags.writeable):
+        cache = np.array(cache, copy=True)
+    start = int(start)
+    if start < 0 or start + update.shape[axis] > cache.shape[axis]:
+        raise ValueError(f'cache update of {update.shape[axis]} positions at {start} does not '
+                         f'fit a cache of {cache.shape[axis]} positions (axis {axis})')
+    index = [slice(None)] * cache.ndim
+    index[axis] = slice(start, start + update.shape[axis])
+    cache[tuple(index)] = update
+    return cache
+
+
 def scan(f: Callable, init, xs, length: int | None = None, reverse: bool = False):
     """lax.scan semantics: f(carry, x) -> (carry, y); returns (carry, stacked ys)."""
     leaves = tree.tree_leaves(xs)
@@ -128,8 +147,24 @@ def sort_key_val(keys, values, dimension: int = -1):
 
 
 def top_k(x, k: int):
-    """Largest k entries along the last axis, descending (ties: lower index first)."""
-    order = np.argsort(-x, axis=-1, kind='stable')[..., :k]
+    """Largest k entries along the last axis, descending (ties: lower index first).
+
+    O(n + k log k): a partition picks the k largest, only they are sorted.
+    """
+    n = x.shape[-1]
+    if k < n:
+        # The k-th largest value; everything above it is in, ties fill up by index.
+        kth = -np.partition(-x, k - 1, axis=-1)[..., k - 1:k]
+        above = x > kth
+        tie_rank = np.cumsum(x == kth, axis=-1)
+        n_needed = k - above.sum(-1, keepdims=True)
+        keep = above | ((x == kth) & (tie_rank <= n_needed))
+        candidates = np.nonzero(keep.reshape(-1, n))[1].reshape(x.shape[:-1] + (k,))
+        values = np.take_along_axis(x, candidates, axis=-1)
+        order = np.take_along_axis(candidates, np.argsort(-values, axis=-1, kind='stable'),
+                                   axis=-1)
+    else:
+        order = np.argsort(-x, axis=-1, kind='stable')[..., :k]
     return np.take_along_axis(x, order, axis=-1), order.astype(np.int32)
 
 
@@ -171,8 +206,40 @@ def device_count() -> int:
     return 1
 
 
+_MASK32 = 0xFFFFFFFF
+_ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))
+
+
+def threefry2x32(key: Sequence[int], x0: Sequence[int], x1: Sequence[int]) -> tuple[list, list]:
+    """The Threefry-2x32 block cipher (20 rounds) on counter pairs (x0[i], x1[i]).
+
+    The same function as JAX's `threefry2x32`, so keys split or folded here are
+    bit-identical to `jax.random.split` / `fold_in`. Plain Python integers:
+    a split of a few keys costs microseconds (no Generator is built).
+    """
+    k1, k2 = int(key[0]) & _MASK32, int(key[1]) & _MASK32
+    ks = (k1, k2, k1 ^ k2 ^ 0x1BD11BDA)
+    out0, out1 = [], []
+    for a, b in zip(x0, x1):
+        a, b = (int(a) + ks[0]) & _MASK32, (int(b) + ks[1]) & _MASK32
+        for i in range(5):
+            for r in _ROTATIONS[i % 2]:
+                a = (a + b) & _MASK32
+                b = ((b << r) | (b >> (32 - r))) & _MASK32
+                b ^= a
+            a = (a + ks[(i + 1) % 3]) & _MASK32
+            b = (b + ks[(i + 2) % 3] + i + 1) & _MASK32
+        out0.append(a)
+        out1.append(b)
+    return out0, out1
+
+
 class random:  # noqa: N801 - a namespace, like jax.random.
-    """Keyed RNG: a key is uint32[2]; the same key always gives the same numbers."""
+    """Keyed RNG: a key is uint32[2]; the same key always gives the same numbers.
+
+    `split` and `fold_in` equal JAX's bit for bit (Threefry); the draws
+    (uniform, normal, ...) use NumPy's PCG64 seeded by the key.
+    """
 
     @staticmethod
     def _generator(key, *tags: int) -> np.random.Generator:
@@ -187,11 +254,15 @@ class random:  # noqa: N801 - a namespace, like jax.random.
 
     @staticmethod
     def split(key, num: int = 2) -> np.ndarray:
-        return random._generator(key, 1).integers(0, 2**32, size=(num, 2), dtype=np.uint32)
+        key = np.asarray(key).reshape(-1)
+        bits0, bits1 = threefry2x32(key, [0] * int(num), range(int(num)))
+        return np.array([bits0, bits1], dtype=np.uint32).T.reshape(int(num), 2)
 
     @staticmethod
     def fold_in(key, data: int) -> np.ndarray:
-        return random._generator(key, 2, int(data)).integers(0, 2**32, size=2, dtype=np.uint32)
+        key = np.asarray(key).reshape(-1)
+        bits0, bits1 = threefry2x32(key, [0], [int(data) & _MASK32])
+        return np.array([bits0[0], bits1[0]], dtype=np.uint32)
 
     @staticmethod
     def uniform(key, shape=(), dtype=np.float32, minval=0.0, maxval=1.0) -> np.ndarray:

@@ -12,16 +12,14 @@ a time; the positions continue from call to call:
 - DotProductCausalAttention keeps (k_cache [B, H, max_len, d/H], v_cache
   [B, H, max_len, d_v/H], pos int32 scalar) in its state; the batch size is
   the one given to `init`. A step of L tokens costs O(pos + L), not
-  O(max_len): on NumPy it reads only cache[:, :, :pos+L]; on JAX it visits
-  only the filled cache blocks with an online softmax (`predict_block_size`
-  keys per block, so a long prefix never builds [L, max_len] scores), and jit
-  with the state donated writes the cache in place.
-- On NumPy the cache arrays are updated IN PLACE and the returned state shares
-  them with the state passed in. Replaying from an older state is fine (slots
-  >= its pos are rewritten before they are read), but to decode two
-  continuations from one state, copy it first (`fastmath.tree_map(np.copy, s)`).
+  O(max_len): see `attention_core.cached_attention_step`.
+- The cache is written with `fastmath.update_cache`: IN PLACE on NumPy (the
+  returned state shares its arrays with the state passed in; copy a state
+  before decoding two continuations from it), functional on JAX (in place
+  under jit with the state donated). See docs/predict_mode.md.
 - Cache overflow (pos + L > max_len) raises a ValueError when pos is concrete
-  (NumPy, JAX without jit); under jit it cannot raise, so the output is NaN.
+  (NumPy, JAX without jit); the decoding functions check lengths on the host
+  before they start; a jitted call that overflows anyway returns NaN.
 - EncDecAttention computes the encoder K/V on the first predict call and
   reuses them from its state afterwards (the encoder input is then ignored).
 
@@ -38,15 +36,12 @@ Example:
 """
 from typing import Any
 
-import numpy as onp
-
 from trax_sparse import fastmath
 from trax_sparse.fastmath import numpy as xnp
-from trax_sparse.layers.attention_core import (blockwise_cached_causal_attention,
-                                               cached_causal_attention, causal_mask,
+from trax_sparse.layers.attention_core import (cached_attention_step, causal_mask,
                                                check_divisible, merge_heads,
                                                multihead_attention, padding_mask, split_heads)
-from trax_sparse.layers.base import Layer, check_mode, split_rngs
+from trax_sparse.layers.base import Layer, check_mode, note_predict_use, split_rngs
 from trax_sparse.layers.combinators import Branch, Parallel, Select, Serial
 from trax_sparse.layers.core import Dense
 
@@ -154,46 +149,25 @@ class DotProductCausalAttention(Layer):
                              f'{tuple(v.shape)} do not fit the cache initialized for '
                              f'k {tuple(k_cache.shape)}, v {tuple(v_cache.shape)} '
                              f'([batch, heads, max_len, features per head])')
+        note_predict_use(self.name, self._max_len, length)
         if fastmath.is_concrete(pos) and int(pos) + length > self._max_len:
             raise ValueError(f'{self.name}: predict cache overflow: position {int(pos)} + '
                              f'{length} new tokens exceeds max_len={self._max_len}')
         q, k, v = split_heads(q, heads), split_heads(k, heads), split_heads(v, heads)
-        if not fastmath.is_jax():
-            return merge_heads(self._predict_numpy(q, k, v, k_cache, v_cache, int(pos),
-                                                   key_mask, mask_cache))
-        k_cache = fastmath.dynamic_update_slice(k_cache, k.astype(k_cache.dtype), (0, 0, pos, 0))
-        v_cache = fastmath.dynamic_update_slice(v_cache, v.astype(v_cache.dtype), (0, 0, pos, 0))
+        # In place on NumPy, functional (donated under jit) on JAX: see fastmath.update_cache.
+        k_cache = fastmath.update_cache(k_cache, k, pos, axis=2)     # [B, H, max_len, d_h]
+        v_cache = fastmath.update_cache(v_cache, v, pos, axis=2)
         self.state = (k_cache, v_cache, pos + length)
         if self._masked:
-            mask_cache = fastmath.dynamic_update_slice(mask_cache, key_mask != 0, (0, pos))
+            mask_cache = fastmath.update_cache(mask_cache, key_mask != 0, pos, axis=1)
             self.state += (mask_cache,)
-        out = blockwise_cached_causal_attention(q, k_cache, v_cache, pos, self._block_size,
-                                                mask_cache)             # [B, H, L, d_vh]
-        out = merge_heads(out)                                           # [B, L, d_v]
-        # Under jit an overflow cannot raise: poison the output instead.
+        out = merge_heads(cached_attention_step(q, k_cache, v_cache, pos, self._block_size,
+                                                mask_cache))             # [B, L, d_v]
+        if fastmath.is_concrete(pos):
+            return out
+        # Under jit an overflow cannot raise (decoding checks lengths before it starts):
+        # poison the output rather than return numbers computed from a clipped write.
         return xnp.where(pos + length > self._max_len, xnp.full_like(out, xnp.nan), out)
-
-    def _predict_numpy(self, q: Any, k: Any, v: Any, k_cache: Any, v_cache: Any,
-                       pos: int, key_mask: Any = None, mask_cache: Any = None) -> Any:
-        end = pos + q.shape[2]
-        k_cache, v_cache = _writable(k_cache), _writable(v_cache)
-        k_cache[:, :, pos:end] = k                                       # in place
-        v_cache[:, :, pos:end] = v
-        self.state = (k_cache, v_cache, onp.asarray(end, onp.int32))
-        if self._masked:
-            mask_cache = _writable(mask_cache)
-            mask_cache[:, pos:end] = key_mask != 0
-            self.state += (mask_cache,)
-            mask_cache = mask_cache[:, :end]
-        return cached_causal_attention(q, k_cache[:, :, :end], v_cache[:, :, :end],
-                                       pos, mask_cache)                  # [B, H, L, d_vh]
-
-
-def _writable(array: Any) -> onp.ndarray:
-    """The NumPy array itself when it can be written in place, else a writable copy."""
-    if isinstance(array, onp.ndarray) and array.flags.writeable:
-        return array
-    return onp.array(array, copy=True)
 
 
 def CausalAttention(d_feature: int, n_heads: int = 1, dropout: float = 0.0,  # noqa: N802

@@ -7,9 +7,10 @@ Plain functions on arrays of the live backend (NumPy or JAX), no weights:
 - `multihead_attention`: split heads, attend, merge heads.
 - `cached_causal_attention`: new queries against a per-head K/V cache
   [B, H, N, d_h], one masked softmax over the whole buffer (the reference).
-- `blockwise_cached_causal_attention`: the same result, visiting only the
-  filled blocks of the cache with an online softmax, so a decoding step costs
-  O(current length) instead of O(buffer size), also under jit.
+- `cached_attention_step`: the predict-mode read, O(current length): on a
+  concrete position `attend_filled` (the cache cut to its filled slots, one
+  batched matmul per side), under jit `blockwise_cached_causal_attention`
+  (visits only the filled cache blocks, also with a traced position).
 
 Example:
     >>> import numpy as np
@@ -20,7 +21,6 @@ Example:
     >>> y.shape
     (1, 3, 4)
 """
-import functools
 import math
 from typing import Any, Callable
 
@@ -128,50 +128,153 @@ def cached_causal_attention(q: Any, k_cache: Any, v_cache: Any, start: Any,
     return dot_product_attention(q, k_cache, v_cache, mask)
 
 
+def cached_attention_step(q: Any, k_cache: Any, v_cache: Any, start: Any,
+                          block_size: int = 128, key_mask: Any = None) -> Any:
+    """The predict-mode read: new queries against the filled part of a K/V cache.
+
+    Arguments as in `cached_causal_attention` (the cache already holds the new
+    keys). With a concrete `start` (NumPy, eager JAX) the cache is cut to the
+    start+Lq filled slots and attended in one pass (`attend_filled`); with a
+    traced one (under jit) the blockwise kernel visits only the filled blocks.
+    Either way the cost is O(start + Lq).
+    """
+    if fastmath.is_concrete(start):
+        end = int(start) + q.shape[2]
+        mask = None if key_mask is None else key_mask[:, :end]
+        return attend_filled(q, k_cache[:, :, :end], v_cache[:, :, :end], int(start), mask)
+    return blockwise_cached_causal_attention(q, k_cache, v_cache, start, block_size, key_mask)
+
+
+def attend_filled(q: Any, keys: Any, values: Any, start: int, key_mask: Any = None) -> Any:
+    """q [B, H, Lq, d_h] at positions start.. against exactly the filled keys [B, H, start+Lq, d_h].
+
+    The decoding fast path of `cached_causal_attention` (same result): one
+    batched matmul per side over the heads' contiguous cache rows, and for a
+    single query (Lq = 1, no key mask) no mask at all, since every filled key is
+    visible. values [B, H, start+Lq, d_vh] -> [B, H, Lq, d_vh].
+    """
+    n_queries, n_keys = q.shape[2], keys.shape[2]
+    scores = xnp.matmul(q * (1.0 / math.sqrt(q.shape[-1])),
+                        xnp.swapaxes(keys, -1, -2))                      # [B, H, Lq, Lk]
+    visible = None
+    if n_queries > 1:
+        visible = prefix_causal_mask(start, n_queries, n_keys)          # [Lq, Lk]
+    if key_mask is not None:
+        real = padding_mask(key_mask)                                    # [B, 1, 1, Lk]
+        visible = real if visible is None else visible[None, None] & real
+    if visible is not None:
+        scores = xnp.where(visible, scores, MASK_VALUE)
+    probs = xnp.exp(scores - xnp.max(scores, axis=-1, keepdims=True))   # [B, H, Lq, Lk]
+    total = xnp.sum(probs, axis=-1, keepdims=True)                      # [B, H, Lq, 1]
+    return xnp.matmul(probs, values) / total                            # [B, H, Lq, d_vh]
+
+
+# Up to this many scores (B·H·Lq·N) the jitted kernel keeps them all ([B, H, Lq, N]) and
+# reads each cache block with one plain dot per side (`_two_pass`); a longer prefix runs
+# the online softmax (`_online`), which never holds more than one block of scores.
+TWO_PASS_MAX_SCORES = 1 << 22
+
+
 def blockwise_cached_causal_attention(q: Any, k_cache: Any, v_cache: Any, start: Any,
-                                      block_size: int = 128, key_mask: Any = None) -> Any:
+                                      block_size: int = 128, key_mask: Any = None,
+                                      two_pass: bool | None = None) -> Any:
     """Same result as `cached_causal_attention`, reading only the filled cache blocks.
 
     Loops (fastmath.fori_loop) over the ceil((start+Lq)/block_size) key blocks
-    that hold positions < start+Lq, keeping a running max and sum per query
-    (online softmax), so the cost is O(start + Lq), not O(N). `start` may be a
-    traced scalar (the trip count is then dynamic); shapes stay static. On JAX
-    the loop always runs compiled (an eager while-loop would retrace per call).
-    key_mask [B, N] (True = real key), if given, also hides padded keys.
+    that hold positions < start+Lq, so the cost is O(start + Lq), not O(N).
+    `start` may be a traced scalar (the trip count is then dynamic); shapes stay
+    static. On JAX the loops always run compiled (an eager while-loop would
+    retrace per call). key_mask [B, N] (True = real key), if given, also hides
+    padded keys. two_pass: True = `_two_pass` (scores of all N slots kept, one
+    dot per block and side: the fast decoding step on XLA:CPU), False = `_online`
+    (running max and sum per query, one block of scores at a time), None = two
+    passes while B·H·Lq·N <= TWO_PASS_MAX_SCORES.
     """
-    if fastmath.is_jax():
-        return _compiled_blockwise(fastmath.backend_name())(q, k_cache, v_cache, start,
-                                                            int(block_size), key_mask)
-    return _blockwise(q, k_cache, v_cache, start, int(block_size), key_mask)
+    batch, n_heads, n_queries, _ = q.shape
+    if two_pass is None:
+        two_pass = batch * n_heads * n_queries * k_cache.shape[2] <= TWO_PASS_MAX_SCORES
+    # Compiled once per backend (NumPy: as is); an eager JAX loop would retrace per call.
+    kernel = fastmath.cached_jit(_blockwise_kernel, bool(two_pass), static_argnums=(4,))
+    return kernel(q, k_cache, v_cache, start, int(block_size), key_mask)
 
 
-@functools.lru_cache(maxsize=None)
-def _compiled_blockwise(backend_name: str) -> Callable:
-    # Called while `backend_name` is live; block_size is static.
-    return fastmath.jit(_blockwise, static_argnums=(4,))
+def _blockwise_kernel(two_pass: bool) -> Callable:
+    return _two_pass if two_pass else _online
 
 
-def _blockwise(q: Any, k_cache: Any, v_cache: Any, start: Any, block_size: int,
-               key_mask: Any = None) -> Any:
+def _block_reader(n_slots: int, block: int) -> Callable[[Any], tuple[Any, Any]]:
+    """j -> (read_start, first): block j covers keys [j·block, (j+1)·block); the last block is
+    shifted left to read_start so it stays inside the cache, and keys before `first`
+    (= j·block) were counted by the block before it."""
+    def reader(j: Any) -> tuple[Any, Any]:
+        first = j * block
+        return xnp.clip(first, 0, n_slots - block), first
+    return reader
+
+
+def _two_pass(q: Any, k_cache: Any, v_cache: Any, start: Any, block_size: int,
+              key_mask: Any = None) -> Any:
+    """Pass 1 writes q·k of every filled block into scores [B, H, Lq, N]; one masked softmax;
+    pass 2 adds probs·v block by block. Per block and side: a slice and one dot."""
+    batch, n_heads, n_queries, d_head = q.shape
+    n_slots, d_value = k_cache.shape[2], v_cache.shape[3]
+    block = max(1, min(int(block_size), n_slots))
+    read = _block_reader(n_slots, block)
+    q = q * (1.0 / math.sqrt(d_head))                                    # [B, H, Lq, d_h]
+    n_blocks = (start + n_queries + block - 1) // block
+
+    def score_block(j, scores):
+        read_start, _ = read(j)
+        k_block = fastmath.dynamic_slice(k_cache, (0, 0, read_start, 0),
+                                         (batch, n_heads, block, d_head))         # [B,H,blk,d_h]
+        block_scores = xnp.matmul(q, xnp.swapaxes(k_block, -1, -2))             # [B,H,Lq,blk]
+        return fastmath.dynamic_update_slice(scores, block_scores, (0, 0, 0, read_start))
+
+    scores = fastmath.fori_loop(0, n_blocks, score_block,
+                                xnp.full((batch, n_heads, n_queries, n_slots), MASK_VALUE,
+                                         q.dtype))                               # [B,H,Lq,N]
+    visible = prefix_causal_mask(start, n_queries, n_slots)                     # [Lq, N]
+    if key_mask is not None:
+        visible = visible[None, None] & padding_mask(key_mask)                  # [B,1,Lq,N]
+    scores = xnp.where(visible, scores, MASK_VALUE)
+    probs = xnp.where(visible, xnp.exp(scores - xnp.max(scores, axis=-1, keepdims=True)), 0.0)
+    total = xnp.sum(probs, axis=-1, keepdims=True)                              # [B,H,Lq,1]
+
+    def value_block(j, acc):
+        read_start, first = read(j)
+        v_block = fastmath.dynamic_slice(v_cache, (0, 0, read_start, 0),
+                                         (batch, n_heads, block, d_value))        # [B,H,blk,d_v]
+        p_block = fastmath.dynamic_slice(probs, (0, 0, 0, read_start),
+                                         (batch, n_heads, n_queries, block))      # [B,H,Lq,blk]
+        p_block = xnp.where(read_start + xnp.arange(block) >= first, p_block, 0.0)
+        return acc + xnp.matmul(p_block, v_block)                               # [B,H,Lq,d_v]
+
+    acc = fastmath.fori_loop(0, n_blocks, value_block,
+                             xnp.zeros((batch, n_heads, n_queries, d_value), q.dtype))
+    # Every query sees key 0 unless the key mask hides all its keys (then the output is 0).
+    return acc / xnp.maximum(total, 1e-30)                                      # [B,H,Lq,d_v]
+
+
+def _online(q: Any, k_cache: Any, v_cache: Any, start: Any, block_size: int,
+            key_mask: Any = None) -> Any:
+    """One pass with a running max and sum per query (online softmax): one block of scores."""
     batch, n_heads, n_queries, d_head = q.shape
     n_slots = k_cache.shape[2]
     block = max(1, min(int(block_size), n_slots))
+    read = _block_reader(n_slots, block)
     q = q * (1.0 / math.sqrt(d_head))                                    # [B, H, Lq, d_h]
     query_positions = start + xnp.arange(n_queries)                      # [Lq]
 
     def visit_block(j, carry):
         running_max, running_sum, acc = carry   # [B,H,Lq,1], [B,H,Lq,1], [B,H,Lq,d_vh]
-        block_start = j * block
-        # The last block is shifted left to stay inside the cache; keys before
-        # block_start were counted by earlier blocks and are masked here.
-        read_start = xnp.clip(block_start, 0, n_slots - block)
+        read_start, first = read(j)
         k_block = fastmath.dynamic_slice(k_cache, (0, 0, read_start, 0),
                                          (batch, n_heads, block, d_head))        # [B,H,blk,d_h]
         v_block = fastmath.dynamic_slice(v_cache, (0, 0, read_start, 0),
                                          (batch, n_heads, block, v_cache.shape[3]))
         key_positions = read_start + xnp.arange(block)                          # [blk]
         valid = ((key_positions[None, :] <= query_positions[:, None])
-                 & (key_positions[None, :] >= block_start))                     # [Lq, blk]
+                 & (key_positions[None, :] >= first))                           # [Lq, blk]
         if key_mask is not None:
             real = fastmath.dynamic_slice(key_mask, (0, read_start), (batch, block))  # [B, blk]
             valid = valid[None, None] & (real != 0)[:, None, None, :]          # [B,1,Lq,blk]
@@ -189,11 +292,12 @@ def _blockwise(q: Any, k_cache: Any, v_cache: Any, start: Any, block_size: int,
             xnp.zeros((batch, n_heads, n_queries, 1), q.dtype),
             xnp.zeros((batch, n_heads, n_queries, v_cache.shape[3]), q.dtype))
     _, total, acc = fastmath.fori_loop(0, n_blocks, visit_block, init)
-    # Every query sees key 0, so total > 0; the floor only guards odd inputs.
+    # Every query sees key 0 unless the key mask hides all its keys (then the output is 0).
     return acc / xnp.maximum(total, 1e-30)                                  # [B,H,Lq,d_vh]
 
 
-__all__ = ['MASK_VALUE', 'attention_dropout', 'blockwise_cached_causal_attention',
+__all__ = ['MASK_VALUE', 'TWO_PASS_MAX_SCORES', 'attend_filled', 'attention_dropout',
+           'blockwise_cached_causal_attention', 'cached_attention_step',
            'cached_causal_attention', 'causal_mask', 'check_divisible', 'dot_product_attention',
            'merge_heads', 'multihead_attention', 'padding_mask', 'prefix_causal_mask',
            'split_heads']

@@ -17,13 +17,58 @@ Example:
 import contextlib
 import contextvars
 import inspect
-from typing import Any, Callable, Iterator, Sequence
+import os
+import sys
+from typing import Any, Callable, Iterator, NamedTuple, Sequence
 
 from trax_sparse import fastmath, shapes
 from trax_sparse.fastmath import tree_map
 
 MODES = ('train', 'eval', 'predict')
 _replaying: contextvars.ContextVar = contextvars.ContextVar('trax_sparse_replay', default=False)
+_predict_log: contextvars.ContextVar = contextvars.ContextVar('trax_sparse_predict_log',
+                                                              default=None)
+_LAYERS_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+class PredictUse(NamedTuple):
+    """One predict-mode call of a caching layer: `n_new` positions into `capacity` slots."""
+    layer: str
+    capacity: int
+    n_new: int
+
+
+@contextlib.contextmanager
+def recording_predict_use() -> Iterator[list]:
+    """Collects a `PredictUse` for every caching layer that runs (or is traced) inside.
+
+    Decoding runs the prefix call once inside it to learn, before decoding,
+    whether the caches hold the whole sequence (see docs/predict_mode.md).
+    """
+    log: list = []
+    token = _predict_log.set(log)
+    try:
+        yield log
+    finally:
+        _predict_log.reset(token)
+
+
+def note_predict_use(layer_name: str, capacity: int, n_new: int) -> None:
+    """Called by caching layers in predict mode (a no-op outside `recording_predict_use`)."""
+    log = _predict_log.get()
+    if log is not None:
+        log.append(PredictUse(layer_name, int(capacity), int(n_new)))
+
+
+def _creation_site() -> str:
+    """file:line of the code that built the layer: the first frame outside trax_sparse/layers."""
+    frame = sys._getframe(2)
+    while frame is not None and os.path.dirname(
+            os.path.abspath(frame.f_code.co_filename)) == _LAYERS_DIR:
+        frame = frame.f_back
+    if frame is None:
+        return '?'
+    return f'{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}'
 
 
 @contextlib.contextmanager
@@ -55,17 +100,21 @@ def check_mode(mode: str, layer_name: str) -> str:
 
 
 class LayerError(Exception):
-    """An error inside a layer; names the layer's path (e.g. `Serial[2]/Branch[0]/Dense_16`)."""
+    """An error inside a layer; names the layer's path (e.g. `Serial[2]/Branch[0]/Dense_16`)
+    and the file:line where the failing layer was created."""
 
-    def __init__(self, layer_path: str, message: str, inputs: str | None = None):
+    def __init__(self, layer_path: str, message: str, inputs: str | None = None,
+                 created_at: str | None = None):
         self.layer_path = layer_path
         self.message = message
         self.inputs = inputs
+        self.created_at = created_at
         super().__init__(self._text())
 
     def _text(self) -> str:
         got = f' [received inputs {self.inputs}]' if self.inputs else ''
-        return f'in layer {self.layer_path}: {self.message}{got}'
+        site = f' (layer created at {self.created_at})' if self.created_at else ''
+        return f'in layer {self.layer_path}: {self.message}{got}{site}'
 
     def add_parent(self, segment: str) -> None:
         self.layer_path = f'{segment}/{self.layer_path}'
@@ -91,6 +140,10 @@ class Layer:
         self._state: Any = None
         self._rng: Any = None
         self._call_depth = 0
+        self._created_at = _creation_site()
+        # What `init` was last given and made (for state_signature without re-running init).
+        self._init_signature: Any = None
+        self._init_state_signature: Any = None
 
     # ---- arity and identity -------------------------------------------------
     @property
@@ -164,16 +217,56 @@ class Layer:
 
     # ---- public entry points -------------------------------------------------
     def init(self, input_signature: Any, rng: Any = None) -> tuple[Any, Any]:
-        """Initializes weights and state for inputs of `input_signature`; returns both."""
+        """Initializes weights and state for inputs of `input_signature`; returns both.
+
+        Like Trax, this also sets `self.weights` / `self.state` (and those of every
+        sublayer). `pure_init` gives the same values without touching the layer.
+        """
         input_signature = shapes.signature(input_signature)
         self._rng = fastmath.random.get_prng(0) if rng is None else rng
         with self._error_context(input_signature):
             self._check_n_items(input_signature)
             self.init_weights_and_state(input_signature)
+        if all(fastmath.is_concrete(leaf) for leaf in fastmath.tree_leaves(self._state)):
+            self._init_signature = input_signature
+            self._init_state_signature = tree_map(shapes.signature, self._state)
         return self.weights, self.state
+
+    def pure_init(self, input_signature: Any, rng: Any = None) -> tuple[Any, Any]:
+        """(weights, state) for inputs of `input_signature`; the layer is left as it was.
+
+        Side-effect free, so it may run under jit or `fastmath.abstract_eval`
+        (no traced value is left behind on any layer).
+        """
+        saved = self._snapshot()
+        try:
+            return self.init(input_signature, rng)
+        finally:
+            self._restore(saved)
+
+    def weights_signature(self, input_signature: Any) -> Any:
+        """The weights tree as ShapeDtypes (no weights allocated on JAX); no side effects."""
+        input_signature = shapes.signature(input_signature)
+        return fastmath.abstract_eval(lambda: self.pure_init(input_signature)[0])()
+
+    def state_signature(self, input_signature: Any) -> Any:
+        """The initial state tree as ShapeDtypes for inputs of `input_signature`; no side effects.
+
+        Free when the layer was initialized with this signature; otherwise an
+        abstract `pure_init` (eval_shape on JAX: nothing is computed).
+        """
+        input_signature = shapes.signature(input_signature)
+        if (self._init_signature is not None
+                and _same_signature(self._init_signature, input_signature)):
+            return self._init_state_signature
+        return fastmath.abstract_eval(lambda: self.pure_init(input_signature)[1])()
 
     def pure_fn(self, x: Any, weights: Any, state: Any, rng: Any = None) -> tuple[Any, Any]:
         """Runs the layer without side effects: returns (outputs, new_state)."""
+        if weights is None or state is None:
+            raise LayerError(self.name, 'weights or state is None: call layer.init(input '
+                             'signature) first, or pass the weights and state', None,
+                             self._created_at)
         if rng is None:
             rng = self._rng if self._rng is not None else fastmath.random.get_prng(0)
         if self.has_backward and fastmath.is_jax():
@@ -196,22 +289,21 @@ class Layer:
         rng = self._rng if self._rng is not None else fastmath.random.get_prng(0)
         if self._weights is not None:
             return self.abstract_forward(input_signature, self._weights, self._state, rng)
-        saved = self._snapshot()
-        try:
-            if fastmath.is_jax():
-                def init_and_run(x):
-                    w, s = self.init(input_signature, rng)
-                    return self.pure_fn(x, w, s, rng)[0]
-                return fastmath.abstract_eval(init_and_run)(input_signature)
-            w, s = self.init(input_signature, rng)
-            return self.abstract_forward(input_signature, w, s, rng)
-        finally:
-            self._restore(saved)
+
+        def init_and_run(x):
+            w, s = self.pure_init(input_signature, rng)
+            return self.pure_fn(x, w, s, rng)[0]
+        return fastmath.abstract_eval(init_and_run)(input_signature)
 
     def abstract_forward(self, input_signature: Any, weights: Any, state: Any, rng: Any) -> Any:
-        """Output signature with the given weights (eval_shape on JAX, zeros on NumPy)."""
-        return fastmath.abstract_eval(lambda x: self.pure_fn(x, weights, state, rng)[0])(
-            input_signature)
+        """Output signature with the given weights (eval_shape on JAX, zeros on NumPy).
+
+        The state goes in by its signature, so a predict-mode layer that writes
+        its caches in place (NumPy) never writes into the `state` given here.
+        """
+        state_signature = tree_map(shapes.signature, state)
+        return fastmath.abstract_eval(lambda x, s: self.pure_fn(x, weights, s, rng)[0])(
+            input_signature, state_signature)
 
     # ---- internals -----------------------------------------------------------
     def _pure_fn_plain(self, x: Any, weights: Any, state: Any, rng: Any) -> tuple[Any, Any]:
@@ -253,24 +345,13 @@ class Layer:
             raise ValueError(f'expected {self._n_in} inputs (n_in={self._n_in}) from the data '
                              f'stack, got {n_given}')
 
-    @contextlib.contextmanager
-    def _error_context(self, inputs: Any) -> Iterator[None]:
-        try:
-            yield
-        except LayerError:
-            raise
-        except Exception as e:  # noqa: BLE001 - re-raised with the layer's name.
-            raise LayerError(self.name, f'{type(e).__name__}: {e}',
-                             shapes.describe(inputs)) from e
+    def _error_context(self, inputs: Any) -> '_ErrorContext':
+        """Turns an exception inside into a LayerError naming this layer and its inputs."""
+        return _ErrorContext(self, inputs)
 
-    @contextlib.contextmanager
-    def sublayer_context(self, index: int) -> Iterator[None]:
+    def sublayer_context(self, index: int) -> '_SublayerContext':
         """Prefixes `Name[index]/` to the path of errors raised by sublayer `index`."""
-        try:
-            yield
-        except LayerError as e:
-            e.add_parent(f'{self.name}[{index}]')
-            raise
+        return _SublayerContext(self, index)
 
     def _walk(self) -> Iterator['Layer']:
         yield self
@@ -294,6 +375,39 @@ class Layer:
             return ' ' * indent + head
         inner = '\n'.join(sub._repr(indent + 2) for sub in self._sublayers)
         return ' ' * indent + head + '[\n' + inner + '\n' + ' ' * indent + ']'
+
+
+class _ErrorContext:
+    """A plain class, not contextlib: entered on every call, so it must cost ~nothing."""
+    __slots__ = ('layer', 'inputs')
+
+    def __init__(self, layer: Layer, inputs: Any):
+        self.layer, self.inputs = layer, inputs
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        if error is None or isinstance(error, LayerError) or not isinstance(error, Exception):
+            return False
+        layer = self.layer
+        raise LayerError(layer.name, f'{kind.__name__}: {error}', shapes.describe(self.inputs),
+                         layer._created_at) from error
+
+
+class _SublayerContext:
+    __slots__ = ('layer', 'index')
+
+    def __init__(self, layer: Layer, index: int):
+        self.layer, self.index = layer, index
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, error, traceback) -> bool:
+        if isinstance(error, LayerError):
+            error.add_parent(f'{self.layer.name}[{self.index}]')
+        return False
 
 
 class PureLayer(Layer):
@@ -330,6 +444,13 @@ def Fn(name: str, fn: Callable, n_out: int = 1) -> Layer:  # noqa: N802 - Trax s
     return PureLayer(fn, n_in=len(parameters), n_out=n_out, name=name)
 
 
+def _same_signature(a: Any, b: Any) -> bool:
+    leaves_a, leaves_b = fastmath.tree_leaves(a), fastmath.tree_leaves(b)
+    return (fastmath.tree_structure(a) == fastmath.tree_structure(b)
+            and all(x.shape == y.shape and x.dtype == y.dtype
+                    for x, y in zip(leaves_a, leaves_b)))
+
+
 def weights_signature(layer: Layer, input_signature: Any) -> Any:
     """The weights tree as ShapeDtypes, without allocating weights on JAX (eval_shape).
 
@@ -339,14 +460,7 @@ def weights_signature(layer: Layer, input_signature: Any) -> Any:
         >>> weights_signature(Dense(3), shapes.ShapeDtype((1, 4)))
         (ShapeDtype{shape:(4, 3), dtype:float32}, ShapeDtype{shape:(3,), dtype:float32})
     """
-    input_signature = shapes.signature(input_signature)
-    saved = layer._snapshot()
-    try:
-        if fastmath.is_jax():
-            return fastmath.abstract_eval(lambda: layer.init(input_signature)[0])()
-        return tree_map(shapes.signature, layer.init(input_signature)[0])
-    finally:
-        layer._restore(saved)
+    return layer.weights_signature(input_signature)
 
 
 def count_params(layer: Layer, input_signature: Any) -> int:

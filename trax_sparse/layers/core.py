@@ -16,7 +16,7 @@ import numpy as onp
 from trax_sparse import fastmath
 from trax_sparse.fastmath import numpy as xnp
 from trax_sparse.layers import initializers as init
-from trax_sparse.layers.base import Fn, Layer, check_mode, split_rngs
+from trax_sparse.layers.base import Fn, Layer, check_mode, note_predict_use, split_rngs
 
 
 def check_last_axis(layer: Layer, x: Any, expected: int, what: str = 'input') -> None:
@@ -64,6 +64,10 @@ class Embedding(Layer):
         self._vocab_size, self._d_feature = int(vocab_size), int(d_feature)
         self._kernel_init = kernel_initializer or init.RandomNormalInitializer(1.0)
 
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
     def init_weights_and_state(self, input_signature: Any) -> None:
         if not onp.issubdtype(input_signature.dtype, onp.integer):
             raise ValueError(f'{self.name} expects integer token ids, got {input_signature.dtype}')
@@ -79,6 +83,9 @@ class Embedding(Layer):
                 bad = high if high >= self._vocab_size else low
                 raise ValueError(f'{self.name}: token id {bad} is outside the vocabulary '
                                  f'[0, {self._vocab_size})')
+        else:   # under jit: a negative id must not wrap around to the last rows; ids out
+            #       of range give NaN vectors (take's fill mode), never a silent wrong row.
+            ids = xnp.where(ids < 0, self._vocab_size, ids)
         table = xnp.asarray(self.weights[0])  # a no-op unless weights come from the other backend
         return xnp.take(table, ids, axis=0)  # [..., d_feature]
 
@@ -222,6 +229,7 @@ class PositionalEncoding(Layer):
             y = x + table[:length]
         else:
             start = self.state
+            note_predict_use(self.name, self._max_len, length)
             if fastmath.is_concrete(start) and int(start) + length > self._max_len:
                 raise ValueError(f'{self.name}: predict position {int(start) + length} exceeds '
                                  f'max_len {self._max_len}')

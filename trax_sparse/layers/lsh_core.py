@@ -62,10 +62,8 @@ class LSHSettings:
     budget: int
 
 
-@functools.lru_cache(maxsize=None)
-def _compiled(fn: Callable, settings: LSHSettings) -> Callable:
-    # Called while the JAX backend is live.
-    return fastmath.jit(functools.partial(fn, settings=settings))
+def _bind(fn: Callable, settings: LSHSettings) -> Callable:
+    return functools.partial(fn, settings=settings)
 
 
 def with_settings(fn: Callable, settings: LSHSettings) -> Callable:
@@ -74,9 +72,7 @@ def with_settings(fn: Callable, settings: LSHSettings) -> Callable:
     Eager JAX would otherwise compile each of the ~100 array operations on its
     first call; under an outer jit the compiled function is simply inlined.
     """
-    if fastmath.is_jax():
-        return _compiled(fn, settings)
-    return functools.partial(fn, settings=settings)
+    return fastmath.cached_jit(_bind, fn, settings)
 
 
 def window_sizes(n_chunks: int, n_chunks_before: int, n_chunks_after: int) -> tuple[int, int]:

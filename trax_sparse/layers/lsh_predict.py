@@ -3,8 +3,9 @@
 Cache (the layer's state in predict mode), M = predict_mem_len:
     keys      [B, H, M, d_qk]  unit-normalised shared-QK keys of every cached position
     values    [B, H, M, d_v]
-    buckets   [B, H, n_hashes, M] int32: each cached position's bucket per round
-              (-1: an empty slot, or a position masked out by the input mask)
+    buckets   [B, H, n_hashes, M] int32: each cached position's bucket + 1 per
+              round (0: an empty slot, or a position masked out by the input
+              mask; so the empty cache is all zeros, as every predict state)
     rotations [H, d_qk, n_hashes, n_buckets/2]: the hash of this sequence, drawn
               from the call's rng when pos == 0 and kept afterwards
     pos       int32 scalar: the number of cached positions
@@ -25,61 +26,42 @@ Calls:
   When the budget covers the sequence (budget >= p + 1) every cached position
   is attended, which is eval's result whenever eval's chunk windows cover the
   sequence (e.g. chunk_len >= length): then predict == eval exactly.
-- pos + T > M is an error (a ValueError when pos is concrete; under jit the
-  outputs of an overflowing call are NaN).
+- pos + T > M is an error (a ValueError when pos is concrete; the decoding
+  functions check lengths before they start; under jit the outputs of an
+  overflowing call are NaN).
 
-Cost: on NumPy a step slices the filled part of the cache and writes the new
-position IN PLACE into the cache arrays it is given (the state passed in is
-updated and returned; copy it first to keep the old one), so a step costs
-O(p) (scores for p positions, an argpartition for the budget). On JAX shapes
-are static: the step ranks all M slots (O(M)) and attends to `budget` of them.
+Cost: the cache is written with `fastmath.update_cache` (in place on NumPy:
+the state passed in is updated and returned, copy it first to keep the old
+one; donated under jit on JAX). With a concrete pos (NumPy, eager JAX) a step
+reads only the filled part of the cache, O(p) (scores for p positions, a
+partial top-k for the budget); under jit shapes are static: the step ranks
+all M slots (O(M)) and attends to `budget` of them.
 """
 from typing import Any
 
-import numpy as onp
-
 from trax_sparse import fastmath
 from trax_sparse.fastmath import numpy as xnp
+from trax_sparse.layers.base import note_predict_use
 from trax_sparse.layers.lsh_core import (MASK_VALUE, SELF_VALUE, LSHSettings, combine_rounds,
                                          lsh_attention_rounds, padded_length, project_output,
                                          project_qkv, with_settings)
 from trax_sparse.layers.lsh_hashing import hash_rotations, hash_vectors, normalize_keys
 
-EMPTY_BUCKET = -1
+EMPTY_BUCKET = -1   # a bucket id meaning "no key here"; stored as EMPTY_BUCKET + 1 = 0
 
 
 def init_cache(batch: int, d_v: int, s: LSHSettings, dtype: Any) -> tuple:
-    """An empty cache (keys, values, buckets, rotations, pos) for `batch` sequences."""
+    """An empty cache (keys, values, buckets + 1, rotations, pos), all zeros."""
     return (xnp.zeros((batch, s.n_heads, s.mem_len, s.d_qk), dtype),
             xnp.zeros((batch, s.n_heads, s.mem_len, d_v), dtype),
-            xnp.full((batch, s.n_heads, s.n_hashes, s.mem_len), EMPTY_BUCKET, xnp.int32),
+            xnp.zeros((batch, s.n_heads, s.n_hashes, s.mem_len), xnp.int32),
             xnp.zeros((s.n_heads, s.d_qk, s.n_hashes, s.n_buckets // 2), xnp.float32),
             xnp.zeros((), xnp.int32))
 
 
-def _on_numpy() -> bool:
-    return fastmath.backend_name() == 'numpy'
-
-
-def _writable(cache: tuple) -> tuple:
-    """NumPy: makes sure the cache arrays can be written in place (copies read-only ones)."""
-    def own(a):
-        if isinstance(a, onp.ndarray) and a.flags.writeable:
-            return a
-        return onp.array(a)
-    return tuple(own(a) for a in cache)
-
-
 def _write(buffer: Any, update: Any, start: Any, axis: int) -> Any:
     """Writes `update` into `buffer` at `start` along `axis` (in place on NumPy)."""
-    if _on_numpy():
-        index = [slice(None)] * buffer.ndim
-        index[axis] = slice(int(start), int(start) + update.shape[axis])
-        buffer[tuple(index)] = update
-        return buffer
-    starts = [0] * buffer.ndim
-    starts[axis] = start
-    return fastmath.dynamic_update_slice(buffer, update.astype(buffer.dtype), starts)
+    return fastmath.update_cache(buffer, update.astype(buffer.dtype), start, axis)
 
 
 def _fresh_rotations(rng: Any, s: LSHSettings) -> Any:
@@ -108,7 +90,7 @@ def prefix_forward(x: Any, valid: Any, weights: tuple, cache: tuple, rng: Any, *
     keys = _write(keys, normalize_keys(qk[:, :, :length]), 0, axis=2)
     values = _write(values, v[:, :, :length], 0, axis=2)
     new_buckets = xnp.where(valid_bhrl, hashed, EMPTY_BUCKET)[..., :length]
-    buckets = _write(buckets, new_buckets.astype(xnp.int32), 0, axis=3)
+    buckets = _write(buckets, new_buckets.astype(xnp.int32) + 1, 0, axis=3)
     return y, (keys, values, buckets, rotations, xnp.asarray(length, xnp.int32))
 
 
@@ -117,9 +99,7 @@ def _top_positions(priority: Any, k: int) -> Any:
     n = priority.shape[-1]
     if k >= n:
         return xnp.broadcast_to(xnp.arange(n, dtype=xnp.int32), priority.shape)
-    if _on_numpy():
-        return xnp.argpartition(-priority, k - 1, axis=-1)[..., :k]          # O(n)
-    return fastmath.top_k(priority, k)[1]
+    return fastmath.top_k(priority, k)[1]                                   # O(n + k log k)
 
 
 def step_forward(x: Any, valid: Any, weights: tuple, cache: tuple, *,
@@ -133,11 +113,11 @@ def step_forward(x: Any, valid: Any, weights: tuple, cache: tuple, *,
     new_bucket = xnp.where(valid[:, None, None, :], new_bucket, EMPTY_BUCKET)
     keys = _write(keys, normalize_keys(qk), pos, axis=2)
     values = _write(values, v, pos, axis=2)
-    buckets = _write(buckets, new_bucket.astype(xnp.int32), pos, axis=3)
+    buckets = _write(buckets, new_bucket.astype(xnp.int32) + 1, pos, axis=3)
 
-    n = int(pos) + 1 if _on_numpy() else s.mem_len        # NumPy: only the filled part
+    n = int(pos) + 1 if fastmath.is_concrete(pos) else s.mem_len   # only the filled part
     cached_keys, cached_values = keys[:, :, :n], values[:, :, :n]           # [B, H, n, d]
-    cached_buckets = buckets[..., :n]                                       # [B, H, R, n]
+    cached_buckets = buckets[..., :n] - 1                                   # [B, H, R, n]
     slots = xnp.arange(n, dtype=xnp.int32)
     eligible = (slots <= pos) & (cached_buckets[:, :, 0] != EMPTY_BUCKET)   # [B, H, n]
     shares = xnp.any(cached_buckets == new_bucket, axis=2) & eligible        # [B, H, n]
@@ -159,7 +139,7 @@ def first_or_next_step(x: Any, valid: Any, weights: tuple, cache: tuple, rng: An
                        settings: LSHSettings) -> tuple[Any, tuple]:
     """One token; at pos == 0 the sequence's rotations are drawn from `rng` first."""
     rotations, pos = cache[3], cache[4]
-    if _on_numpy():
+    if fastmath.is_concrete(pos):
         if int(pos) == 0:
             rotations = _fresh_rotations(rng, settings)
     else:
@@ -191,9 +171,8 @@ def predict_forward(x: Any, valid: Any, weights: tuple, cache: tuple, rng: Any,
                     s: LSHSettings) -> tuple[Any, tuple]:
     """x [B, T, d], valid [B, T] bool -> (y [B, T, d], new cache); see the module doc."""
     length = x.shape[1]
-    if _on_numpy():
-        cache = _writable(cache)
     pos = cache[4]
+    note_predict_use(s.layer_name, s.mem_len, length)
     concrete = fastmath.is_concrete(pos)
     if concrete and int(pos) + length > s.mem_len:
         raise ValueError(f'{s.layer_name}: predict cache overflow: {int(pos)} cached positions + '

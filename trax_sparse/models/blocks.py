@@ -111,17 +111,19 @@ def embedding_stack(vocab_size: int, d_model: int, dropout: float, max_len: int,
 
 
 def EncoderDecoderFront(encoder: tl.Layer, output_vocab_size: int, d_model: int,  # noqa: N802
-                        dropout: float, max_len: int, mode: str) -> list:
+                        dropout: float, max_len: int, mode: str,
+                        predict_encoder: Callable[[tl.Layer], tl.Layer] = tl.Cache) -> list:
     """(tokens_e, tokens_d) -> (x_d, enc, mask_e, tokens_d): encode, then embed the targets.
 
-    `encoder` maps (tokens_e, mask_e) -> (enc, mask_e); in predict mode it runs on the first
-    call only (tl.Cache). x_d are the shifted, embedded targets; tokens_d pass through for
-    the loss.
+    `encoder` maps (tokens_e, mask_e) -> (enc, mask_e); in predict mode it is wrapped in
+    `predict_encoder` (default tl.Cache: runs on the first call, whose encoder inputs are
+    real; later calls pass empty inputs [B, 0] and get the stored output). x_d are the
+    shifted, embedded targets; tokens_d pass through for the loss.
     """
     return [                                                            # tok_e, tok_d
         tl.Select([0, 0, 1, 1]),                                        # tok_e, tok_e, tok_d, tok_d
         tl.Parallel(None, PaddingMask()),                               # tok_e, mask, tok_d, tok_d
-        tl.Cache(encoder) if mode == 'predict' else encoder,            # enc, mask, tok_d, tok_d
+        predict_encoder(encoder) if mode == 'predict' else encoder,     # enc, mask, tok_d, tok_d
         tl.Select([2, 0, 1, 3]),                                        # tok_d, enc, mask, tok_d
         tl.ShiftRight(mode=mode),
         embedding_stack(output_vocab_size, d_model, dropout, max_len, mode),

@@ -17,10 +17,9 @@ take a key mask, and sparse QKV zeroes its inputs at padded positions, so the
 output does not depend on how much padding an input has.
 
 Predict mode: the first call (inputs, first target tokens) encodes the inputs
-and primes the decoder caches with the joint prefix; later calls feed one
-target token (the inputs are then ignored). The first call must see a
-concrete state (the decoding functions run it without jit); a jit-compiled
-first call would produce NaN instead of silently wrong logits.
+and primes the decoder caches with the joint prefix; later calls take empty
+inputs [B, 0] and one target token each (docs/predict_mode.md). Which kind of
+call it is follows from the shapes, so both run under jit.
 
 Example:
     >>> import numpy as np
@@ -60,8 +59,11 @@ class ConcatenateWithPadding(tl.Layer):
     """(x_d [B, Ld, d], enc [B, Le, d], mask_e [B, Le]) -> (joint [B, Le+Ld, d], mask).
 
     joint = [right-aligned real encoder tokens; x_d], mask False at the
-    padding in front. In predict mode only the first call concatenates; later
-    calls return (x_d, all-True mask).
+    padding in front. In predict mode the first call brings the encoder
+    output; later calls bring an empty one (Le = 0: see `SkipWhenEmpty`) and
+    return (x_d, all-True mask). The state counts calls, only to catch a later
+    call that brings a non-empty encoder output again (an error when eager,
+    NaN under jit: the decoder caches already hold the encoder).
     """
 
     def __init__(self, mode: str = 'train'):
@@ -81,16 +83,53 @@ class ConcatenateWithPadding(tl.Layer):
                                  f'tokens of each row')
         decoder_mask = xnp.ones(x_d.shape[:2], xnp.bool_)
         if self._mode == 'predict':
-            started = self.state
-            self.state = xnp.ones((), xnp.int32)
-            if not fastmath.is_concrete(started):      # jit-compiled step: a later call
-                poisoned = xnp.where(started > 0, x_d, xnp.full_like(x_d, xnp.nan))
-                return poisoned, decoder_mask
-            if int(started):
+            n_calls = self.state
+            self.state = n_calls + 1
+            if enc.shape[1] == 0:
                 return x_d, decoder_mask
+            if fastmath.is_concrete(n_calls) and int(n_calls) > 0:
+                raise ValueError(f'{self.name}: only the first predict call takes the encoder '
+                                 f'inputs; pass empty inputs [batch, 0] afterwards')
         aligned, aligned_mask = right_align(enc, mask)
-        return (xnp.concatenate([aligned, x_d.astype(aligned.dtype)], axis=1),   # [B, Le+Ld, d]
-                xnp.concatenate([aligned_mask, decoder_mask], axis=1))           # [B, Le+Ld]
+        joint = xnp.concatenate([aligned, x_d.astype(aligned.dtype)], axis=1)   # [B, Le+Ld, d]
+        if self._mode == 'predict' and not fastmath.is_concrete(self.state):
+            joint = xnp.where(self.state > 1, xnp.full_like(joint, xnp.nan), joint)
+        return joint, xnp.concatenate([aligned_mask, decoder_mask], axis=1)     # [B, Le+Ld]
+
+
+class SkipWhenEmpty(tl.Layer):
+    """Runs `layer` (tokens, mask) -> (enc, mask) unless the tokens are empty [B, 0].
+
+    An empty call returns an empty encoder output [B, 0, d] and mask [B, 0]
+    without running the layer: the Terraformer's later predict calls, whose
+    encoder part already sits in the decoder caches. Static (a shape), so
+    both kinds of call run under jit. Weight-transparent, like `tl.Cache`.
+    """
+
+    def __init__(self, layer: tl.Layer):
+        super().__init__(n_in=layer.n_in, n_out=layer.n_out, name='SkipWhenEmpty',
+                         sublayers=[layer])
+
+    def init_weights_and_state(self, input_signature: Any) -> None:
+        layer = self.sublayers[0]
+        with self.sublayer_context(0):
+            w, s = layer.init(input_signature, self.rng)
+            enc_sig = layer.abstract_forward(input_signature, w, s, self.rng)[0]
+        self._d_enc, self._enc_dtype = enc_sig.shape[-1], enc_sig.dtype
+        self.weights, self.state = w, s
+
+    def _distribute(self, attr: str, values: Any) -> None:
+        setattr(self.sublayers[0], attr, values)
+
+    def forward(self, inputs: Any) -> Any:
+        tokens, mask = inputs
+        if tl.is_empty_call(inputs, self.n_in):
+            empty = xnp.zeros((tokens.shape[0], 0, self._d_enc), self._enc_dtype)
+            return empty, mask
+        with self.sublayer_context(0):
+            out, self.state = self.sublayers[0].pure_fn(inputs, self.weights, self.state,
+                                                        self.rng)
+        return out
 
 
 def StripEncoderPart() -> tl.Layer:  # noqa: N802
@@ -141,7 +180,8 @@ def Terraformer(input_vocab_size: int, output_vocab_size: int | None = None,  # 
         tl.LayerNorm(),
         name='Encoder')
     return tl.Serial(                                                   # tok_e, tok_d
-        blocks.EncoderDecoderFront(encoder, output_vocab_size, d_model, dropout, max_len, mode),
+        blocks.EncoderDecoderFront(encoder, output_vocab_size, d_model, dropout, max_len, mode,
+                                   predict_encoder=SkipWhenEmpty),
         ConcatenateWithPadding(mode),                                   # joint, jmask, tok_d
         tl.Select([0, 0, 1]),                                           # x1, x2, jmask, tok_d
         tl.ReversibleSerial([rb.ReversibleDecoderBlock(

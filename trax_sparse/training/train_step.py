@@ -97,18 +97,18 @@ def initialize(model: tl.Layer, loss: tl.Layer, tx: Any, base_key: Any, batch_si
     model's Embedding layers) and 'output_shape' (of the model's first output).
     """
     init_key, train_key, eval_key = fastmath.random.split(base_key, 3)
-    weights, state = model.init(from_stack(batch_sig, model.n_in), rng=init_key)
+    weights, state = model.pure_init(from_stack(batch_sig, model.n_in), rng=init_key)
     stack_sig = _stack_signature(model, batch_sig, weights, state, init_key)
     if info is not None:
         info['vocab_sizes'] = embedding_vocab_sizes(model)
         info['output_shape'] = tuple(stack_sig[0].shape)
     values = {'init_key': init_key, 'train_key': train_key, 'eval_key': eval_key,
               'weights': weights, 'state': state, 'opt_state': tx.init(weights),
-              'loss': loss.init(from_stack(stack_sig, loss.n_in), rng=init_key),
+              'loss': loss.pure_init(from_stack(stack_sig, loss.n_in), rng=init_key),
               'eval_state': (), 'metrics': []}
     if not eval_batch_sigs:
         return values
-    eval_weights, values['eval_state'] = eval_model.init(
+    eval_weights, values['eval_state'] = eval_model.pure_init(
         from_stack(eval_batch_sigs[0], eval_model.n_in), rng=eval_key)
     try:
         check_same_tree('weights', eval_weights, weights, 'eval_model')
@@ -118,7 +118,7 @@ def initialize(model: tl.Layer, loss: tl.Layer, tx: Any, base_key: Any, batch_si
     for metrics, batch_sig in zip(eval_metrics, eval_batch_sigs):
         stack_sig = _stack_signature(eval_model, batch_sig, weights, values['eval_state'],
                                      eval_key)
-        values['metrics'].append([m.init(from_stack(stack_sig, m.n_in), rng=eval_key)
+        values['metrics'].append([m.pure_init(from_stack(stack_sig, m.n_in), rng=eval_key)
                                   for m in metrics])
     return values
 
