@@ -7,9 +7,12 @@ weights, float32, on the NumPy and the JAX backend (jit, state donated):
     and is left out), and
 (b) one block (attention + FF) at the 17B dimensions (d 9216, d_ff 65536, 96 heads,
     N 256, d_lowrank 32, S 64).
-Every row shows the bytes of weights read per token and the lower bound bytes/bandwidth,
-with the memory bandwidth measured here by a large array copy: batch-1 decoding is memory
-bound, so measured/bound says how close a row is to the physical limit.
+Every row shows the bytes of weights read and the multiply-adds per token and the lower
+bound max(bytes / bandwidth, MACs / matmul rate), both rates measured in the same run
+(benchmarks/bounds.py): measured / bound says how close a row is to the physical limit.
+The Trax column is Trax 1.4.1 on this machine kind (issue 10's table, a fixed reference):
+its per-block times summed (FF + attention) times the layers, so it leaves out the
+embedding and the output layer; '-' where the table has no figure.
 
 Run: .venv/bin/python benchmarks/decode_speed.py [--part=a|b|ab] [--layers=24] [--steps=16]
 """
@@ -27,6 +30,7 @@ import time
 
 import numpy as np
 
+from bounds import TRAX_1_4_1_MS, Rates, macs_per_token, measure_rates
 from trax_sparse import decoding, fastmath, models, shapes
 from trax_sparse import layers as tl
 from trax_sparse.decoding import bytes_read_per_token
@@ -44,18 +48,14 @@ VARIANTS = {  # name -> (ff_sparsity, attention_type, d_ff multiplier key, loss_
 }
 
 
-def memory_bandwidth(n_bytes: int = 1 << 29, repeats: int = 5) -> float:
-    """Bytes per second of a large NumPy copy (read + write), best of `repeats`."""
-    src = np.ones(n_bytes // 4, np.float32)
-    dst = np.empty_like(src)
-    best = min(_timed(lambda: np.copyto(dst, src)) for _ in range(repeats))
-    return 2 * n_bytes / best
-
-
-def _timed(fn) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+def _trax_ms(size: str, variant: str, n_layers: int) -> float | None:
+    """Trax 1.4.1's per-token ms for a variant: (FF + attention) of issue 10's table x layers."""
+    ff, attention, _, loss = VARIANTS[variant]
+    if loss:
+        return None
+    parts = [TRAX_1_4_1_MS.get((size, 'ff', 'sparse' if ff else 'dense')),
+             TRAX_1_4_1_MS.get((size, 'attention', 'sparse' if attention != 'dense' else 'dense'))]
+    return None if None in parts else n_layers * sum(parts)
 
 
 def time_per_token(model: tl.Layer, weights, backend: str, steps: int, inputs=None) -> float:
@@ -80,15 +80,16 @@ def _init(model: tl.Layer, signature):
     return weights
 
 
-def part_a(n_layers: int, steps: int, bandwidth: float) -> list:
+def part_a(n_layers: int, steps: int, rates: Rates) -> list:
     d_ff = {'dense': 4096, 'sparse': 6144}
     rows = []
     for variant in VARIANTS:
         model = _lm(variant, 1024, d_ff, 16, n_layers, 64, 16, 32000, 256)
         weights = _init(model, shapes.ShapeDtype((1, 1), np.int32))
         n_bytes = bytes_read_per_token(model, weights)
+        macs = macs_per_token(model, weights, keys=steps, kv_width=1024)
         times = {b: time_per_token(model, weights, b, steps) for b in ('numpy', 'jax')}
-        rows.append((variant, n_bytes, times))
+        rows.append((variant, n_bytes, macs, times, _trax_ms('800M', variant, n_layers)))
         del model, weights
         gc.collect()
     terraformer = models.Terraformer(
@@ -99,14 +100,16 @@ def part_a(n_layers: int, steps: int, bandwidth: float) -> list:
     inputs = np.ones((1, 64), np.int32)
     weights = _init(terraformer, (shapes.signature(inputs), shapes.ShapeDtype((1, 1), np.int32)))
     decoder_bytes = bytes_read_per_token(terraformer, weights)
+    macs = macs_per_token(terraformer, weights, keys=steps, kv_width=1024)
     times = {b: time_per_token(terraformer, weights, b, steps, inputs) for b in ('numpy', 'jax')}
-    rows.append((f'Terraformer (2 sparse-QKV attentions / block)', decoder_bytes, times))
+    rows.append(('Terraformer (2 sparse-QKV attentions / block)', decoder_bytes, macs, times,
+                 None))
     _print_table(f'(a) 800M configuration, decoder only, {n_layers} layers, per token', rows,
-                 bandwidth, {k: v[0] for k, v in PAPER_800M.items()}, per_block=n_layers)
+                 rates, {k: v[0] for k, v in PAPER_800M.items()})
     return rows
 
 
-def part_b(steps: int, bandwidth: float) -> list:
+def part_b(steps: int, rates: Rates) -> list:
     d, d_ff, heads = 9216, 65536, 96
     rows = []
     for variant in list(VARIANTS)[:4]:
@@ -122,14 +125,15 @@ def part_b(steps: int, bandwidth: float) -> list:
                           tl.Residual(tl.LayerNorm(), ff_layers))
         weights = _init(block, shapes.ShapeDtype((1, 1), np.int32))
         n_bytes = bytes_read_per_token(block, weights) - 4 * d     # not the embedding row
+        macs = macs_per_token(block, weights, keys=steps, kv_width=d)
         times = {}
         for backend in ('numpy', 'jax'):
             times[backend] = _block_time(block, weights, backend, steps)
-        rows.append((variant, n_bytes, times))
+        rows.append((variant, n_bytes, macs, times, _trax_ms('17B', variant, 1)))
         del block, weights
         gc.collect()
     _print_table('(b) one block at the 17B dimensions (d 9216, d_ff 65536, 96 heads)', rows,
-                 bandwidth, PAPER_17B_BLOCK, per_block=1)
+                 rates, PAPER_17B_BLOCK)
     return rows
 
 
@@ -150,21 +154,22 @@ def _block_time(block, weights, backend, steps):
         return statistics.median(times)
 
 
-def _print_table(title, rows, bandwidth, paper, per_block):
-    base = {b: rows[0][2][b] for b in ('numpy', 'jax')}
-    print(f'\n{title}; memory bandwidth {bandwidth / 1e9:.1f} GB/s (measured copy)')
-    print('| model | weights read / token | bound ms | numpy ms | (x bound) | speed-up '
-          '| jax ms | (x bound) | speed-up | paper s |')
-    print('|---|---|---|---|---|---|---|---|---|---|')
-    for name, n_bytes, times in rows:
-        bound = n_bytes / bandwidth
+def _print_table(title, rows, rates: Rates, paper):
+    base = {b: rows[0][3][b] for b in ('numpy', 'jax')}
+    print(f'\n{title}; {rates.describe()}')
+    print('| model | weights read / token | GMAC / token | bound ms (limit) | Trax 1.4.1 ms '
+          '| numpy ms | (x bound) | speed-up | jax ms | (x bound) | speed-up | paper s |')
+    print('|---|---|---|---|---|---|---|---|---|---|---|---|')
+    for name, n_bytes, macs, times, trax in rows:
+        bound = rates.bound(n_bytes, macs)
         cells = []
         for b in ('numpy', 'jax'):
             cells += [f'{times[b] * 1e3:.2f}', f'{times[b] / bound:.1f}x',
                       f'{base[b] / times[b]:.2f}x']
         paper_value = paper.get(name)
-        print(f'| {name} | {n_bytes / 1e6:.1f} MB | {bound * 1e3:.2f} | ' + ' | '.join(cells)
-              + f" | {'' if paper_value is None else paper_value} |")
+        print(f'| {name} | {n_bytes / 1e6:.1f} MB | {macs / 1e9:.3f} | {bound * 1e3:.2f} '
+              f'({rates.limiter(n_bytes, macs)}) | {"-" if trax is None else f"{trax:.1f}"} | '
+              + ' | '.join(cells) + f" | {'' if paper_value is None else paper_value} |")
 
 
 def main() -> None:
@@ -175,11 +180,11 @@ def main() -> None:
     args = parser.parse_args()
     print(f'command: .venv/bin/python benchmarks/decode_speed.py --part={args.part} '
           f'--layers={args.layers} --steps={args.steps}')
-    bandwidth = memory_bandwidth()
+    rates = measure_rates()
     if 'a' in args.part:
-        part_a(args.layers, args.steps, bandwidth)
+        part_a(args.layers, args.steps, rates)
     if 'b' in args.part:
-        part_b(args.steps, bandwidth)
+        part_b(args.steps, rates)
 
 
 if __name__ == '__main__':

@@ -7,9 +7,11 @@ place). Sizes (DESIGN.md §4, paper Table 1):
   17B:  d 9216; dense FF d_ff 65536; SparseFF d_ff 65536, N 256, rank 32; 96 heads, S 64
 Attention is timed at cache position --position (after a prefix of that many tokens).
 
-"MB/token" is the weights (and K/V cache) a step must read; "bound" is that divided
-by the memory read bandwidth measured here (np.sum or a matrix-vector product over
-1 GiB, whichever is faster), the physical limit of batch-1 decoding.
+Every row has its lower bound max(bytes / bandwidth, multiply-adds / matmul rate)
+(benchmarks/bounds.py), with both rates measured in the same run: "MB/token" is the
+weights (and K/V cache) a step must read, "MMAC/token" its multiply-adds. The Trax
+column is Trax 1.4.1 measured on this machine kind (issue 10), a fixed reference.
+Then the per-layer table: FF + attention, dense vs sparse, ratios from this run.
 
 On a shared, loaded machine multi-threaded OpenBLAS adds milliseconds of thread
 hand-off to every small NumPy matmul; OPENBLAS_NUM_THREADS=1 gives stable numbers.
@@ -19,18 +21,24 @@ Usage:
     .venv/bin/python benchmarks/sparse_layers.py --sizes 800M --backends numpy --repeats 5
     OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/sparse_layers.py   # on a busy machine
 """
-import argparse
-import gc
 import os
-import statistics
-import time
-import warnings
-from typing import Any, Callable
 
-import numpy as np
+# One BLAS thread: batch-1 steps are memory bound, and on a shared 2-core machine more
+# threads only add hand-off waits (set before NumPy loads OpenBLAS).
+os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 
-from trax_sparse import fastmath, shapes
-from trax_sparse import layers as tl
+import argparse  # noqa: E402
+import gc  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+import warnings  # noqa: E402
+from typing import Any, Callable  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from bounds import TRAX_1_4_1_MS, Rates, macs_per_token, measure_rates  # noqa: E402
+from trax_sparse import fastmath, shapes  # noqa: E402
+from trax_sparse import layers as tl  # noqa: E402
 
 SIZES = {
     '800M': dict(d=1024, d_ff=4096, sparse_d_ff=6144, block=64, d_lowrank=None, heads=16,
@@ -97,21 +105,6 @@ def zeros_state(state_sigs: Any) -> Any:
     return fastmath.tree_map(lambda s: np.zeros(s.shape, s.dtype), state_sigs)
 
 
-def read_bandwidth_gbs() -> float:
-    """Weights-read bandwidth: the faster of np.sum and a matrix-vector product over 1 GiB."""
-    matrix = np.ones((2**14, 2**14), np.float32)        # 1 GiB
-    vector = np.ones(2**14, np.float32)
-    best = 0.0
-    for read in (matrix.sum, lambda: matrix @ vector):
-        times = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            read()
-            times.append(time.perf_counter() - t0)
-        best = max(best, matrix.nbytes / statistics.median(times) / 1e9)
-    return best
-
-
 def time_steps(step: Callable, x: Any, weights: Any, state: Any, rng: Any, block: Callable,
                warmup: int, repeats: int) -> tuple[float, Any]:
     for _ in range(warmup):
@@ -128,12 +121,13 @@ def time_steps(step: Callable, x: Any, weights: Any, state: Any, rng: Any, block
 
 def measure(make: Callable[[], tl.Layer], cfg: dict, backends: list[str], prefix: int,
             warmup: int, repeats: int, seed: int) -> dict:
-    """Per-token seconds on each backend, plus bytes of weights read per token."""
+    """Per-token seconds on each backend, plus bytes of weights read and MACs per token."""
     layer = make()
     token_sig = shapes.ShapeDtype((1, 1, cfg['d']))
     weight_sigs, state_sigs = abstract_weights_and_state(layer, token_sig)
     weights = random_weights(weight_sigs, seed)
-    result = {'bytes': weight_bytes_read(layer, weights, cfg)}
+    result = {'bytes': weight_bytes_read(layer, weights, cfg),
+              'macs': macs_per_token(layer, weights, keys=prefix + 1, kv_width=cfg['d'])}
     gen = np.random.default_rng(seed + 1)
     token = gen.normal(size=(1, 1, cfg['d'])).astype(np.float32)
     prefix_x = gen.normal(size=(1, prefix, cfg['d'])).astype(np.float32) if prefix else None
@@ -173,8 +167,8 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings('ignore', message='Some donated buffers were not usable')
     backends = args.backends.split(',')
-    bandwidth = read_bandwidth_gbs()
-    print(f'memory read bandwidth: {bandwidth:.1f} GB/s; OPENBLAS_NUM_THREADS='
+    rates = measure_rates()
+    print(f"{rates.describe()}; OPENBLAS_NUM_THREADS="
           f"{os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}", flush=True)
     rows = []
     for size in args.sizes.split(','):
@@ -186,27 +180,67 @@ def main() -> None:
                 makers = (lambda: dense_attention(cfg, args.max_len),
                           lambda: sparse_attention(cfg, args.max_len))
                 prefix, kv_bytes = args.position, 2 * args.position * cfg['d'] * F32
-            dense, sparse = (measure(make, cfg, backends, prefix, args.warmup, args.repeats,
-                                     seed=i) for i, make in enumerate(makers))
-            for backend in backends:
-                rows.append((size, block, backend, dense, sparse, kv_bytes))
-    print_table(rows, bandwidth)
+            for kind, make in zip(('dense', 'sparse'), makers):
+                result = measure(make, cfg, backends, prefix, args.warmup, args.repeats,
+                                 seed=len(rows))
+                result['bytes'] += kv_bytes
+                rows.append((size, block, kind, result))
+    print_blocks(rows, backends, rates)
+    print_layers(rows, backends, rates)
 
 
-def print_table(rows: list, bandwidth: float) -> None:
+def _bound_cells(result: dict, rates: Rates) -> list[str]:
+    bound = rates.bound(result['bytes'], result['macs'])
+    return [f"{result['bytes'] / 1e6:.1f}", f"{result['macs'] / 1e6:.1f}",
+            f"{bound * 1e3:.3f} ({rates.limiter(result['bytes'], result['macs'])})"]
+
+
+def print_blocks(rows: list, backends: list[str], rates: Rates) -> None:
+    """One row per block: Trax 1.4.1, ours on each backend (and x bound), the bound."""
     print()
-    print('| size | block | backend | dense ms | sparse ms | speed-up | dense MB/token | '
-          'sparse MB/token | dense bound ms | sparse bound ms |')
-    print('|---|---|---|---|---|---|---|---|---|---|')
-    for size, block, backend, dense, sparse, kv in rows:
-        mb_dense, mb_sparse = (dense['bytes'] + kv) / 1e6, (sparse['bytes'] + kv) / 1e6
-        print(f"| {size} | {block} | {backend} | {dense[backend] * 1e3:.3f} | "
-              f"{sparse[backend] * 1e3:.3f} | {dense[backend] / sparse[backend]:.1f}x | "
-              f"{mb_dense:.1f} | {mb_sparse:.2f} | {mb_dense / bandwidth:.3f} | "
-              f"{mb_sparse / bandwidth:.3f} |")
+    print('| size | block | Trax 1.4.1 ms | ' + ' | '.join(f'{b} ms | (x bound)' for b in backends)
+          + ' | MB/token | MMAC/token | bound ms (limit) |')
+    print('|---|---|---|' + '---|---|' * len(backends) + '---|---|---|')
+    for size, block, kind, result in rows:
+        bound = rates.bound(result['bytes'], result['macs'])
+        trax = TRAX_1_4_1_MS.get((size, block, kind))
+        cells = [f'{size}', f'{kind} {block}', '-' if trax is None else f'{trax:.2f}']
+        for b in backends:
+            cells += [f'{result[b] * 1e3:.3f}', f'{result[b] / bound:.1f}x']
+        print('| ' + ' | '.join(cells + _bound_cells(result, rates)) + ' |')
+    print(f'\nbound = max(MB/token / bandwidth, MACs/token / matmul rate); {rates.describe()}. '
+          'Attention MB include the K/V cache read at the timed position.')
+
+
+def print_layers(rows: list, backends: list[str], rates: Rates) -> None:
+    """Per size: one layer = FF + attention, dense vs sparse, and sparse / dense (this run)."""
+    by_key = {(size, block, kind): result for size, block, kind, result in rows}
+    sizes = sorted({size for size, _, _, _ in rows}, key=list(SIZES).index)
     print()
-    print(f'bound = MB/token / {bandwidth:.1f} GB/s (measured read bandwidth). Attention MB '
-          f'include the K/V cache read at the timed position.')
+    print('| size | layer (FF + attention) | Trax 1.4.1 ms | ' +
+          ' | '.join(f'{b} ms' for b in backends) + ' | bound ms |')
+    print('|---|---|---|' + '---|' * len(backends) + '---|')
+    for size in sizes:
+        layer = {}
+        for kind in ('dense', 'sparse'):
+            parts = [by_key.get((size, block, kind)) for block in ('ff', 'attention')]
+            if None in parts:
+                continue
+            trax = [TRAX_1_4_1_MS.get((size, block, kind)) for block in ('ff', 'attention')]
+            layer[kind] = {b: sum(p[b] for p in parts) for b in backends}
+            layer[kind]['bound'] = sum(rates.bound(p['bytes'], p['macs']) for p in parts)
+            layer[kind]['trax'] = None if None in trax else sum(trax)
+            cells = [size, kind, '-' if layer[kind]['trax'] is None else
+                     f"{layer[kind]['trax']:.2f}"]
+            cells += [f'{layer[kind][b] * 1e3:.3f}' for b in backends]
+            print('| ' + ' | '.join(cells + [f"{layer[kind]['bound'] * 1e3:.3f}"]) + ' |')
+        if len(layer) == 2:
+            dense, sparse = layer['dense'], layer['sparse']
+            trax = ('-' if dense['trax'] is None or sparse['trax'] is None
+                    else f"{sparse['trax'] / dense['trax']:.2f}")
+            cells = [size, 'sparse / dense', trax]
+            cells += [f'{sparse[b] / dense[b]:.3f}' for b in backends]
+            print('| ' + ' | '.join(cells + [f"{sparse['bound'] / dense['bound']:.3f}"]) + ' |')
 
 
 if __name__ == '__main__':

@@ -48,6 +48,9 @@ class MultiplicativeDense(Layer):
         (1, 4)
     """
 
+    def draws_random_numbers(self) -> bool:
+        return False
+
     def __init__(self, n_modules: int, d_out: int, use_bias: bool = True):
         super().__init__(name=f'MultiplicativeDense_{n_modules}_{d_out}')
         self._n_modules = _positive_int(n_modules, 'n_modules', 'MultiplicativeDense')
@@ -104,6 +107,9 @@ class LocallyConvDense(Layer):
         (2, 5, 12)
     """
 
+    def draws_random_numbers(self) -> bool:
+        return False
+
     def __init__(self, n_modules: int, n_units: int, kernel_size: int = 1,
                  length_kernel_size: int = 1, mode: str = 'train'):
         name = 'LocallyConvDense'
@@ -116,6 +122,11 @@ class LocallyConvDense(Layer):
             raise ValueError(f'{name}: kernel_size (across modules) must be odd so the kernel is '
                              f'centred on its module, got {kernel_size}')
         self._mode = check_mode(mode, name)
+
+    @property
+    def n_modules(self) -> int:
+        """S: the number of modules the kernel is shared by."""
+        return self._n_modules
 
     def _module_width(self, d: int) -> int:
         if d % self._n_modules:

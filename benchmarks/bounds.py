@@ -1,0 +1,125 @@
+"""Lower bounds of a batch-1 decoding step: max(bytes / bandwidth, multiply-adds / matmul rate).
+
+A decoding step must read its weights (and K/V cache) once and perform its
+multiply-adds once, so it cannot be faster than either the bytes divided by the
+memory bandwidth or the multiply-adds divided by the matmul rate. Both rates are
+measured in the same run as the timings (`measure_rates`): the bandwidth as the
+faster of a streaming sum and a matrix-vector product over a 512 MiB array, the
+MAC rate as a square float32 matmul (the faster of NumPy, with the run's BLAS
+threads, and jitted JAX).
+
+Rows whose multiply-adds dominate (MultiplicativeDense at d 9216: d² MACs per token
+from a few MB of weights) are then judged against compute, not memory.
+
+Example:
+    >>> import numpy as np
+    >>> from trax_sparse import layers as tl
+    >>> w = (np.zeros((4, 8), np.float32), np.zeros(8, np.float32))
+    >>> macs_per_token(tl.Dense(8), w)          # one multiply-add per matrix weight
+    32
+"""
+import dataclasses
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from trax_sparse import fastmath
+from trax_sparse import layers as tl
+
+# Trax 1.4.1 measured on this machine kind (per token, batch 1, float32, jit; 800M: d 1024,
+# attention at cache position 512 of 1024): the reference column of issue 10's table.
+TRAX_1_4_1_MS = {
+    ('800M', 'ff', 'dense'): 2.33, ('800M', 'ff', 'sparse'): 5.52,
+    ('800M', 'attention', 'dense'): 4.02, ('800M', 'attention', 'sparse'): 3.29,
+    ('17B', 'ff', 'sparse'): 98.9, ('17B', 'attention', 'sparse'): 60.2,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Rates:
+    """Measured memory read bandwidth (bytes/s) and float32 matmul rate (MAC/s)."""
+    bandwidth: float
+    mac_rate: float
+
+    def bound(self, n_bytes: float, macs: float) -> float:
+        """Seconds: the larger of the memory time and the compute time."""
+        return max(n_bytes / self.bandwidth, macs / self.mac_rate)
+
+    def limiter(self, n_bytes: float, macs: float) -> str:
+        return 'bytes' if n_bytes / self.bandwidth >= macs / self.mac_rate else 'MACs'
+
+    def describe(self) -> str:
+        return (f'memory bandwidth {self.bandwidth / 1e9:.1f} GB/s (streaming read), matmul '
+                f'rate {self.mac_rate / 1e9:.1f} GMAC/s (1024² float32 matmul), both measured in this run')
+
+
+def _best(fn: Callable[[], Any], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def measure_bandwidth(n_bytes: int = 1 << 29, repeats: int = 5) -> float:
+    """Read bandwidth in bytes/s: the faster of np.sum and a matrix-vector product."""
+    side = int(np.sqrt(n_bytes // 4))
+    matrix = np.ones((side, side), np.float32)
+    vector = np.ones(side, np.float32)
+    best = min(_best(matrix.sum, repeats), _best(lambda: matrix @ vector, repeats))
+    return matrix.nbytes / best
+
+
+def measure_mac_rate(n: int = 1024, repeats: int = 5) -> float:
+    """Multiply-adds per second of an n×n by n×n float32 matmul: the faster of NumPy (with the
+    run's BLAS threads) and, where installed, jitted JAX (XLA's threads)."""
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    b = np.random.default_rng(1).random((n, n), dtype=np.float32)
+    best = _best(lambda: a @ b, repeats)
+    if fastmath.jax_available():
+        with fastmath.use_backend('jax'):
+            matmul = fastmath.jit(lambda x, y: x @ y)
+            a_jax, b_jax = fastmath.to_backend((a, b))
+            matmul(a_jax, b_jax).block_until_ready()
+            best = min(best, _best(lambda: matmul(a_jax, b_jax).block_until_ready(), repeats))
+    return n ** 3 / best
+
+
+def measure_rates() -> Rates:
+    return Rates(measure_bandwidth(), measure_mac_rate())
+
+
+def macs_per_token(layer: tl.Layer, weights: Any, keys: int = 1, kv_width: int = 0) -> int:
+    """Multiply-adds of one decoding step (batch 1, one token) of a predict-mode layer tree.
+
+    A weight-bearing leaf does one MAC per weight (a matrix-vector product), except:
+    Embedding / PositionalEncoding / a cached encoder: none; MultiplicativeDense: d_in·d_out
+    (+ S·d_in gating); LocallyConvDense: its kernel once per module; SparseFF: the controller
+    plus the chosen rows (2·d·d_ff/N). Each causal attention core over `keys` cached positions
+    of width `kv_width` (= d_model) adds 2·keys·kv_width (q·k and p·v).
+    """
+    if isinstance(layer, tl.DotProductCausalAttention):
+        return 2 * keys * kv_width
+    if isinstance(layer, (tl.Embedding, tl.PositionalEncoding, tl.Cache)):
+        return 0
+    if isinstance(layer, tl.SparseFF):
+        controller, main = weights
+        n_blocks, d = main[0].shape[0], main[0].shape[-1]
+        return sum(int(np.size(c)) for c in controller[:2]) + 2 * n_blocks * d
+    if isinstance(layer, tl.MultiplicativeDense):
+        gate, proj = weights[:2]                       # D [S, d_in], E [d_in, M]
+        n_modules, d_in = np.shape(gate)
+        return n_modules * d_in + d_in * np.shape(proj)[1] * n_modules
+    if isinstance(layer, tl.LocallyConvDense):
+        kernel = weights[0]                            # [lk, k, d/S, units], shared by S modules
+        return int(np.size(kernel)) * layer.n_modules
+    if isinstance(layer, tl.Chunk):
+        return macs_per_token(layer.sublayers[0], weights, keys, kv_width)
+    if not layer.sublayers:
+        return sum(int(np.size(w)) for w in fastmath.tree_leaves(weights)
+                   if np.ndim(w) >= 2)                 # matrices; biases and scales are adds
+    return sum(macs_per_token(sub, w, keys, kv_width)
+               for sub, w in zip(layer.sublayers, weights))
+
