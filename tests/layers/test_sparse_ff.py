@@ -185,3 +185,17 @@ def test_errors_name_the_layer_and_what_was_expected():
             layer.pure_fn(np.ones((2, 5), np.float32), weights, state)
         with tl.replay_context(), pytest.raises(tl.LayerError, match='replaying needs recorded'):
             layer.pure_fn(np.ones((3, 6), np.float32), weights, state)
+
+
+def test_train_choices_follow_softmax_over_temperature(backend_name):
+    # argmax(log p + τ·g) with Gumbel g is a draw from softmax(logits / τ): the sampler
+    # (one uniform per block, inverse CDF) must give that law.
+    logits = np.array([0.0, 0.1, -0.2, 0.3], np.float32)
+    tau = 0.5
+    draws = np.broadcast_to(logits, (20000, 1, 4))
+    choices = np.asarray(sparse_ff.gumbel_choices(draws, tau, fastmath.random.get_prng(3)))
+    expected = np.exp(logits / tau) / np.exp(logits / tau).sum()
+    frequencies = np.bincount(choices.reshape(-1), minlength=4) / choices.size
+    np.testing.assert_allclose(frequencies, expected, atol=0.015)
+    argmax = sparse_ff.gumbel_choices(draws[:2], 0.0, fastmath.random.get_prng(3))
+    np.testing.assert_array_equal(np.asarray(argmax), 3)

@@ -2,12 +2,12 @@
 
 The d_ff hidden units are split into d_ff/N blocks of N units; a low-rank
 controller picks exactly one unit per block and token, so decoding reads only
-2·d·d_ff/N of the main weights (DESIGN.md §4.1).
+2·d·d_ff/N of the main weights (docs/architecture.md).
 
 Weight layout (the same in every mode): the main weights are stored for the
 predict gather, W1ᵀ as [d_ff/N, N, d] and W2 as [d_ff/N, N, d], so each chosen
 unit is one contiguous row of d floats (Trax stored W1 as [d, d_ff/N, N], which
-turns every gathered unit into a strided column: REFERENCE_TRAX.md §8).
+turns every gathered unit into a strided column: docs/differences_from_trax.md).
 
 Example:
     >>> import numpy as np
@@ -90,10 +90,22 @@ def one_hot(choices: Any, block_size: int, dtype: Any) -> Any:
 
 
 def gumbel_choices(logits: Any, temperature: float, rng: Any) -> Any:
-    """argmax(log p + τ·g) per block, g ~ Gumbel(0, 1) (τ multiplies the noise)."""
-    log_p = logits - fastmath.logsumexp(logits, axis=-1, keepdims=True)
-    noise = fastmath.random.gumbel(rng, logits.shape, logits.dtype)
-    return xnp.argmax(log_p + temperature * noise, axis=-1).astype(xnp.int32)
+    """A draw of argmax(log p + τ·g) per block, g ~ Gumbel(0, 1): logits [..., nb, N] -> [..., nb].
+
+    argmax(log p + τ·g) follows softmax(logits / τ), so this inverts that law's CDF
+    with one uniform per block instead of N Gumbel draws (on XLA:CPU the [B, L, d_ff]
+    Gumbel noise cost more than the FF block itself). The CDF is one matmul with an
+    upper-triangular [N, N] matrix. τ = 0: the plain argmax.
+    """
+    if temperature == 0:
+        return xnp.argmax(logits, axis=-1).astype(xnp.int32)
+    block_size = logits.shape[-1]
+    scaled = fastmath.stop_gradient(logits) / temperature
+    q = xnp.exp(scaled - fastmath.logsumexp(scaled, axis=-1, keepdims=True))   # [..., nb, N]
+    cdf = xnp.matmul(q, xnp.asarray(onp.triu(onp.ones((block_size, block_size), q.dtype))))
+    u = fastmath.random.uniform(rng, logits.shape[:-1] + (1,), q.dtype) * cdf[..., -1:]
+    below = (cdf < u).astype(xnp.int32)                                       # [..., nb, N]
+    return xnp.minimum(xnp.sum(below, axis=-1), block_size - 1).astype(xnp.int32)
 
 
 def split_main(main: tuple) -> tuple:
@@ -166,6 +178,9 @@ class SparseFF(Layer):
         ...     ff(np.ones((1, 1, 16), np.float32)).shape
         (1, 1, 16)
     """
+
+    def draws_random_numbers(self) -> bool:
+        return self._mode == 'train'          # Gumbel noise, the quantization coin, dropout
 
     def __init__(self, d_ff: int, n_elements_in_block: int = 32, d_lowrank: int | None = None,
                  temperature: float = 0.1, quant_prob: float = 0.3, dropout: float = 0.0,
@@ -240,9 +255,11 @@ class SparseFF(Layer):
         self.state = (choices, hard)
         mask = one_hot(choices, self._block_size, x.dtype)               # [..., nb, N]
         if self._mode == 'train':
+            # Forward: the one-hot (hard) or p (soft); backward: through p either way. One
+            # differentiable term instead of where(hard, onehot + p - sg(p), p), which made
+            # XLA differentiate both branches over [B, L, d_ff].
             probs = xnp.exp(logits - fastmath.logsumexp(logits, axis=-1, keepdims=True))
-            straight_through = mask + probs - fastmath.stop_gradient(probs)
-            mask = xnp.where(hard, straight_through, probs)
+            mask = probs + fastmath.stop_gradient(xnp.where(hard, mask - probs, 0.0))
         hidden = masked_dense_hidden(x, mask, main, self._act)           # [..., d_ff]
         hidden, _ = self._dropout.pure_fn(hidden, (), (), rng_dropout)
         return dense_output(hidden, main)
