@@ -90,7 +90,7 @@ def one_hot(choices: Any, block_size: int, dtype: Any) -> Any:
 
 
 def gumbel_choices(logits: Any, temperature: float, rng: Any) -> Any:
-    """A draw of argmax(log p + τ·g) per block, g ~ Gumbel(0, 1): logits [..., nb, N] -> [..., nb].
+    """A draw of argmax(log p + τ·g) per block, g ~ Gumbel: logits [..., nb, N] -> [..., nb].
 
     argmax(log p + τ·g) follows softmax(logits / τ), so this inverts that law's CDF
     with one uniform per block instead of N Gumbel draws (on XLA:CPU the [B, L, d_ff]
