@@ -134,18 +134,20 @@ def measure(make: Callable[[], tl.Layer], cfg: dict, backends: list[str], prefix
     for backend in backends:
         with fastmath.use_backend(backend):
             rng = fastmath.random.get_prng(0)
+            x = token
             if backend == 'jax':
                 import jax
                 weights = jax.device_put(weights)
                 gc.collect()
                 step = jax.jit(layer.pure_fn, donate_argnums=(2,))
                 block = jax.block_until_ready
+                x = jax.device_put(token)   # a decoder's next input is already on the device
             else:
                 step, block = layer.pure_fn, lambda y: y
             state = zeros_state(state_sigs)
             if prefix_x is not None:
                 _, state = step(prefix_x, weights, state, rng)
-            result[backend], state = time_steps(step, token, weights, state, rng, block,
+            result[backend], state = time_steps(step, x, weights, state, rng, block,
                                                 warmup, repeats)
             del state
         print(f'  {layer.name} {backend}: {result[backend] * 1e3:.3f} ms', flush=True)

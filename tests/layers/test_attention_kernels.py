@@ -98,17 +98,42 @@ def test_two_pass_is_chosen_only_for_small_score_buffers(monkeypatch):
 
 
 @pytest.mark.parametrize('masked', [False, True])
-def test_cached_attention_step_concrete_and_traced_agree(masked):
+@pytest.mark.parametrize('n_queries', [1, 3])
+def test_cached_attention_step_concrete_and_traced_agree(n_queries, masked):
+    # Under jit: blockwise while the cache is < WHOLE_BUFFER_FILL full, else the whole buffer.
     k_cache, v_cache, key_mask = _cache_and_mask(masked)
-    q = _floats(BATCH, HEADS, 1, D_HEAD)
+    q = _floats(BATCH, HEADS, n_queries, D_HEAD)
     with fastmath.use_backend('jax'):
         traced = jax.jit(lambda start: core.cached_attention_step(q, k_cache, v_cache, start, 4,
                                                                   key_mask))
-        for start in (0, 5, 10):
+        for start in range(0, SLOTS - n_queries + 1):
             concrete = core.cached_attention_step(q, k_cache, v_cache, start, 4, key_mask)
             expected = _reference(q, k_cache, v_cache, start, key_mask)
-            np.testing.assert_allclose(concrete, expected, atol=1e-5)
-            np.testing.assert_allclose(traced(np.int32(start)), expected, atol=1e-5)
+            np.testing.assert_allclose(concrete, expected, atol=1e-5, err_msg=f'start={start}')
+            np.testing.assert_allclose(traced(np.int32(start)), expected, atol=1e-5,
+                                       err_msg=f'start={start}')
     with fastmath.use_backend('numpy'):
         got = core.cached_attention_step(q, k_cache, v_cache, 7, 4, key_mask)
     np.testing.assert_allclose(got, _reference(q, k_cache, v_cache, 7, key_mask), atol=1e-5)
+
+
+@pytest.mark.parametrize('masked', [False, True])
+def test_whole_buffer_attention_equals_reference(backend_name, masked):
+    k_cache, v_cache, key_mask = _cache_and_mask(masked)
+    q = _floats(BATCH, HEADS, 2, D_HEAD)
+    for start in range(0, SLOTS - 1):
+        got = core.whole_buffer_attention(q, k_cache, v_cache, start, key_mask)
+        np.testing.assert_allclose(got, _reference(q, k_cache, v_cache, start, key_mask),
+                                   atol=1e-5, err_msg=f'start={start}')
+
+
+def test_traced_step_takes_the_whole_buffer_only_when_full_enough(monkeypatch):
+    k_cache, v_cache, _ = _cache_and_mask(masked=False)
+    q = _floats(BATCH, HEADS, 1, D_HEAD)
+    k_cache[:, :, 6:], v_cache[:, :, 6:] = np.nan, np.nan   # read only by the whole buffer
+    with fastmath.use_backend('jax'):
+        for fill, finite in ((1.0, True), (0.1, False)):
+            monkeypatch.setattr(core, 'WHOLE_BUFFER_FILL', fill)
+            step = jax.jit(lambda start: core.traced_attention_step(q, k_cache, v_cache, start,
+                                                                    3))
+            assert np.isfinite(step(np.int32(4))).all() == finite

@@ -134,15 +134,75 @@ def cached_attention_step(q: Any, k_cache: Any, v_cache: Any, start: Any,
 
     Arguments as in `cached_causal_attention` (the cache already holds the new
     keys). With a concrete `start` (NumPy, eager JAX) the cache is cut to the
-    start+Lq filled slots and attended in one pass (`attend_filled`); with a
-    traced one (under jit) the blockwise kernel visits only the filled blocks.
-    Either way the cost is O(start + Lq).
+    start+Lq filled slots and attended in one pass (`attend_filled`). With a
+    traced one (under jit) it is `traced_attention_step`: the blockwise kernel
+    while the cache is less than WHOLE_BUFFER_FILL full, else one pass over the
+    whole buffer. Either way the cost is O(start + Lq) (at most 1/WHOLE_BUFFER_FILL
+    times the filled part).
     """
     if fastmath.is_concrete(start):
         end = int(start) + q.shape[2]
         mask = None if key_mask is None else key_mask[:, :end]
         return attend_filled(q, k_cache[:, :, :end], v_cache[:, :, :end], int(start), mask)
-    return blockwise_cached_causal_attention(q, k_cache, v_cache, start, block_size, key_mask)
+    return traced_attention_step(q, k_cache, v_cache, start, block_size, key_mask)
+
+
+# Under jit, once start+Lq fills this fraction of the cache one pass over the whole buffer
+# is cheaper than visiting the filled blocks: on XLA:CPU every block is copied out of the
+# cache before its dot (a dynamic slice is a copy), while the whole buffer feeds the dots
+# directly. Measured (2-core CPU, pos 512 of 1024 slots): blockwise costs ~2.5x per key.
+WHOLE_BUFFER_FILL = 0.4
+
+
+def traced_attention_step(q: Any, k_cache: Any, v_cache: Any, start: Any, block_size: int = 128,
+                          key_mask: Any = None) -> Any:
+    """`cached_attention_step` for a traced `start`: blockwise while the cache is less than
+    WHOLE_BUFFER_FILL full, else the whole buffer (`whole_buffer_attention`), chosen by
+    fastmath.cond. A long prefix (B·H·Lq·N > TWO_PASS_MAX_SCORES) always goes blockwise
+    with the online softmax. The whole-buffer pass multiplies the unfilled slots by zero
+    probabilities, so they must hold finite values (predict states start as zeros)."""
+    batch, n_heads, n_queries, _ = q.shape
+    n_slots = k_cache.shape[2]
+    if batch * n_heads * n_queries * n_slots > TWO_PASS_MAX_SCORES:
+        return blockwise_cached_causal_attention(q, k_cache, v_cache, start, block_size,
+                                                 key_mask, two_pass=False)
+
+    def blockwise(q, k_cache, v_cache, start, key_mask):
+        return blockwise_cached_causal_attention(q, k_cache, v_cache, start, block_size,
+                                                 key_mask, two_pass=True)
+
+    full_enough = (start + n_queries) >= WHOLE_BUFFER_FILL * n_slots
+    return fastmath.cond(full_enough, whole_buffer_attention, blockwise,
+                         q, k_cache, v_cache, start, key_mask)
+
+
+def whole_buffer_attention(q: Any, k_cache: Any, v_cache: Any, start: Any,
+                           key_mask: Any = None) -> Any:
+    """`cached_causal_attention` with the blockwise kernels' handling of invisible keys (zero
+    probability, so a query whose keys are all masked gets 0): one dot per side over all N
+    slots. q [B, H, Lq, d_h], caches [B, H, N, d_h|d_vh] -> [B, H, Lq, d_vh]."""
+    q = q * (1.0 / math.sqrt(q.shape[-1]))
+    scores = head_scores(q, k_cache)                                        # [B, H, Lq, N]
+    probs, total = _visible_softmax(scores, start, key_mask)
+    return xnp.matmul(probs, v_cache) / xnp.maximum(total, 1e-30)           # [B, H, Lq, d_vh]
+
+
+def head_scores(q: Any, keys: Any) -> Any:
+    """q [B, H, Lq, d_h] · keys [B, H, Lk, d_h] -> [B, H, Lq, Lk], contracting the keys' last
+    axis in place: written as an einsum, XLA reads the cache rows as they lie, where
+    matmul(q, swapaxes(keys)) made XLA:CPU copy a transposed cache first."""
+    return xnp.einsum('bhqd,bhkd->bhqk', q, keys)
+
+
+def _visible_softmax(scores: Any, start: Any, key_mask: Any) -> tuple[Any, Any]:
+    """scores [B, H, Lq, N] of queries at start.. -> (unnormalized probs, zero where a key is
+    invisible (later than the query, or masked), and their sum [B, H, Lq, 1])."""
+    visible = prefix_causal_mask(start, scores.shape[2], scores.shape[3])   # [Lq, N]
+    if key_mask is not None:
+        visible = visible[None, None] & padding_mask(key_mask)              # [B, 1, Lq, N]
+    scores = xnp.where(visible, scores, MASK_VALUE)
+    probs = xnp.where(visible, xnp.exp(scores - xnp.max(scores, axis=-1, keepdims=True)), 0.0)
+    return probs, xnp.sum(probs, axis=-1, keepdims=True)
 
 
 def attend_filled(q: Any, keys: Any, values: Any, start: int, key_mask: Any = None) -> Any:
@@ -227,18 +287,13 @@ def _two_pass(q: Any, k_cache: Any, v_cache: Any, start: Any, block_size: int,
         read_start, _ = read(j)
         k_block = fastmath.dynamic_slice(k_cache, (0, 0, read_start, 0),
                                          (batch, n_heads, block, d_head))         # [B,H,blk,d_h]
-        block_scores = xnp.matmul(q, xnp.swapaxes(k_block, -1, -2))             # [B,H,Lq,blk]
+        block_scores = head_scores(q, k_block)                                  # [B,H,Lq,blk]
         return fastmath.dynamic_update_slice(scores, block_scores, (0, 0, 0, read_start))
 
     scores = fastmath.fori_loop(0, n_blocks, score_block,
                                 xnp.full((batch, n_heads, n_queries, n_slots), MASK_VALUE,
                                          q.dtype))                               # [B,H,Lq,N]
-    visible = prefix_causal_mask(start, n_queries, n_slots)                     # [Lq, N]
-    if key_mask is not None:
-        visible = visible[None, None] & padding_mask(key_mask)                  # [B,1,Lq,N]
-    scores = xnp.where(visible, scores, MASK_VALUE)
-    probs = xnp.where(visible, xnp.exp(scores - xnp.max(scores, axis=-1, keepdims=True)), 0.0)
-    total = xnp.sum(probs, axis=-1, keepdims=True)                              # [B,H,Lq,1]
+    probs, total = _visible_softmax(scores, start, key_mask)                    # [B,H,Lq,N|1]
 
     def value_block(j, acc):
         read_start, first = read(j)
@@ -278,7 +333,7 @@ def _online(q: Any, k_cache: Any, v_cache: Any, start: Any, block_size: int,
         if key_mask is not None:
             real = fastmath.dynamic_slice(key_mask, (0, read_start), (batch, block))  # [B, blk]
             valid = valid[None, None] & (real != 0)[:, None, None, :]          # [B,1,Lq,blk]
-        scores = xnp.matmul(q, xnp.swapaxes(k_block, -1, -2))                  # [B,H,Lq,blk]
+        scores = head_scores(q, k_block)                                       # [B,H,Lq,blk]
         scores = xnp.where(valid, scores, xnp.full_like(scores, MASK_VALUE))
         new_max = xnp.maximum(running_max, xnp.max(scores, axis=-1, keepdims=True))
         probs = xnp.where(valid, xnp.exp(scores - new_max), xnp.zeros_like(scores))
@@ -296,8 +351,9 @@ def _online(q: Any, k_cache: Any, v_cache: Any, start: Any, block_size: int,
     return acc / xnp.maximum(total, 1e-30)                                  # [B,H,Lq,d_vh]
 
 
-__all__ = ['MASK_VALUE', 'TWO_PASS_MAX_SCORES', 'attend_filled', 'attention_dropout',
-           'blockwise_cached_causal_attention', 'cached_attention_step',
+__all__ = ['MASK_VALUE', 'TWO_PASS_MAX_SCORES', 'WHOLE_BUFFER_FILL', 'attend_filled',
+           'attention_dropout', 'blockwise_cached_causal_attention', 'cached_attention_step',
+           'head_scores', 'traced_attention_step', 'whole_buffer_attention',
            'cached_causal_attention', 'causal_mask', 'check_divisible', 'dot_product_attention',
            'merge_heads', 'multihead_attention', 'padding_mask', 'prefix_causal_mask',
            'split_heads']
