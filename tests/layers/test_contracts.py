@@ -108,3 +108,30 @@ def test_finite_difference_gradients(case):
     xs = [np.asarray(x if not isinstance(x, tuple) else x[i]) for i in float_inputs]
     probed = helpers.check_grads_fd(loss, (w, xs))
     assert probed > 0
+
+
+@pytest.mark.parametrize('mode', ['train', 'eval', 'predict'])
+@pytest.mark.parametrize('case', CASES, ids=IDS)
+def test_layers_that_say_they_draw_nothing_ignore_the_rng(case, mode):
+    """`uses_rng` False lets combinators skip splitting keys: it must be true to the layer."""
+    if mode == 'predict' and not case.predict_ok:
+        pytest.skip('no predict mode for this case')
+    layer, x, w, s = _init(case, mode, 'numpy')
+    if layer.uses_rng:
+        return
+    with fastmath.use_backend('numpy'):
+        outs = [layer.pure_fn(x, w, tree_map(np.copy, s), np.array(key, np.uint32))[0]
+                for key in ([0, 1], [7, 9])]
+    for a, b in zip(tree_leaves(outs[0]), tree_leaves(outs[1])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_layer_that_draws_says_so_and_its_draws_reach_it():
+    dropout = tl.Serial(tl.Dense(8), tl.Dropout(0.5, mode='train'))
+    assert dropout.uses_rng and not tl.Serial(tl.Dense(8), tl.Dropout(0.5, mode='eval')).uses_rng
+    x = np.ones((4, 8), np.float32)
+    with fastmath.use_backend('numpy'):
+        w, s = dropout.init(shapes.signature(x))
+        a, _ = dropout.pure_fn(x, w, s, np.array([0, 1], np.uint32))
+        b, _ = dropout.pure_fn(x, w, s, np.array([7, 9], np.uint32))
+    assert not np.array_equal(a, b)

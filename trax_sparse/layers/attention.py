@@ -86,6 +86,9 @@ class DotProductCausalAttention(Layer):
         (2, 3, 4)
     """
 
+    def draws_random_numbers(self) -> bool:
+        return self._mode == 'train' and self._dropout > 0
+
     def __init__(self, n_heads: int, dropout: float = 0.0, max_len: int = 2048,
                  mode: str = 'train', predict_block_size: int = 128, masked: bool = False):
         super().__init__(n_in=4 if masked else 3, n_out=1, name='DotProductCausalAttention')
@@ -201,6 +204,9 @@ def CausalAttention(d_feature: int, n_heads: int = 1, dropout: float = 0.0,  # n
 class _PaddedDotProductAttention(Layer):
     """(q, k, v, mask [B, Lk]) -> multi-head attention of q over the real (mask) keys."""
 
+    def draws_random_numbers(self) -> bool:
+        return self._mode == 'train' and self._dropout > 0
+
     def __init__(self, n_heads: int, dropout: float, mode: str):
         super().__init__(n_in=4, n_out=1, name='PaddedDotProductAttention')
         self._n_heads, self._dropout = int(n_heads), float(dropout)
@@ -264,6 +270,9 @@ class EncDecAttention(Layer):
         >>> y.shape
         (2, 3, 8)
     """
+
+    def draws_random_numbers(self) -> bool:
+        return self._mode == 'train' and self._dropout > 0
 
     def __init__(self, d_feature: int, n_heads: int = 1, dropout: float = 0.0,
                  mode: str = 'train'):

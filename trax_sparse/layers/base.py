@@ -141,6 +141,7 @@ class Layer:
         self._rng: Any = None
         self._call_depth = 0
         self._created_at = _creation_site()
+        self._uses_rng: bool | None = None
         # What `init` was last given and made (for state_signature without re-running init).
         self._init_signature: Any = None
         self._init_state_signature: Any = None
@@ -161,6 +162,32 @@ class Layer:
     @property
     def sublayers(self) -> tuple['Layer', ...]:
         return self._sublayers
+
+    def draws_random_numbers(self) -> bool:
+        """Whether this layer's own forward reads `self.rng` (sublayers not counted).
+
+        True unless a layer says otherwise (safe: its sublayers then get keys
+        split from its own). Deterministic layers return False, so a
+        combinator whose sublayers draw nothing passes its key on instead of
+        splitting it: a split per combinator per call is real cost on NumPy.
+        """
+        return True
+
+    @property
+    def uses_rng(self) -> bool:
+        """True if this layer or any sublayer draws random numbers in its mode."""
+        if self._uses_rng is None:
+            self._uses_rng = bool(self.draws_random_numbers()
+                                  or any(sub.uses_rng for sub in self._sublayers))
+        return self._uses_rng
+
+    def sublayer_rngs(self, rng: Any = None) -> list:
+        """One key per sublayer: split from `rng` (default self.rng) when some sublayer
+        draws random numbers, else `rng` itself for each (unused)."""
+        rng = self._rng if rng is None else rng
+        if self.uses_rng:
+            return split_rngs(rng, len(self._sublayers))
+        return [rng] * len(self._sublayers)
 
     @property
     def has_backward(self) -> bool:
@@ -416,6 +443,9 @@ class PureLayer(Layer):
     def __init__(self, fn: Callable, n_in: int, n_out: int = 1, name: str | None = None):
         super().__init__(n_in=n_in, n_out=n_out, name=name or fn.__name__)
         self._fn = fn
+
+    def draws_random_numbers(self) -> bool:
+        return False
 
     def forward(self, inputs: Any) -> Any:
         args = inputs if self.n_in > 1 else (inputs,)

@@ -72,6 +72,9 @@ def _serial_arity(layers: Sequence[Layer]) -> tuple[int, int]:
 class Serial(Layer):
     """Runs sublayers one after another on the data stack."""
 
+    def draws_random_numbers(self) -> bool:
+        return False
+
     def __init__(self, *layers: Any, name: str | None = None):
         layers = _flatten(layers)
         n_in, n_out = _serial_arity(layers)
@@ -80,7 +83,7 @@ class Serial(Layer):
     def forward(self, xs: Any) -> Any:
         _check_trees(self, self.weights, self.state)
         stack = _to_stack(xs, self.n_in)
-        rngs = split_rngs(self.rng, len(self.sublayers))
+        rngs = self.sublayer_rngs()
         new_states = []
         for i, (layer, w, s, r) in enumerate(zip(self.sublayers, self.weights, self.state, rngs)):
             with self.sublayer_context(i):
@@ -109,6 +112,9 @@ class Serial(Layer):
 class Parallel(Layer):
     """Applies sublayer i to the i-th consecutive span of inputs (None = identity)."""
 
+    def draws_random_numbers(self) -> bool:
+        return False
+
     def __init__(self, *layers: Any, name: str | None = None):
         layers = [Serial() if layer is None or layer == [] else
                   (Serial(layer) if isinstance(layer, (list, tuple)) else layer)
@@ -125,7 +131,7 @@ class Parallel(Layer):
 
     def forward(self, xs: Any) -> Any:
         _check_trees(self, self.weights, self.state)
-        rngs = split_rngs(self.rng, len(self.sublayers))
+        rngs = self.sublayer_rngs()
         outputs, new_states = [], []
         for i, (layer, x, w, s, r) in enumerate(
                 zip(self.sublayers, self._spans(xs), self.weights, self.state, rngs)):
@@ -168,6 +174,9 @@ class Select(Layer):
         (2, 3)
     """
 
+    def draws_random_numbers(self) -> bool:
+        return False
+
     def __init__(self, indices: Sequence[int], n_in: int | None = None, name: str | None = None):
         indices = [int(i) for i in indices]
         n_in = (max(indices) + 1 if indices else 1) if n_in is None else n_in
@@ -208,6 +217,9 @@ class Scan(Layer):
     step index. In predict mode the final carry is kept in state and used as
     the carry of the next call.
     """
+
+    def draws_random_numbers(self) -> bool:
+        return False
 
     def __init__(self, layer: Layer, axis: int = 0, n_carry: int = 1, remat: bool = False,
                  mode: str = 'train'):
@@ -273,6 +285,9 @@ class _WeightTransparent(Layer):
     tree: weights trained without the wrapper load unchanged. State is
     (sublayer state, *wrapper state).
     """
+
+    def draws_random_numbers(self) -> bool:
+        return False
 
     def _distribute(self, attr: str, values: Any) -> None:
         if attr == 'weights':

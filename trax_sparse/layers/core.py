@@ -29,6 +29,9 @@ def check_last_axis(layer: Layer, x: Any, expected: int, what: str = 'input') ->
 class Dense(Layer):
     """Affine map on the last axis: x [..., d_in] -> x @ W + b [..., n_units]."""
 
+    def draws_random_numbers(self) -> bool:
+        return False
+
     def __init__(self, n_units: int, kernel_initializer: init.Initializer | None = None,
                  bias_initializer: init.Initializer | None = None, use_bias: bool = True):
         if isinstance(n_units, bool) or not isinstance(n_units, (int, onp.integer)) \
@@ -57,6 +60,9 @@ class Dense(Layer):
 
 class Embedding(Layer):
     """Token ids [...] (int) -> vectors [..., d_feature] from a [vocab_size, d_feature] table."""
+
+    def draws_random_numbers(self) -> bool:
+        return False
 
     def __init__(self, vocab_size: int, d_feature: int,
                  kernel_initializer: init.Initializer | None = None):
@@ -96,6 +102,9 @@ class Dropout(Layer):
     `shared_axes` lists axes along which one mask value is shared.
     """
 
+    def draws_random_numbers(self) -> bool:
+        return self._mode == 'train' and self._rate > 0
+
     def __init__(self, rate: float = 0.0, shared_axes: Sequence[int] | None = None,
                  mode: str = 'train'):
         super().__init__(name='Dropout')
@@ -118,6 +127,9 @@ class LayerNorm(Layer):
 
     With center=False the mean is not subtracted (RMS normalization).
     """
+
+    def draws_random_numbers(self) -> bool:
+        return False
 
     def __init__(self, center: bool = True, epsilon: float = 1e-6):
         super().__init__(name='LayerNorm')
@@ -164,6 +176,9 @@ def Add() -> Layer:  # noqa: N802
 class Concatenate(Layer):
     """Concatenates the top `n_items` items along `axis`."""
 
+    def draws_random_numbers(self) -> bool:
+        return False
+
     def __init__(self, n_items: int = 2, axis: int = -1):
         super().__init__(n_in=n_items, name='Concatenate')
         self._axis = axis
@@ -178,6 +193,9 @@ def Mean(axis: int = -1, keepdims: bool = False) -> Layer:  # noqa: N802
 
 class ShiftRight(Layer):
     """Shifts axis 1 right by `n_positions`, filling with zeros (identity in predict)."""
+
+    def draws_random_numbers(self) -> bool:
+        return False
 
     def __init__(self, n_positions: int = 1, mode: str = 'train'):
         super().__init__(name='ShiftRight')
@@ -207,6 +225,9 @@ class PositionalEncoding(Layer):
     In predict mode the state holds the next position, so tokens fed one (or a
     few) at a time get the positions they would have in the full sequence.
     """
+
+    def draws_random_numbers(self) -> bool:
+        return self._dropout.draws_random_numbers()
 
     def __init__(self, max_len: int = 2048, dropout: float = 0.0, mode: str = 'train'):
         super().__init__(name='PositionalEncoding')

@@ -29,6 +29,9 @@ from trax_sparse.layers.base import Layer
 
 
 class _WeightedMetric(Layer):
+    def draws_random_numbers(self) -> bool:
+        return False
+
     def __init__(self, name: str, pad_id: int | None):
         super().__init__(n_in=3 if pad_id is None else 2, name=name)
         self._pad_id = pad_id
@@ -75,6 +78,8 @@ class CrossEntropyLoss(_WeightedMetric):
     def per_position(self, logits: Any, targets: Any) -> Any:
         log_probs = logits - fastmath.logsumexp(logits, axis=-1, keepdims=True)
         picked = xnp.take_along_axis(log_probs, targets[..., None].astype(xnp.int32), axis=-1)
+        if fastmath.is_concrete(targets):            # checked by _check_targets: all valid
+            return -picked[..., 0]
         valid = self._valid(targets, logits.shape[-1])
         return xnp.where(valid, -picked[..., 0], xnp.nan)   # NaN for bad targets under jit
 

@@ -4,7 +4,7 @@ A `ReversibleLayer` can compute its inputs from its outputs (`reverse`) and
 its gradients from its outputs alone (`reverse_and_grad`). `ReversibleSerial`
 chains such layers and walks them backwards in its custom gradient: inside it
 JAX keeps only the chain's inputs and outputs, so activation memory does not
-grow with depth. The RevNet block (DESIGN.md §5.2)
+grow with depth. The RevNet block (docs/architecture.md)
 
     [ReversibleHalfResidual(F), ReversibleSwap(), ReversibleHalfResidual(G), ReversibleSwap()]
 
@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import numpy as onp
 
 from trax_sparse import fastmath
-from trax_sparse.layers.base import Layer, replay_context, split_rngs
+from trax_sparse.layers.base import Layer, replay_context
 from trax_sparse.layers.combinators import Serial
 
 
@@ -143,6 +143,9 @@ class ReversibleSelect(ReversibleLayer):
         (1, 2, 3)
     """
 
+    def draws_random_numbers(self) -> bool:
+        return False
+
     def __init__(self, indices: Sequence[int], name: str | None = None):
         indices = [int(i) for i in indices]
         if sorted(indices) != list(range(len(indices))) or not indices:
@@ -197,6 +200,9 @@ class ReversibleHalfResidual(ReversibleLayer):
         >>> [a.shape for a in y]
         [(2, 3), (2, 3)]
     """
+
+    def draws_random_numbers(self) -> bool:
+        return False
 
     def __init__(self, *residual_layers: Any, name: str | None = None):
         residual = Serial(residual_layers)
@@ -299,7 +305,7 @@ class ReversibleSerial(ReversibleLayer, Serial):
 
     def reverse(self, output: Any, weights: Any = (), state: Any = (), new_state: Any = (),
                 rng: Any = None) -> Any:
-        rngs = split_rngs(self._rng_or_default(rng), len(self.sublayers))
+        rngs = self.sublayer_rngs(self._rng_or_default(rng))   # as the forward split them
         stack = _items(output, self.n_out)
         for i in reversed(range(len(self.sublayers))):
             layer = self.sublayers[i]
@@ -311,7 +317,7 @@ class ReversibleSerial(ReversibleLayer, Serial):
 
     def reverse_and_grad(self, output: Any, ct: Any, weights: Any = (), state: Any = (),
                          new_state: Any = (), rng: Any = None) -> tuple[Any, tuple[Any, Any]]:
-        rngs = split_rngs(self._rng_or_default(rng), len(self.sublayers))
+        rngs = self.sublayer_rngs(self._rng_or_default(rng))   # as the forward split them
         stack, ct_stack = _items(output, self.n_out), _items(ct, self.n_out)
         weights_ct = [()] * len(self.sublayers)
         for i in reversed(range(len(self.sublayers))):
