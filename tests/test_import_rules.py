@@ -1,4 +1,4 @@
-"""Import rules of DESIGN.md §6, enforced by an AST scan of every module.
+"""Import rules of docs/architecture.md, enforced by an AST scan of every module.
 
 - jax only in trax_sparse/fastmath/jax_backend.py; gin only at the edges
   (configurables.py, trainer.py, decode.py); never tensorflow directly.

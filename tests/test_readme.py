@@ -18,3 +18,11 @@ def test_numpy_snippet_initializes_and_computes_on_numpy():
     assert leaves and all(type(leaf) is np.ndarray for leaf in leaves), \
         [type(leaf) for leaf in leaves]
     assert namespace['y'].shape == (2, 4)
+
+
+def test_every_python_snippet_runs_in_order():
+    """The snippets share one namespace, as a reader types them one after the other."""
+    namespace = {}
+    for snippet in re.findall(r'```python\n(.*?)```', README.read_text(), re.S):
+        exec(compile(snippet, str(README), 'exec'), namespace)      # noqa: S102
+    assert namespace['logits'].shape == (4, 258)

@@ -18,7 +18,7 @@ SMALL = dict(d_model=8, d_ff=16, n_heads=2, d_attention_key=4, d_attention_value
 
 
 def reformer(mode, **options):
-    # One chunk covering the sequence: LSH predict equals eval exactly (DESIGN.md §5.1).
+    # One chunk covering the sequence: LSH predict equals eval exactly (docs/predict_mode.md).
     opts = dict(SMALL, n_layers=2, chunk_len=8, n_chunks_before=0, n_buckets=2, n_hashes=2)
     opts.update(options)
     return models.ReformerLM(VOCAB, mode=mode, **opts)
@@ -36,6 +36,8 @@ TERRA_CONFIGS = {
     'lsh': dict(encoder_attention_type='lsh', decoder_attention_type='lsh'),
     'sparse': dict(decoder_attention_type='sparse_qkv', qkv_sparsity=2, ff_sparsity=4,
                    loss_sparsity=2),
+    'sparse_sru': dict(decoder_attention_type='sparse_qkv', qkv_sparsity=2, ff_sparsity=4,
+                       loss_sparsity=2, ff_use_sru=(1, 4)),   # the SRU beside the FF
 }
 
 

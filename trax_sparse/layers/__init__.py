@@ -29,6 +29,7 @@ from trax_sparse.layers.reversible import (ReversibleHalfResidual, ReversibleLay
                                            autodiff_twin)
 from trax_sparse.layers.sparse_ff import SparseFF
 from trax_sparse.layers.sparse_qkv import MultiplicativeConvCausalAttention
+from trax_sparse.layers.sru import SRU
 
 __all__ = [
     # The layer API.
@@ -57,4 +58,6 @@ __all__ = [
     # Sparse layers of Scaling Transformers.
     'LocallyConvDense', 'MultiplicativeConvCausalAttention', 'MultiplicativeDense',
     'SparseDenseWithOptions', 'SparseFF',
+    # Recurrence (the Terraformer's SRU beside the feed-forward).
+    'SRU',
 ]

@@ -1,4 +1,4 @@
-"""LSHSelfAttention: Reformer's locality-sensitive-hashing self-attention (DESIGN.md §5.1).
+"""LSHSelfAttention: Reformer's locality-sensitive-hashing self-attention (docs/architecture.md).
 
 Shared QK per head (keys are the unit-normalised queries), random-rotation
 hashing with n_hashes rounds, sort by (bucket, position), chunked attention
@@ -7,7 +7,7 @@ with the softmax of their log-sum-exps. The algorithm lives in lsh_core.py
 (fast path), lsh_hashing.py (hash), lsh_predict.py (decoding) and
 lsh_reference.py (`lsh_attention_reference`, the loop oracle).
 
-Differences from Trax (REFERENCE_TRAX.md §2.2): no shape is fixed at init, any
+Differences from Trax (docs/differences_from_trax.md): no shape is fixed at init, any
 length works per call (#1664); the rotations and the dropout masks come from the
 call's rng through a counter-based hash (lsh_hashing.random_bits), so NumPy and
 JAX give the same buckets and masks for the same key, and compile fast;

@@ -1,4 +1,4 @@
-"""Multiplicative and convolutional sparse projections (DESIGN.md §4.2-§4.4).
+"""Multiplicative and convolutional sparse projections (docs/architecture.md).
 
 - MultiplicativeDense: y[s, m] = Σ_i x_i·D[s, i]·E[i, m] (+ b), the paper's
   multiplicative layer (Trax's FactoredDense): d_in·d_out/S + S·d_in weights.

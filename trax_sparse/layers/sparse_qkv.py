@@ -1,4 +1,4 @@
-"""Sparse QKV attention of Scaling Transformers (DESIGN.md §4.3).
+"""Sparse QKV attention of Scaling Transformers (docs/architecture.md).
 
 One MultiplicativeDense shared by Q, K and V, then a LocallyConvDense per
 projection (kernel 3 across modules for Q and K, 1 for V; causal length kernel

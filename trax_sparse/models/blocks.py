@@ -48,6 +48,31 @@ def feed_forward(d_model: int, d_ff: int, ff_sparsity: Any = 0, dropout: float =
     return sparse_feed_forward(d_ff, ff_sparsity, dropout, activation)
 
 
+def sru_options(ff_use_sru: Any) -> tuple[int, int]:
+    """(n_layers, n_units) from Trax's `ff_use_sru`: k, or (k, n_units); n_units default 32."""
+    options = tuple(ff_use_sru) if isinstance(ff_use_sru, (tuple, list)) else (ff_use_sru,)
+    if not 1 <= len(options) <= 2 or any(int(v) < 1 for v in options):
+        raise ValueError(f'ff_use_sru must be k or (k, n_units) with positive ints, got '
+                         f'{ff_use_sru!r}')
+    return int(options[0]), int(options[1]) if len(options) > 1 else 32
+
+
+def feed_forward_with_sru(ff: Part, d_model: int, ff_use_sru: Any) -> Part:
+    """(x, mask) -> (FF(x) + Dense(SRU^k(Dense(x))), mask): the Terraformer's FF with the
+    recurrence beside it (`ff_use_sru` = k or (k, n_units)). The mask keeps padding out of
+    the recurrence."""
+    n_layers, n_units = sru_options(ff_use_sru)
+    return lambda mode: [                                                   # x, mask
+        tl.Select([0, 1, 1]),                                               # x, mask, mask
+        tl.Branch(tl.Serial(tl.Select([0], n_in=2), ff(mode)),             # FF(x)
+                  tl.Serial(tl.Parallel(tl.Dense(n_units), None),          # x_u, mask
+                            [tl.SRU(n_units, masked=True, mode=mode)
+                             for _ in range(n_layers)],
+                            tl.Select([0], n_in=2), tl.Dense(d_model))),   # ff, sru, mask
+        tl.Add(),                                                           # y, mask
+    ]
+
+
 def causal_attention(d_model: int, n_heads: int, dropout: float = 0.0, max_len: int = 2048,
                      attention_type: str = 'dense', qkv_sparsity: int | None = None,
                      length_kernel_size: int = 3) -> Part:

@@ -1,4 +1,4 @@
-"""ReformerLM: a reversible decoder-only LM with LSH attention (REFERENCE_TRAX.md §3.4).
+"""ReformerLM: a reversible decoder-only LM with LSH attention (docs/architecture.md).
 
 ShiftRight -> Embedding -> Dropout -> positions -> Dup -> ReversibleSerial of
 RevNet blocks (LSH or dense causal attention, dense or sparse FF) ->

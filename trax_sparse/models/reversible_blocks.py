@@ -69,14 +69,23 @@ def _half_residual(part_layers: Any, dropout: float, mode: str, masked: bool) ->
 
 
 def ReversibleDecoderBlock(attentions: list, ff: Part, dropout: float, mode: str,  # noqa: N802
-                           masked: bool = False) -> list:
+                           masked: bool = False, ff_takes_mask: bool = False) -> list:
     """One or more attention half-residuals, then the FF one, each followed by a swap.
 
     Streams (x1, x2) (and, when masked, a mask item below them on the stack).
+    ff_takes_mask: the FF part maps (x, mask) -> (y, mask), like the attention parts
+    (e.g. `blocks.feed_forward_with_sru`); needs masked=True.
     """
+    if ff_takes_mask and not masked:
+        raise ValueError('ReversibleDecoderBlock: an FF part that takes the mask needs '
+                         'masked=True')
     layers = []
     for attention in attentions:
         layers += [_half_residual(attention(mode), dropout, mode, masked), tl.ReversibleSwap()]
-    layers += [tl.ReversibleHalfResidual(tl.LayerNorm(), ff(mode), tl.Dropout(dropout, mode=mode)),
-               tl.ReversibleSwap()]
+    if ff_takes_mask:
+        layers += [_half_residual(ff(mode), dropout, mode, masked=True), tl.ReversibleSwap()]
+    else:
+        layers += [tl.ReversibleHalfResidual(tl.LayerNorm(), ff(mode),
+                                             tl.Dropout(dropout, mode=mode)),
+                   tl.ReversibleSwap()]
     return layers

@@ -1,6 +1,6 @@
 """Scaling Transformers: the Transformer models with sparse FF, sparse QKV and a sparse loss layer.
 
-Same blocks as transformer.py; only the parts differ (DESIGN.md §4):
+Same blocks as transformer.py; only the parts differ (docs/architecture.md):
 - ff_sparsity: N (1-in-N SparseFF, d_lowrank d_ff/N), (N, d_lowrank) or
   (N, d_lowrank, temperature, quant_prob); 0 = dense FF.
 - attention_type: 'dense' or 'sparse_qkv' (MultiplicativeConvCausalAttention

@@ -1,4 +1,4 @@
-"""The Terraformer (DESIGN.md §5.3): reversible sparse encoder-decoder without cross-attention.
+"""The Terraformer (docs/architecture.md): reversible sparse encoder-decoder without cross-attention.
 
 The encoder output (its real tokens, padding dropped) is put in front of the
 decoder embeddings; the decoder runs causal self-attention over this joint
@@ -66,6 +66,9 @@ class ConcatenateWithPadding(tl.Layer):
     NaN under jit: the decoder caches already hold the encoder).
     """
 
+    def draws_random_numbers(self) -> bool:
+        return False
+
     def __init__(self, mode: str = 'train'):
         super().__init__(n_in=3, n_out=2, name='ConcatenateWithPadding')
         self._mode = tl.check_mode(mode, self.name)
@@ -105,6 +108,9 @@ class SkipWhenEmpty(tl.Layer):
     encoder part already sits in the decoder caches. Static (a shape), so
     both kinds of call run under jit. Weight-transparent, like `tl.Cache`.
     """
+
+    def draws_random_numbers(self) -> bool:
+        return False
 
     def __init__(self, layer: tl.Layer):
         super().__init__(n_in=layer.n_in, n_out=layer.n_out, name='SkipWhenEmpty',
@@ -148,13 +154,15 @@ def Terraformer(input_vocab_size: int, output_vocab_size: int | None = None,  # 
                 n_hashes: int = 1, n_buckets: int = 64, n_chunks_before: int = 1,
                 encoder_n_chunks_after: int = 1, attention_dropout: float = 0.0,
                 dropout: float = 0.1, max_len: int = 2048,
-                ff_activation: Callable[[], tl.Layer] = tl.Relu,
+                ff_activation: Callable[[], tl.Layer] = tl.Relu, ff_use_sru: Any = 0,
                 mode: str = 'train') -> tl.Layer:
     """(inputs [B, Le], targets [B, Ld]) -> (logits [B, Ld, V], targets). Input id 0 is padding.
 
     encoder_attention_type: 'dense' or 'lsh' (bidirectional); decoder_attention_type:
     'dense', 'sparse_qkv' or 'lsh' (causal over the joint sequence). max_len bounds the
-    joint length Le + Ld (decoder caches in predict mode).
+    joint length Le + Ld (decoder caches in predict mode). ff_use_sru: k or (k, n_units)
+    adds k SRU layers of n_units (default 32) beside every feed-forward, as the paper's
+    C4 Terraformer (ff_use_sru=(1, 32)); 0 = none.
     """
     tl.check_mode(mode, 'Terraformer')
     output_vocab_size = output_vocab_size or input_vocab_size
@@ -169,12 +177,16 @@ def Terraformer(input_vocab_size: int, output_vocab_size: int | None = None,  # 
         d_model, n_heads, dropout, max_len, decoder_attention_type, qkv_sparsity,
         length_kernel_size, dict(lsh, n_chunks_after=0), d_attention_key, d_attention_value)
     ff = blocks.feed_forward(d_model, d_ff, ff_sparsity, dropout, ff_activation)
+    with_sru = bool(ff_use_sru)
+    if with_sru:
+        ff = blocks.feed_forward_with_sru(ff, d_model, ff_use_sru)
     average = tl.Fn('AverageStreams', lambda a, b: (a + b) * 0.5)
     encoder = tl.Serial(                                                # tokens_e, mask
         blocks.embedding_stack(input_vocab_size, d_model, dropout, max_len, encoder_mode),
         tl.Dup(),                                                       # x1, x2, mask
         tl.ReversibleSerial([rb.ReversibleDecoderBlock([encoder_attention], ff, dropout,
-                                                       encoder_mode, masked=True)
+                                                       encoder_mode, masked=True,
+                                                       ff_takes_mask=with_sru)
                              for _ in range(n_encoder_layers)]),
         average,                                                        # enc, mask
         tl.LayerNorm(),
@@ -185,7 +197,8 @@ def Terraformer(input_vocab_size: int, output_vocab_size: int | None = None,  # 
         ConcatenateWithPadding(mode),                                   # joint, jmask, tok_d
         tl.Select([0, 0, 1]),                                           # x1, x2, jmask, tok_d
         tl.ReversibleSerial([rb.ReversibleDecoderBlock(
-            [decoder_attention] * n_decoder_attention_layers, ff, dropout, mode, masked=True)
+            [decoder_attention] * n_decoder_attention_layers, ff, dropout, mode, masked=True,
+            ff_takes_mask=with_sru)
             for _ in range(n_decoder_layers)]),
         tl.Concatenate(),                                               # x [B, L, 2d], jmask, tok_d
         tl.Select([0, 2], n_in=3),                                      # x, tok_d
