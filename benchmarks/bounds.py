@@ -51,7 +51,8 @@ class Rates:
 
     def describe(self) -> str:
         return (f'memory bandwidth {self.bandwidth / 1e9:.1f} GB/s (streaming read), matmul '
-                f'rate {self.mac_rate / 1e9:.1f} GMAC/s (1024² float32 matmul), both measured in this run')
+                f'rate {self.mac_rate / 1e9:.1f} GMAC/s (1024² float32 matmul), both measured in this run, '
+                f'the faster of the measurements at its start and end')
 
 
 def _best(fn: Callable[[], Any], repeats: int) -> float:
@@ -87,8 +88,13 @@ def measure_mac_rate(n: int = 1024, repeats: int = 5) -> float:
     return n ** 3 / best
 
 
-def measure_rates() -> Rates:
-    return Rates(measure_bandwidth(), measure_mac_rate())
+def measure_rates(earlier: Rates | None = None) -> Rates:
+    """Both rates, measured now; with `earlier` (from the start of the run), the faster of the
+    two measurements of each: the hardware's rate, less disturbed by the machine's load."""
+    rates = Rates(measure_bandwidth(), measure_mac_rate())
+    if earlier is None:
+        return rates
+    return Rates(max(rates.bandwidth, earlier.bandwidth), max(rates.mac_rate, earlier.mac_rate))
 
 
 def macs_per_token(layer: tl.Layer, weights: Any, keys: int = 1, kv_width: int = 0) -> int:

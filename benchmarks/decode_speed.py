@@ -80,7 +80,7 @@ def _init(model: tl.Layer, signature):
     return weights
 
 
-def part_a(n_layers: int, steps: int, rates: Rates) -> list:
+def part_a(n_layers: int, steps: int) -> tuple:
     d_ff = {'dense': 4096, 'sparse': 6144}
     rows = []
     for variant in VARIANTS:
@@ -104,12 +104,11 @@ def part_a(n_layers: int, steps: int, rates: Rates) -> list:
     times = {b: time_per_token(terraformer, weights, b, steps, inputs) for b in ('numpy', 'jax')}
     rows.append(('Terraformer (2 sparse-QKV attentions / block)', decoder_bytes, macs, times,
                  None))
-    _print_table(f'(a) 800M configuration, decoder only, {n_layers} layers, per token', rows,
-                 rates, {k: v[0] for k, v in PAPER_800M.items()})
-    return rows
+    return (f'(a) 800M configuration, decoder only, {n_layers} layers, per token', rows,
+            {k: v[0] for k, v in PAPER_800M.items()})
 
 
-def part_b(steps: int, rates: Rates) -> list:
+def part_b(steps: int) -> tuple:
     d, d_ff, heads = 9216, 65536, 96
     rows = []
     for variant in list(VARIANTS)[:4]:
@@ -132,9 +131,8 @@ def part_b(steps: int, rates: Rates) -> list:
         rows.append((variant, n_bytes, macs, times, _trax_ms('17B', variant, 1)))
         del block, weights
         gc.collect()
-    _print_table('(b) one block at the 17B dimensions (d 9216, d_ff 65536, 96 heads)', rows,
-                 rates, PAPER_17B_BLOCK)
-    return rows
+    return ('(b) one block at the 17B dimensions (d 9216, d_ff 65536, 96 heads)', rows,
+            PAPER_17B_BLOCK)
 
 
 def _block_time(block, weights, backend, steps):
@@ -181,10 +179,14 @@ def main() -> None:
     print(f'command: .venv/bin/python benchmarks/decode_speed.py --part={args.part} '
           f'--layers={args.layers} --steps={args.steps}')
     rates = measure_rates()
+    tables = []
     if 'a' in args.part:
-        part_a(args.layers, args.steps, rates)
+        tables.append(part_a(args.layers, args.steps))
     if 'b' in args.part:
-        part_b(args.steps, rates)
+        tables.append(part_b(args.steps))
+    rates = measure_rates(rates)
+    for title, rows, paper in tables:
+        _print_table(title, rows, rates, paper)
 
 
 if __name__ == '__main__':

@@ -187,6 +187,7 @@ def main() -> None:
                                  seed=len(rows))
                 result['bytes'] += kv_bytes
                 rows.append((size, block, kind, result))
+    rates = measure_rates(rates)
     print_blocks(rows, backends, rates)
     print_layers(rows, backends, rates)
 
