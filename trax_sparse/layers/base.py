@@ -367,8 +367,10 @@ class Layer:
         return run(x, weights, state, rng)
 
     def _check_n_items(self, x: Any) -> None:
+        if self._n_in == 1:
+            return
         n_given = len(x) if isinstance(x, (tuple, list)) else 1
-        if self._n_in != 1 and n_given != self._n_in:
+        if n_given != self._n_in:
             raise ValueError(f'expected {self._n_in} inputs (n_in={self._n_in}) from the data '
                              f'stack, got {n_given}')
 

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 from trax_sparse import fastmath
 from trax_sparse.fastmath import numpy as xnp
 from trax_sparse.fastmath import tree_map
-from trax_sparse.layers.base import Layer, check_mode, split_rngs
+from trax_sparse.layers.base import Layer, LayerError, check_mode, split_rngs
 from trax_sparse.layers.core import Add
 
 
@@ -86,8 +86,11 @@ class Serial(Layer):
         rngs = self.sublayer_rngs()
         new_states = []
         for i, (layer, w, s, r) in enumerate(zip(self.sublayers, self.weights, self.state, rngs)):
-            with self.sublayer_context(i):
+            try:                        # (not `with sublayer_context`: this loop is hot)
                 out, s = layer.pure_fn(_from_stack(stack, layer.n_in), w, s, r)
+            except LayerError as e:
+                e.add_parent(f'{self.name}[{i}]')
+                raise
             stack = _to_stack(out, layer.n_out) + stack[layer.n_in:]
             new_states.append(s)
         self.state = tuple(new_states)
@@ -135,8 +138,11 @@ class Parallel(Layer):
         outputs, new_states = [], []
         for i, (layer, x, w, s, r) in enumerate(
                 zip(self.sublayers, self._spans(xs), self.weights, self.state, rngs)):
-            with self.sublayer_context(i):
+            try:                        # (not `with sublayer_context`: this loop is hot)
                 out, s = layer.pure_fn(x, w, s, r)
+            except LayerError as e:
+                e.add_parent(f'{self.name}[{i}]')
+                raise
             outputs += _to_stack(out, layer.n_out)
             new_states.append(s)
         self.state = tuple(new_states)
