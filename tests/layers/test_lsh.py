@@ -10,7 +10,7 @@ import pytest
 from trax_sparse import fastmath, shapes
 from trax_sparse import layers as tl
 from trax_sparse.layers import lsh_core, lsh_hashing
-from trax_sparse.layers.lsh import lsh_attention_reference
+from tests.layers.lsh_reference import lsh_attention_reference
 from tests import helpers
 
 D_MODEL, N_HEADS, D_QK, D_V = 6, 2, 3, 4

@@ -41,7 +41,7 @@ from trax_sparse.fastmath import numpy as xnp
 from trax_sparse.layers.attention_core import (cached_attention_step, causal_mask,
                                                check_divisible, merge_heads,
                                                multihead_attention, padding_mask, split_heads)
-from trax_sparse.layers.base import Layer, check_mode, note_predict_use, split_rngs
+from trax_sparse.layers.base import Layer, check_mode, check_rate, note_predict_use, split_rngs
 from trax_sparse.layers.combinators import Branch, Parallel, Select, Serial
 from trax_sparse.layers.core import Dense
 
@@ -95,8 +95,7 @@ class DotProductCausalAttention(Layer):
         self._masked = bool(masked)
         if int(n_heads) < 1:
             raise ValueError(f'{self.name}: n_heads must be >= 1, got {n_heads}')
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f'{self.name}: dropout must be in [0, 1), got {dropout}')
+        check_rate(self.name, 'dropout', dropout)
         if int(max_len) < 1 or int(predict_block_size) < 1:
             raise ValueError(f'{self.name}: max_len and predict_block_size must be >= 1, got '
                              f'{max_len} and {predict_block_size}')
@@ -222,11 +221,6 @@ class _PaddedDotProductAttention(Layer):
         return multihead_attention(q, k, v, padding_mask(mask), self._n_heads, dropout, self.rng)
 
 
-def _check_dropout(layer_name: str, dropout: float) -> None:
-    if not 0.0 <= dropout < 1.0:
-        raise ValueError(f'{layer_name}: dropout must be in [0, 1), got {dropout}')
-
-
 def Attention(d_feature: int, n_heads: int = 1, dropout: float = 0.0,  # noqa: N802
               mode: str = 'train') -> Layer:
     """Bidirectional self-attention with a padding mask: (x, mask) -> (y, mask).
@@ -241,7 +235,7 @@ def Attention(d_feature: int, n_heads: int = 1, dropout: float = 0.0,  # noqa: N
     """
     check_divisible('Attention', d_feature, n_heads)
     check_mode(mode, 'Attention')
-    _check_dropout('Attention', dropout)
+    check_rate('Attention', 'dropout', dropout)
     return Serial(
         Select([0, 0, 0, 1, 1]),                                        # x, x, x, mask, mask
         Parallel(Dense(d_feature), Dense(d_feature), Dense(d_feature)),  # q, k, v, mask, mask
@@ -277,7 +271,7 @@ class EncDecAttention(Layer):
     def __init__(self, d_feature: int, n_heads: int = 1, dropout: float = 0.0,
                  mode: str = 'train'):
         check_divisible('EncDecAttention', d_feature, n_heads)
-        _check_dropout('EncDecAttention', dropout)
+        check_rate('EncDecAttention', 'dropout', dropout)
         sublayers = [Dense(d_feature) for _ in range(4)]  # q, k, v, output
         super().__init__(n_in=3, n_out=1, name='EncDecAttention', sublayers=sublayers)
         self._d_feature, self._n_heads = int(d_feature), int(n_heads)

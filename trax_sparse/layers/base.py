@@ -99,6 +99,13 @@ def check_mode(mode: str, layer_name: str) -> str:
     return mode
 
 
+def check_rate(layer_name: str, what: str, value: float) -> float:
+    """Returns `value` as a float if it is a probability in [0, 1) (a dropout rate, ...)."""
+    if not 0.0 <= float(value) < 1.0:
+        raise ValueError(f'{layer_name}: {what} must be in [0, 1), got {value}')
+    return float(value)
+
+
 class LayerError(Exception):
     """An error inside a layer; names the layer's path (e.g. `Serial[2]/Branch[0]/Dense_16`)
     and the file:line where the failing layer was created."""

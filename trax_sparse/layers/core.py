@@ -16,7 +16,8 @@ import numpy as onp
 from trax_sparse import fastmath
 from trax_sparse.fastmath import numpy as xnp
 from trax_sparse.layers import initializers as init
-from trax_sparse.layers.base import Fn, Layer, check_mode, note_predict_use, split_rngs
+from trax_sparse.layers.base import (Fn, Layer, check_mode, check_rate, note_predict_use,
+                                     split_rngs)
 
 
 def check_last_axis(layer: Layer, x: Any, expected: int, what: str = 'input') -> None:
@@ -108,9 +109,8 @@ class Dropout(Layer):
     def __init__(self, rate: float = 0.0, shared_axes: Sequence[int] | None = None,
                  mode: str = 'train'):
         super().__init__(name='Dropout')
-        if not 0.0 <= rate < 1.0:
-            raise ValueError(f'Dropout: rate must be in [0, 1), got {rate}')
-        self._rate, self._shared_axes = float(rate), tuple(shared_axes or ())
+        self._rate = check_rate('Dropout', 'rate', rate)
+        self._shared_axes = tuple(shared_axes or ())
         self._mode = check_mode(mode, 'Dropout')
 
     def forward(self, x: Any) -> Any:

@@ -4,8 +4,8 @@ Shared QK per head (keys are the unit-normalised queries), random-rotation
 hashing with n_hashes rounds, sort by (bucket, position), chunked attention
 with look-back / look-ahead, causal + padding + self masks, rounds combined
 with the softmax of their log-sum-exps. The algorithm lives in lsh_core.py
-(fast path), lsh_hashing.py (hash), lsh_predict.py (decoding) and
-lsh_reference.py (`lsh_attention_reference`, the loop oracle).
+(fast path), lsh_hashing.py (hash) and lsh_predict.py (decoding); the loop
+oracle the tests compare with is tests/layers/lsh_reference.py.
 
 Differences from Trax (docs/differences_from_trax.md): no shape is fixed at init, any
 length works per call (#1664); the rotations and the dropout masks come from the
@@ -34,12 +34,11 @@ from typing import Any
 from trax_sparse import fastmath
 from trax_sparse.fastmath import numpy as xnp
 from trax_sparse.layers import initializers as init
-from trax_sparse.layers.base import Layer, check_mode, is_replaying, split_rngs
+from trax_sparse.layers.base import Layer, check_mode, check_rate, is_replaying, split_rngs
 from trax_sparse.layers.lsh_core import (LSHSettings, attend_backward, attend_given_buckets,
                                          hash_and_attend, padded_length, with_settings)
 from trax_sparse.layers.lsh_hashing import check_n_buckets
 from trax_sparse.layers.lsh_predict import init_cache, predict_forward
-from trax_sparse.layers.lsh_reference import lsh_attention_reference
 
 
 def _positive(layer_name: str, **values: int) -> None:
@@ -52,12 +51,6 @@ def _non_negative(layer_name: str, **values: int) -> None:
     for key, value in values.items():
         if int(value) < 0:
             raise ValueError(f'{layer_name}: {key} must be >= 0, got {value}')
-
-
-def _rate(layer_name: str, key: str, value: float) -> float:
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f'{layer_name}: {key} must be in [0, 1), got {value}')
-    return float(value)
 
 
 class LSHSelfAttention(Layer):
@@ -117,8 +110,8 @@ class LSHSelfAttention(Layer):
                              f'(got causal=False)')
         self._d_v, self._masked = int(d_v), bool(masked)
         self._pad_to_chunk = bool(pad_to_chunk)
-        attention_dropout = _rate(name, 'attention_dropout', attention_dropout)
-        output_dropout = _rate(name, 'output_dropout', output_dropout)
+        attention_dropout = check_rate(name, 'attention_dropout', attention_dropout)
+        output_dropout = check_rate(name, 'output_dropout', output_dropout)
         train = self._mode == 'train'
         if predict_budget is None:
             predict_budget = int(n_hashes) * int(chunk_len) * (1 + int(n_chunks_before))
@@ -239,4 +232,4 @@ class LSHSelfAttention(Layer):
         return x_grad, weights_grad
 
 
-__all__ = ['LSHSelfAttention', 'lsh_attention_reference']
+__all__ = ['LSHSelfAttention']

@@ -35,7 +35,7 @@ def ReformerLM(vocab_size: int, d_model: int = 512, d_ff: int = 2048,  # noqa: N
                n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
                attention_dropout=attention_dropout)
     if attention_type == 'lsh':
-        attention = rb.lsh_attention(d_model, n_heads, d_attention_key, d_attention_value,
+        attention = rb.lsh_attention(n_heads, d_attention_key, d_attention_value,
                                      causal=True, masked=False, dropout=dropout, lsh=lsh,
                                      max_len=max_len)
     else:

@@ -20,10 +20,10 @@ from trax_sparse import layers as tl
 from trax_sparse.models.blocks import Part
 
 
-def lsh_attention(d_model: int, n_heads: int, d_attention_key: int, d_attention_value: int,
-                  causal: bool, masked: bool, dropout: float, lsh: dict, max_len: int) -> Part:
-    """LSHSelfAttention part; `lsh` holds chunk_len, n_hashes, n_buckets, n_chunks_before, ..."""
-    del d_model  # LSHSelfAttention maps back to its input width itself.
+def lsh_attention(n_heads: int, d_attention_key: int, d_attention_value: int, causal: bool,
+                  masked: bool, dropout: float, lsh: dict, max_len: int) -> Part:
+    """LSHSelfAttention part (it maps back to its input width itself); `lsh` holds chunk_len,
+    n_hashes, n_buckets, n_chunks_before, ..."""
     return lambda mode: tl.LSHSelfAttention(
         n_heads=n_heads, d_qk=d_attention_key, d_v=d_attention_value, causal=causal,
         masked=masked, output_dropout=dropout, predict_mem_len=max_len, mode=mode, **lsh)
@@ -42,7 +42,7 @@ def masked_causal_attention(d_model: int, n_heads: int, dropout: float, max_len:
             d_model, n_heads, sparsity=qkv_sparsity, length_kernel_size=length_kernel_size,
             dropout=dropout, max_len=max_len, masked=True, mode=mode)
     if attention_type == 'lsh':
-        return lsh_attention(d_model, n_heads, d_attention_key, d_attention_value, causal=True,
+        return lsh_attention(n_heads, d_attention_key, d_attention_value, causal=True,
                              masked=True, dropout=dropout, lsh=lsh, max_len=max_len)
     raise ValueError(f"attention_type must be 'dense', 'sparse_qkv' or 'lsh', got "
                      f'{attention_type!r}')
@@ -55,7 +55,7 @@ def bidirectional_attention(d_model: int, n_heads: int, dropout: float, attentio
     if attention_type == 'dense':
         return lambda mode: tl.Attention(d_model, n_heads, dropout, mode=mode)
     if attention_type == 'lsh':
-        return lsh_attention(d_model, n_heads, d_attention_key, d_attention_value, causal=False,
+        return lsh_attention(n_heads, d_attention_key, d_attention_value, causal=False,
                              masked=True, dropout=dropout, lsh=lsh, max_len=max_len)
     raise ValueError(f"encoder attention_type must be 'dense' or 'lsh', got {attention_type!r}")
 
