@@ -3,6 +3,8 @@ import pathlib
 import subprocess
 import sys
 
+from tests import helpers
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
@@ -14,3 +16,46 @@ def test_layers_tour_runs_and_backends_agree():
     diff = float(result.stdout.split('max |diff| = ')[1].split()[0])
     assert diff < 1e-5
     assert '-> Swap on [1, 2]: [1. 2.] [3. 4.]' in result.stdout
+
+
+def _run_example(name: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / 'examples' / name), *args],
+                          capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_perplexity_parity_quick(tmp_path):
+    helpers.require_shakespeare()
+    result = _run_example('perplexity_parity.py', '--quick', f'--output_dir={tmp_path}')
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = result.stdout.split('training step time\n')[1]
+    for variant in ('dense', '+ sparse FF', '+ sparse QKV', '+ sparse FF + QKV',
+                    '+ sparse loss', 'all sparse'):
+        assert f'| {variant} |' in table
+    assert 'parameters (+0.00% vs dense)' in result.stdout         # params are printed
+    dense = next(line for line in table.splitlines() if line.startswith('| dense |'))
+    assert ' / ' in dense                                        # two seeds, their spread
+    assert (tmp_path / 'validation_curves.png').stat().st_size > 1000
+    assert (tmp_path / 'dense_seed1' / 'metrics.jsonl').exists()
+
+
+def test_long_inputs_quick():
+    result = _run_example('long_inputs.py', '--quick')
+    assert result.returncode == 0, result.stderr[-3000:]
+    for model in ('Transformer (dense attention)', 'Terraformer (LSH, reversible)'):
+        row = next(line for line in result.stdout.splitlines() if line.startswith(f'| {model}'))
+        assert row.count('|') == 8 and 'real step' in result.stdout
+
+
+def test_summarize_quick_trains_decodes_and_scores(tmp_path):
+    result = _run_example('summarize.py', '--quick', f'--output_dir={tmp_path}')
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert '| tiny_arxiv | test | 2 |' in result.stdout
+    assert (tmp_path / 'rouge.json').exists()
+
+
+def test_summarize_without_the_dataset_says_how_to_prepare_it(tmp_path):
+    result = _run_example('summarize.py', f'--data_dir={tmp_path}', timeout=120)
+    assert result.returncode == 2
+    assert "'scientific_papers/arxiv' is not prepared" in result.stderr
+    assert 'download_and_prepare' in result.stderr and '--quick' in result.stderr
+    assert not any(tmp_path.iterdir())                           # nothing was downloaded
