@@ -108,7 +108,7 @@ def main() -> None:
     parser.add_argument('--d', type=int, default=1024)
     parser.add_argument('--heads', type=int, default=16)
     parser.add_argument('--batch', type=int, default=1)
-    parser.add_argument('--block', type=int, default=128, help='JAX key block size')
+    parser.add_argument('--block', type=int, default=32, help='JAX key block size')
     parser.add_argument('--steps', type=int, default=20)
     parser.add_argument('--backends', default='numpy,jax')
     args = parser.parse_args()
