@@ -349,7 +349,8 @@ def test_length_not_multiple_of_chunk_len_without_padding(backend_name):
 
 @pytest.mark.parametrize('n_buckets', [5, 0])
 def test_odd_n_buckets(n_buckets):
-    with pytest.raises(ValueError, match=f'n_buckets must be even and >= 2.*got {n_buckets}'):
+    with pytest.raises(ValueError, match=f'n_buckets must be None, an even number >= 2.*got '
+                                         f'{n_buckets}'):
         tl.LSHSelfAttention(n_buckets=n_buckets)
 
 
@@ -390,3 +391,43 @@ def test_bad_hyper_parameters_and_inputs():
             layer.pure_fn((x, mask[:, :7]), weights, state, KEY)
         with pytest.raises(tl.LayerError, match='was initialized for d_model=6'):
             layer.pure_fn((_floats(2, 8, 5), mask), weights, state, KEY)
+
+
+def test_factorized_buckets_combine_one_argmax_per_factor(backend_name):
+    from trax_sparse.layers.lsh_hashing import hash_rotations, hash_vectors
+    vectors = np.random.default_rng(5).normal(size=(1, 2, 9, 4)).astype(np.float32)
+    rotations = hash_rotations(np.array([0, 3], np.uint32), 2, 4, 2, (4, 6))   # [2, 4, 2, 5]
+    assert rotations.shape == (2, 4, 2, 5)
+    got = np.asarray(hash_vectors(vectors, rotations, (4, 6)))
+    rot = np.asarray(rotations)
+    first = np.asarray(hash_vectors(vectors, rot[..., :2]))          # factor 4: 2 directions
+    second = np.asarray(hash_vectors(vectors, rot[..., 2:]))         # factor 6: 3 directions
+    np.testing.assert_array_equal(got, first + 4 * second)
+    assert got.min() >= 0 and got.max() < 24
+
+
+def test_n_buckets_from_the_length_and_as_factors():
+    from trax_sparse.layers.lsh_hashing import bucket_factors, check_n_buckets
+    assert bucket_factors(None, 64, 8) == (16,)
+    assert bucket_factors(None, 4096, 8) == (32, 32)                 # 1024 > 128: factorized
+    assert bucket_factors((4, 6), 4096, 8) == (4, 6)
+    assert check_n_buckets('L', [8, 4]) == (8, 4) and check_n_buckets('L', None) is None
+    for bad in (3, [4, 5], 0, []):
+        with pytest.raises(ValueError, match='n_buckets must be None, an even number'):
+            check_n_buckets('L', bad)
+
+
+@pytest.mark.parametrize('n_buckets, total', [(None, 2), ([2, 2], 4)],
+                         ids=['from_length', 'factorized'])
+def test_lsh_with_automatic_or_factorized_buckets_predict_equals_eval(n_buckets, total,
+                                                                      backend_name):
+    x = _floats(2, 7, D_MODEL)
+    settings = dict(COVERING, n_buckets=n_buckets)
+    evaluate = _layer('eval', **settings)
+    weights, state = _init(evaluate, x)
+    full, buckets = evaluate.pure_fn(x, weights, state, KEY)
+    # Length 7 pads to one chunk of 8: None gives 2·8/8 = 2 buckets; the padding position
+    # gets the extra bucket `total`.
+    assert int(np.asarray(buckets).max()) == total
+    decoded, _ = _decode(_layer('predict', **settings), weights, x, prefix=3)
+    np.testing.assert_allclose(decoded, full, atol=1e-5, rtol=1e-5)

@@ -63,7 +63,11 @@ class LSHSelfAttention(Layer):
     W_o [H, d_v, d]; head outputs are summed.
     Hash: rotations R ~ N(0, 1) [H, d_qk, n_hashes, n_buckets/2] drawn from the
     call's rng; bucket = argmax([xR; -xR]). Padding (internal or masked)
-    positions get an extra bucket n_buckets, so they sort last.
+    positions get an extra bucket n_buckets, so they sort last. n_buckets may
+    be a list of factors (factorized hash: Π f_i buckets from Σ f_i/2
+    directions) or None: 2·L/chunk_len buckets for a length L (about chunk_len/2
+    positions a bucket), factorized above 128, as Trax; in predict mode L is
+    predict_mem_len, so the prefix and every later token hash alike.
     Length: any L per call; if L is not a multiple of chunk_len it is padded
     internally with masked positions (pad_to_chunk=True) or rejected.
     State (train/eval): the buckets of the last forward, int32 [B, H,
@@ -94,7 +98,7 @@ class LSHSelfAttention(Layer):
 
     def __init__(self, n_heads: int = 2, d_qk: int = 64, d_v: int = 64, causal: bool = False,
                  masked: bool = False, chunk_len: int = 128, n_chunks_before: int = 1,
-                 n_chunks_after: int = 0, n_hashes: int = 1, n_buckets: int = 64,
+                 n_chunks_after: int = 0, n_hashes: int = 1, n_buckets: Any = 64,
                  attention_dropout: float = 0.0, output_dropout: float = 0.0,
                  predict_mem_len: int = 2048, predict_budget: int | None = None,
                  pad_to_chunk: bool = True, mode: str = 'train'):
@@ -118,7 +122,7 @@ class LSHSelfAttention(Layer):
         _positive(name, predict_budget=predict_budget)
         self._settings = LSHSettings(
             layer_name=name, n_heads=int(n_heads), d_qk=int(d_qk), n_hashes=int(n_hashes),
-            n_buckets=check_n_buckets(name, n_buckets), causal=bool(causal),
+            bucket_factors=check_n_buckets(name, n_buckets), causal=bool(causal),
             chunk_len=int(chunk_len), n_chunks_before=int(n_chunks_before),
             n_chunks_after=int(n_chunks_after),
             attention_dropout=attention_dropout if train else 0.0,
@@ -133,12 +137,13 @@ class LSHSelfAttention(Layer):
     # ---- shapes ----------------------------------------------------------------------------
     def padded_length(self, length: int) -> int:
         """The length the chunks run on: `length` rounded up to a multiple of chunk_len."""
-        chunk_len, n_buckets = self._settings.chunk_len, self._settings.n_buckets
+        chunk_len = self._settings.chunk_len
         if length % chunk_len and not self._pad_to_chunk:
             raise ValueError(f'{self.name}: sequence length {length} is not a multiple of '
                              f'chunk_len={chunk_len} (pad_to_chunk=False); pad the input or '
                              f'pass pad_to_chunk=True')
         padded = padded_length(length, chunk_len)
+        n_buckets = self._settings.for_length(padded).n_buckets
         if (n_buckets + 1) * padded >= 2 ** 31:
             raise ValueError(f'{self.name}: (n_buckets + 1) * length = {n_buckets + 1} * '
                              f'{padded} overflows the int32 sort keys')
@@ -168,10 +173,16 @@ class LSHSelfAttention(Layer):
                         init.RandomUniformInitializer(lim_v)((h, d, d_v), rng_v),
                         init.RandomUniformInitializer(lim_o)((h, d_v, d), rng_o))
         if self._mode == 'predict':
-            self.state = init_cache(batch, d_v, s, xnp.float32)
+            self.state = init_cache(batch, d_v, self._predict_settings(), xnp.float32)
         else:
             self.state = xnp.zeros((batch, h, s.n_hashes * self.padded_length(length)),
                                    xnp.int32)
+
+    def _predict_settings(self) -> LSHSettings:
+        """Settings of predict mode: n_buckets=None is resolved for predict_mem_len, so the
+        prefix and every later token hash alike."""
+        s = self._settings
+        return s.for_length(padded_length(s.mem_len, s.chunk_len))
 
     # ---- forward -----------------------------------------------------------------------------
     def _check_weights(self, x: Any, weights: tuple) -> None:
@@ -204,17 +215,18 @@ class LSHSelfAttention(Layer):
         valid = self._valid(x, mask)
         if self._mode == 'predict':
             y, self.state = predict_forward(x, valid, self.weights, self.state, self.rng,
-                                            self._settings)
+                                            self._predict_settings())
             return (y, mask) if self._masked else y
         batch, length, _ = x.shape
         padded = self.padded_length(length)
+        settings = self._settings.for_length(padded)          # n_buckets=None: from the length
         if is_replaying():
             buckets = self._recorded_buckets(batch, padded)
-            y = with_settings(attend_given_buckets, self._settings)(x, valid, self.weights,
-                                                                    buckets, self.rng)
+            y = with_settings(attend_given_buckets, settings)(x, valid, self.weights,
+                                                              buckets, self.rng)
         else:
-            y, buckets = with_settings(hash_and_attend, self._settings)(x, valid, self.weights,
-                                                                        self.rng)
+            y, buckets = with_settings(hash_and_attend, settings)(x, valid, self.weights,
+                                                                  self.rng)
         self.state = buckets.reshape((batch, buckets.shape[1], -1))   # [B, H, R·Lp]
         return (y, mask) if self._masked else y
 
@@ -224,8 +236,9 @@ class LSHSelfAttention(Layer):
         x, mask = self._split_inputs(inputs)
         valid = self._valid(x, mask)
         batch, length, _ = x.shape
-        buckets = new_state.reshape(self._bucket_shape(batch, self.padded_length(length)))
-        x_grad, weights_grad = with_settings(attend_backward, self._settings)(
+        padded = self.padded_length(length)
+        buckets = new_state.reshape(self._bucket_shape(batch, padded))
+        x_grad, weights_grad = with_settings(attend_backward, self._settings.for_length(padded))(
             x, valid, weights, buckets, rng, grad[0] if self._masked else grad)
         if self._masked:
             return (x_grad, fastmath.backend().zero_cotangent(mask)), weights_grad

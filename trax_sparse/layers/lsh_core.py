@@ -27,12 +27,14 @@ Example:
 """
 import dataclasses
 import functools
+import math
 from typing import Any, Callable
 
 from trax_sparse import fastmath
 from trax_sparse.fastmath import numpy as xnp
 from trax_sparse.layers.lsh_hashing import (ATTENTION_DROPOUT_STREAM, OUTPUT_DROPOUT_STREAM,
-                                            hash_rotations, hash_vectors, normalize_keys,
+                                            bucket_factors, hash_rotations, hash_vectors,
+                                            normalize_keys,
                                             portable_bernoulli)
 
 # Score of a masked key (finite: a row with every key masked stays NaN-free).
@@ -51,7 +53,7 @@ class LSHSettings:
     n_heads: int
     d_qk: int
     n_hashes: int
-    n_buckets: int
+    bucket_factors: tuple[int, ...] | None     # None: chosen from the length (for_length)
     causal: bool
     chunk_len: int
     n_chunks_before: int
@@ -60,6 +62,20 @@ class LSHSettings:
     output_dropout: float
     mem_len: int
     budget: int
+
+    def for_length(self, padded: int) -> 'LSHSettings':
+        """These settings with the bucket factors resolved for a padded length."""
+        factors = bucket_factors(self.bucket_factors, padded, self.chunk_len)
+        return self if factors == self.bucket_factors else dataclasses.replace(
+            self, bucket_factors=factors)
+
+    @property
+    def n_buckets(self) -> int:
+        """Buckets per round (the product of the factors); needs resolved factors."""
+        if self.bucket_factors is None:
+            raise ValueError(f'{self.layer_name}: n_buckets=None is chosen per length: call '
+                             f'settings.for_length(padded_length) first')
+        return math.prod(self.bucket_factors)
 
 
 def _bind(fn: Callable, settings: LSHSettings) -> Callable:
@@ -232,8 +248,8 @@ def hash_buckets(x: Any, valid: Any, w_qk: Any, rng: Any, *, settings: LSHSettin
     x_pad, valid_pad = _pad_to_chunks(x, valid, s.chunk_len)
     qk = xnp.einsum('bld,hdk->bhlk', fastmath.stop_gradient(x_pad),
                     fastmath.stop_gradient(w_qk))                        # [B, H, Lp, d_qk]
-    rotations = hash_rotations(rng, s.n_heads, s.d_qk, s.n_hashes, s.n_buckets)
-    buckets = hash_vectors(qk, rotations)                              # [B, H, R, Lp]
+    rotations = hash_rotations(rng, s.n_heads, s.d_qk, s.n_hashes, s.bucket_factors)
+    buckets = hash_vectors(qk, rotations, s.bucket_factors)            # [B, H, R, Lp]
     return xnp.where(valid_pad[:, None, None, :], buckets, s.n_buckets)
 
 

@@ -6,7 +6,7 @@ Cache (the layer's state in predict mode), M = predict_mem_len:
     buckets   [B, H, n_hashes, M] int32: each cached position's bucket + 1 per
               round (0: an empty slot, or a position masked out by the input
               mask; so the empty cache is all zeros, as every predict state)
-    rotations [H, d_qk, n_hashes, n_buckets/2]: the hash of this sequence, drawn
+    rotations [H, d_qk, n_hashes, Σ f/2]: the hash of this sequence, drawn
               from the call's rng when pos == 0 and kept afterwards
     pos       int32 scalar: the number of cached positions
 
@@ -55,7 +55,8 @@ def init_cache(batch: int, d_v: int, s: LSHSettings, dtype: Any) -> tuple:
     return (xnp.zeros((batch, s.n_heads, s.mem_len, s.d_qk), dtype),
             xnp.zeros((batch, s.n_heads, s.mem_len, d_v), dtype),
             xnp.zeros((batch, s.n_heads, s.n_hashes, s.mem_len), xnp.int32),
-            xnp.zeros((s.n_heads, s.d_qk, s.n_hashes, s.n_buckets // 2), xnp.float32),
+            xnp.zeros((s.n_heads, s.d_qk, s.n_hashes, sum(f // 2 for f in s.bucket_factors)),
+                      xnp.float32),
             xnp.zeros((), xnp.int32))
 
 
@@ -65,7 +66,7 @@ def _write(buffer: Any, update: Any, start: Any, axis: int) -> Any:
 
 
 def _fresh_rotations(rng: Any, s: LSHSettings) -> Any:
-    return hash_rotations(rng, s.n_heads, s.d_qk, s.n_hashes, s.n_buckets)
+    return hash_rotations(rng, s.n_heads, s.d_qk, s.n_hashes, s.bucket_factors)
 
 
 def prefix_forward(x: Any, valid: Any, weights: tuple, cache: tuple, rng: Any, *,
@@ -80,7 +81,7 @@ def prefix_forward(x: Any, valid: Any, weights: tuple, cache: tuple, rng: Any, *
     x_pad = xnp.pad(x, ((0, 0), (0, extra), (0, 0)))                       # [B, Lp, d]
     valid_pad = xnp.pad(valid, ((0, 0), (0, extra)))                        # [B, Lp]
     qk, v = project_qkv(x_pad, w_qk, w_v)                                   # [B, H, Lp, dk]
-    hashed = hash_vectors(qk, rotations)                                    # [B, H, R, Lp]
+    hashed = hash_vectors(qk, rotations, s.bucket_factors)                  # [B, H, R, Lp]
     valid_bhrl = valid_pad[:, None, None, :]
     o_rounds, lse = lsh_attention_rounds(
         qk, v, xnp.where(valid_bhrl, hashed, s.n_buckets), valid_pad, True, s.chunk_len,
@@ -109,7 +110,7 @@ def step_forward(x: Any, valid: Any, weights: tuple, cache: tuple, *,
     keys, values, buckets, rotations, pos = cache
     w_qk, w_v, w_o = weights
     qk, v = project_qkv(x, w_qk, w_v)                                       # [B, H, 1, dk]
-    new_bucket = hash_vectors(qk, rotations)                                # [B, H, R, 1]
+    new_bucket = hash_vectors(qk, rotations, s.bucket_factors)              # [B, H, R, 1]
     new_bucket = xnp.where(valid[:, None, None, :], new_bucket, EMPTY_BUCKET)
     keys = _write(keys, normalize_keys(qk), pos, axis=2)
     values = _write(values, v, pos, axis=2)
