@@ -1,6 +1,6 @@
 """A plain, loop-by-loop LSH self-attention: the test oracle of LSHSelfAttention.
 
-Same math as the fast path (lsh_core.py), written independently and slowly in
+Same math as the fast path (trax_sparse/layers/lsh/core.py), written independently and slowly in
 float64 NumPy: for each example, head and hash round it hashes every
 position, sorts positions by (bucket, position), and for each query lists the
 keys of its chunk window one by one. Use it for tiny inputs only.
@@ -66,7 +66,7 @@ def lsh_attention_reference(x: Any, weights: tuple, rotations: Any, mask: Any = 
     """LSH self-attention of x [B, L, d] by plain loops (float64); returns y [B, L, d].
 
     weights: (W_qk [H, d, d_qk], W_v [H, d, d_v], W_o [H, d_v, d]); rotations
-    [H, d_qk, n_hashes, n_buckets/2] (see lsh_hashing.hash_rotations); mask
+    [H, d_qk, n_hashes, n_buckets/2] (see trax_sparse/layers/lsh/hashing.py); mask
     [B, L] (nonzero = real token) or None. L is padded to a multiple of
     chunk_len with masked-out positions. No dropout.
     """

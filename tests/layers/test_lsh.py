@@ -9,7 +9,7 @@ import pytest
 
 from trax_sparse import fastmath, shapes
 from trax_sparse import layers as tl
-from trax_sparse.layers import lsh_core, lsh_hashing
+from trax_sparse.layers.lsh import core as lsh_core, hashing as lsh_hashing
 from tests.layers.lsh_reference import lsh_attention_reference
 from tests import helpers
 
@@ -394,7 +394,7 @@ def test_bad_hyper_parameters_and_inputs():
 
 
 def test_factorized_buckets_combine_one_argmax_per_factor(backend_name):
-    from trax_sparse.layers.lsh_hashing import hash_rotations, hash_vectors
+    from trax_sparse.layers.lsh.hashing import hash_rotations, hash_vectors
     vectors = np.random.default_rng(5).normal(size=(1, 2, 9, 4)).astype(np.float32)
     rotations = hash_rotations(np.array([0, 3], np.uint32), 2, 4, 2, (4, 6))   # [2, 4, 2, 5]
     assert rotations.shape == (2, 4, 2, 5)
@@ -407,7 +407,7 @@ def test_factorized_buckets_combine_one_argmax_per_factor(backend_name):
 
 
 def test_n_buckets_from_the_length_and_as_factors():
-    from trax_sparse.layers.lsh_hashing import bucket_factors, check_n_buckets
+    from trax_sparse.layers.lsh.hashing import bucket_factors, check_n_buckets
     assert bucket_factors(None, 64, 8) == (16,)
     assert bucket_factors(None, 4096, 8) == (32, 32)                 # 1024 > 128: factorized
     assert bucket_factors((4, 6), 4096, 8) == (4, 6)

@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 from trax_sparse import fastmath
 from trax_sparse.fastmath import numpy as xnp
-from trax_sparse.layers.lsh_hashing import (ATTENTION_DROPOUT_STREAM, OUTPUT_DROPOUT_STREAM,
+from trax_sparse.layers.lsh.hashing import (ATTENTION_DROPOUT_STREAM, OUTPUT_DROPOUT_STREAM,
                                             bucket_factors, hash_rotations, hash_vectors,
                                             normalize_keys,
                                             portable_bernoulli)
@@ -217,7 +217,7 @@ def lsh_self_attention(x: Any, weights: tuple, buckets: Any, valid: Any, causal:
     x [B, L, d] with L a multiple of chunk_len, weights (W_qk [H, d, d_qk],
     W_v [H, d, d_v], W_o [H, d_v, d]), buckets [B, H, R, L] int, valid [B, L]
     bool. rng is needed only for dropout: the attention and output masks are two
-    streams of it (lsh_hashing.portable_bernoulli). Returns y [B, L, d].
+    streams of it (hashing.portable_bernoulli). Returns y [B, L, d].
     """
     w_qk, w_v, w_o = weights
     qk, v = project_qkv(x, w_qk, w_v)                                    # [B,H,L,dk], [B,H,L,dv]
@@ -242,7 +242,7 @@ def _pad_to_chunks(x: Any, valid: Any, chunk_len: int) -> tuple[Any, Any]:
 def hash_buckets(x: Any, valid: Any, w_qk: Any, rng: Any, *, settings: LSHSettings) -> Any:
     """Buckets [B, H, R, Lp] of x [B, L, d] (padded to chunks; padding gets bucket n_buckets).
 
-    The rotations are drawn from `rng` (lsh_hashing.hash_rotations).
+    The rotations are drawn from `rng` (hashing.hash_rotations).
     """
     s = settings
     x_pad, valid_pad = _pad_to_chunks(x, valid, s.chunk_len)

@@ -3,13 +3,13 @@
 Shared QK per head (keys are the unit-normalised queries), random-rotation
 hashing with n_hashes rounds, sort by (bucket, position), chunked attention
 with look-back / look-ahead, causal + padding + self masks, rounds combined
-with the softmax of their log-sum-exps. The algorithm lives in lsh_core.py
-(fast path), lsh_hashing.py (hash) and lsh_predict.py (decoding); the loop
-oracle the tests compare with is tests/layers/lsh_reference.py.
+with the softmax of their log-sum-exps. The algorithm lives in core.py
+(fast path), hashing.py (hash) and predict.py (decoding) beside this file;
+the loop oracle the tests compare with is tests/layers/lsh_reference.py.
 
 Differences from Trax (docs/differences_from_trax.md): no shape is fixed at init, any
 length works per call (#1664); the rotations and the dropout masks come from the
-call's rng through a counter-based hash (lsh_hashing.random_bits), so NumPy and
+call's rng through a counter-based hash (hashing.random_bits), so NumPy and
 JAX give the same buckets and masks for the same key, and compile fast;
 predict mode has a defined decoding rule equal to eval when the budget covers
 the sequence.
@@ -35,10 +35,10 @@ from trax_sparse import fastmath
 from trax_sparse.fastmath import numpy as xnp
 from trax_sparse.layers import initializers as init
 from trax_sparse.layers.base import Layer, check_mode, check_rate, is_replaying, split_rngs
-from trax_sparse.layers.lsh_core import (LSHSettings, attend_backward, attend_given_buckets,
+from trax_sparse.layers.lsh.core import (LSHSettings, attend_backward, attend_given_buckets,
                                          hash_and_attend, padded_length, with_settings)
-from trax_sparse.layers.lsh_hashing import check_n_buckets
-from trax_sparse.layers.lsh_predict import init_cache, predict_forward
+from trax_sparse.layers.lsh.hashing import check_n_buckets
+from trax_sparse.layers.lsh.predict import init_cache, predict_forward
 
 
 def _positive(layer_name: str, **values: int) -> None:
@@ -76,7 +76,7 @@ class LSHSelfAttention(Layer):
     inside `base.replay_context()` the forward reads them from the state it is
     given instead of hashing again.
     Predict (causal only): a cache of keys, values and buckets; see
-    lsh_predict.py for the decoding rule. predict_budget defaults to
+    predict.py for the decoding rule. predict_budget defaults to
     n_hashes·chunk_len·(1 + n_chunks_before); the prefix and every step pad
     internally whatever pad_to_chunk says. On NumPy a decoding step writes the
     new position into the cache arrays in place (O(current length) per step).
