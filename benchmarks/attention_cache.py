@@ -5,19 +5,27 @@ position of a max_len-slot K/V cache this prints the best time of one
 one-token step:
 - numpy: our layer (reads cache[:, :pos+1], writes in place) vs attending over
   the whole buffer with a mask (Trax's way);
-- jax (jit, state donated): our layer (visits only the filled key blocks) vs
-  the whole-buffer masked softmax.
+- jax (jit, state donated): our layer (visits only the filled key blocks while
+  the cache is < 40% full, then one pass over the buffer) vs the whole-buffer
+  masked softmax written as Trax does (matmul with transposed keys).
 
 Run:  .venv/bin/python benchmarks/attention_cache.py [--max_len 8192 --d 1024 --heads 16]
+(OPENBLAS_NUM_THREADS defaults to 1 here.)
 """
-import argparse
-import time
+import os
 
-import numpy as np
+# One BLAS thread, as in the other decoding benchmarks: a step is memory bound, and on a
+# shared 2-core machine a second OpenBLAS thread only adds hand-off waits.
+os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 
-from trax_sparse import fastmath, shapes
-from trax_sparse import layers as tl
-from trax_sparse.layers import attention_core
+import argparse  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from trax_sparse import fastmath, shapes  # noqa: E402
+from trax_sparse import layers as tl  # noqa: E402
+from trax_sparse.layers import attention_core  # noqa: E402
 
 
 def _filled_state(args, pos: int, xp) -> tuple:
