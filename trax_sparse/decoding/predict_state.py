@@ -68,8 +68,13 @@ class PredictStep:
     """
 
     def __init__(self, model: Layer, accelerate: bool = True):
+        # The compiled cache is keyed weakly by the model: its value must not hold the model
+        # (else no decoded model is ever freed); this step object holds it instead.
+        model_ref = weakref.ref(model)
+        self._model = model
+
         def step(inputs, weights, state, rng):
-            out, new_state = model.pure_fn(inputs, weights, state, rng)
+            out, new_state = model_ref().pure_fn(inputs, weights, state, rng)
             logits = out[0] if isinstance(out, (tuple, list)) else out   # [B, L, V]
             return logits[:, -1, :], new_state
 
