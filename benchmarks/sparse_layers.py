@@ -2,7 +2,7 @@
 
 Batch 1, float32, predict mode, one token per step; median of repeated steps after
 warm-up. JAX steps are jitted with the state donated (the K/V cache is updated in
-place). Sizes (DESIGN.md §4, paper Table 1):
+place). Sizes (docs/architecture.md, paper Table 1):
   800M: d 1024; dense FF d_ff 4096; SparseFF d_ff 6144, N 64 (rank 96); 16 heads, S 16
   17B:  d 9216; dense FF d_ff 65536; SparseFF d_ff 65536, N 256, rank 32; 96 heads, S 64
 Attention is timed at cache position --position (after a prefix of that many tokens).
