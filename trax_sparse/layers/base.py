@@ -14,121 +14,16 @@ Example:
     ...     print(double(np.array([1.0, 2.0])))
     [2. 4.]
 """
-import contextlib
-import contextvars
 import inspect
-import os
-import sys
-from typing import Any, Callable, Iterator, NamedTuple, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from trax_sparse import fastmath, shapes
 from trax_sparse.fastmath import tree_map
-
-MODES = ('train', 'eval', 'predict')
-_replaying: contextvars.ContextVar = contextvars.ContextVar('trax_sparse_replay', default=False)
-_predict_log: contextvars.ContextVar = contextvars.ContextVar('trax_sparse_predict_log',
-                                                              default=None)
-_LAYERS_DIR = os.path.dirname(os.path.abspath(__file__))
-
-
-class PredictUse(NamedTuple):
-    """One predict-mode call of a caching layer: `n_new` positions into `capacity` slots."""
-    layer: str
-    capacity: int
-    n_new: int
-
-
-@contextlib.contextmanager
-def recording_predict_use() -> Iterator[list]:
-    """Collects a `PredictUse` for every caching layer that runs (or is traced) inside.
-
-    Decoding runs the prefix call once inside it to learn, before decoding,
-    whether the caches hold the whole sequence (see docs/predict_mode.md).
-    """
-    log: list = []
-    token = _predict_log.set(log)
-    try:
-        yield log
-    finally:
-        _predict_log.reset(token)
-
-
-def note_predict_use(layer_name: str, capacity: int, n_new: int) -> None:
-    """Called by caching layers in predict mode (a no-op outside `recording_predict_use`)."""
-    log = _predict_log.get()
-    if log is not None:
-        log.append(PredictUse(layer_name, int(capacity), int(n_new)))
-
-
-def _creation_site() -> str:
-    """file:line of the code that built the layer: the first frame outside trax_sparse/layers."""
-    frame = sys._getframe(2)
-    while frame is not None and os.path.dirname(
-            os.path.abspath(frame.f_code.co_filename)) == _LAYERS_DIR:
-        frame = frame.f_back
-    if frame is None:
-        return '?'
-    return f'{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}'
-
-
-@contextlib.contextmanager
-def replay_context() -> Iterator[None]:
-    """Marks a recompute of an earlier forward pass (reversible backward).
-
-    Inside it, a layer that makes discrete random choices (LSH buckets, sparse
-    FF units) must read them from the state it is given (the `new_state` its
-    forward returned) instead of drawing them again, so the recompute sees
-    exactly the forward's attention pattern and units.
-    """
-    token = _replaying.set(True)
-    try:
-        yield
-    finally:
-        _replaying.reset(token)
-
-
-def is_replaying() -> bool:
-    """True inside `replay_context()`."""
-    return _replaying.get()
-
-
-def check_mode(mode: str, layer_name: str) -> str:
-    """Returns `mode` if it is one of MODES; else raises a ValueError naming the layer."""
-    if mode not in MODES:
-        raise ValueError(f'{layer_name}: mode must be one of {MODES}, got {mode!r}')
-    return mode
-
-
-def check_rate(layer_name: str, what: str, value: float) -> float:
-    """Returns `value` as a float if it is a probability in [0, 1) (a dropout rate, ...)."""
-    if not 0.0 <= float(value) < 1.0:
-        raise ValueError(f'{layer_name}: {what} must be in [0, 1), got {value}')
-    return float(value)
-
-
-class LayerError(Exception):
-    """An error inside a layer; names the layer's path (e.g. `Serial[2]/Branch[0]/Dense_16`)
-    and the file:line where the failing layer was created."""
-
-    def __init__(self, layer_path: str, message: str, inputs: str | None = None,
-                 created_at: str | None = None):
-        self.layer_path = layer_path
-        self.message = message
-        self.inputs = inputs
-        self.created_at = created_at
-        super().__init__(self._text())
-
-    def _text(self) -> str:
-        got = f' [received inputs {self.inputs}]' if self.inputs else ''
-        site = f' (layer created at {self.created_at})' if self.created_at else ''
-        return f'in layer {self.layer_path}: {self.message}{got}{site}'
-
-    def add_parent(self, segment: str) -> None:
-        self.layer_path = f'{segment}/{self.layer_path}'
-        self.args = (self._text(),)
-
-    def __str__(self) -> str:
-        return self._text()
+from trax_sparse.layers.call_context import (PredictUse, is_replaying,
+                                             note_predict_use, recording_predict_use,
+                                             replay_context)
+from trax_sparse.layers.errors import (MODES, ErrorContext, LayerError,
+                                       SublayerContext, check_mode, check_rate, creation_site)
 
 
 class Layer:
@@ -147,7 +42,7 @@ class Layer:
         self._state: Any = None
         self._rng: Any = None
         self._call_depth = 0
-        self._created_at = _creation_site()
+        self._created_at = creation_site()
         self._uses_rng: bool | None = None
         # What `init` was last given and made (for state_signature without re-running init).
         self._init_signature: Any = None
@@ -381,13 +276,13 @@ class Layer:
             raise ValueError(f'expected {self._n_in} inputs (n_in={self._n_in}) from the data '
                              f'stack, got {n_given}')
 
-    def _error_context(self, inputs: Any) -> '_ErrorContext':
+    def _error_context(self, inputs: Any) -> ErrorContext:
         """Turns an exception inside into a LayerError naming this layer and its inputs."""
-        return _ErrorContext(self, inputs)
+        return ErrorContext(self, inputs)
 
-    def sublayer_context(self, index: int) -> '_SublayerContext':
+    def sublayer_context(self, index: int) -> SublayerContext:
         """Prefixes `Name[index]/` to the path of errors raised by sublayer `index`."""
-        return _SublayerContext(self, index)
+        return SublayerContext(self, index)
 
     def _walk(self) -> Iterator['Layer']:
         yield self
@@ -411,39 +306,6 @@ class Layer:
             return ' ' * indent + head
         inner = '\n'.join(sub._repr(indent + 2) for sub in self._sublayers)
         return ' ' * indent + head + '[\n' + inner + '\n' + ' ' * indent + ']'
-
-
-class _ErrorContext:
-    """A plain class, not contextlib: entered on every call, so it must cost ~nothing."""
-    __slots__ = ('layer', 'inputs')
-
-    def __init__(self, layer: Layer, inputs: Any):
-        self.layer, self.inputs = layer, inputs
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, error, traceback) -> bool:
-        if error is None or isinstance(error, LayerError) or not isinstance(error, Exception):
-            return False
-        layer = self.layer
-        raise LayerError(layer.name, f'{kind.__name__}: {error}', shapes.describe(self.inputs),
-                         layer._created_at) from error
-
-
-class _SublayerContext:
-    __slots__ = ('layer', 'index')
-
-    def __init__(self, layer: Layer, index: int):
-        self.layer, self.index = layer, index
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind, error, traceback) -> bool:
-        if isinstance(error, LayerError):
-            error.add_parent(f'{self.layer.name}[{self.index}]')
-        return False
 
 
 class PureLayer(Layer):
@@ -512,3 +374,10 @@ def split_rngs(rng: Any, n: int) -> list:
     if n == 0:
         return []
     return list(fastmath.random.split(rng, n))
+
+
+# The layer API in one place: what layers import from here (some of it defined in
+# errors.py and call_context.py).
+__all__ = ['MODES', 'Fn', 'Layer', 'LayerError', 'PredictUse', 'PureLayer', 'check_mode',
+           'check_rate', 'count_params', 'is_replaying', 'note_predict_use',
+           'recording_predict_use', 'replay_context', 'split_rngs', 'weights_signature']
