@@ -32,14 +32,14 @@ from typing import Any, Callable
 
 from trax_sparse import fastmath
 from trax_sparse.fastmath import numpy as xnp
+from trax_sparse.layers.attention_core import MASK_VALUE
 from trax_sparse.layers.lsh.hashing import (ATTENTION_DROPOUT_STREAM, OUTPUT_DROPOUT_STREAM,
                                             bucket_factors, hash_rotations, hash_vectors,
                                             normalize_keys,
                                             portable_bernoulli)
 
-# Score of a masked key (finite: a row with every key masked stays NaN-free).
-MASK_VALUE = -1e9
-# Score of the query's own position: used only when every other key is masked.
+# Score of a masked key: attention_core.MASK_VALUE (finite: a row with every key masked stays
+# NaN-free). Score of the query's own position: used only when every other key is masked.
 SELF_VALUE = -1e5
 
 
@@ -284,7 +284,7 @@ def attend_backward(x: Any, valid: Any, weights: tuple, buckets: Any, rng: Any, 
     return pullback(grad)
 
 
-__all__ = ['LSHSettings', 'MASK_VALUE', 'SELF_VALUE', 'attend_backward', 'attend_given_buckets',
+__all__ = ['LSHSettings', 'SELF_VALUE', 'attend_backward', 'attend_given_buckets',
            'combine_rounds', 'hash_and_attend', 'hash_buckets', 'look_adjacent',
            'lsh_attention_rounds', 'lsh_self_attention', 'output_dropout', 'padded_length',
            'project_output', 'project_qkv', 'sort_by_bucket', 'window_sizes', 'with_settings']

@@ -41,8 +41,9 @@ from typing import Any
 
 from trax_sparse import fastmath
 from trax_sparse.fastmath import numpy as xnp
+from trax_sparse.layers.attention_core import MASK_VALUE
 from trax_sparse.layers.base import note_predict_use
-from trax_sparse.layers.lsh.core import (MASK_VALUE, SELF_VALUE, LSHSettings, combine_rounds,
+from trax_sparse.layers.lsh.core import (SELF_VALUE, LSHSettings, combine_rounds,
                                          lsh_attention_rounds, padded_length, project_output,
                                          project_qkv, with_settings)
 from trax_sparse.layers.lsh.hashing import hash_rotations, hash_vectors, normalize_keys
