@@ -386,7 +386,7 @@ def test_bad_hyper_parameters_and_inputs():
     x, mask = _floats(2, 8, D_MODEL), np.ones((2, 8), bool)
     weights, state = _init(layer, (x, mask))
     with fastmath.use_backend('numpy'):
-        with pytest.raises(tl.LayerError, match=r'expects a mask of shape \[batch, length\] = '
+        with pytest.raises(tl.LayerError, match=r'the mask must have shape \[batch, length\] = '
                                                 r'\(2, 8\), got \(2, 7\)'):
             layer.pure_fn((x, mask[:, :7]), weights, state, KEY)
         with pytest.raises(tl.LayerError, match='was initialized for d_model=6'):

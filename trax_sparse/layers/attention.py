@@ -44,6 +44,7 @@ from trax_sparse.layers.attention_core import (cached_attention_step, causal_mas
 from trax_sparse.layers.base import Layer, check_mode, check_rate, note_predict_use, split_rngs
 from trax_sparse.layers.combinators import Branch, Parallel, Select, Serial
 from trax_sparse.layers.core import Dense
+from trax_sparse.layers.errors import check_mask_shape
 
 
 def _check_rank3(layer_name: str, what: str, shape: tuple) -> None:
@@ -120,9 +121,8 @@ class DotProductCausalAttention(Layer):
     def _split_inputs(self, inputs: Any) -> tuple:
         q, k, v = inputs[:3]
         key_mask = inputs[3] if self._masked else None
-        if key_mask is not None and tuple(key_mask.shape) != tuple(k.shape[:2]):
-            raise ValueError(f'{self.name}: the key mask must have shape [batch, length] = '
-                             f'{tuple(k.shape[:2])}, got {tuple(key_mask.shape)}')
+        if key_mask is not None:
+            check_mask_shape(self.name, key_mask, k.shape[:2], 'key mask')
         return q, k, v, key_mask
 
     def forward(self, inputs: Any) -> Any:
@@ -214,9 +214,7 @@ class _PaddedDotProductAttention(Layer):
     def forward(self, inputs: Any) -> Any:
         q, k, v, mask = inputs
         _check_qkv(self.name, self._n_heads, q.shape, k.shape, v.shape)
-        if tuple(mask.shape) != tuple(k.shape[:2]):
-            raise ValueError(f'{self.name}: the mask must have shape [batch, key length] = '
-                             f'{tuple(k.shape[:2])}, got {tuple(mask.shape)}')
+        check_mask_shape(self.name, mask, k.shape[:2], axes='[batch, key length]')
         dropout = self._dropout if self._mode == 'train' else 0.0
         return multihead_attention(q, k, v, padding_mask(mask), self._n_heads, dropout, self.rng)
 
@@ -318,9 +316,8 @@ class EncDecAttention(Layer):
         else:
             k, v = encoder_kv(None)
         q, _ = dense_q.pure_fn(x, w_q, ())                              # [B, Ld, d]
-        if tuple(mask.shape) != tuple(k.shape[:2]):
-            raise ValueError(f'{self.name}: the encoder mask must have shape [batch, encoder '
-                             f'length] = {tuple(k.shape[:2])}, got {tuple(mask.shape)}')
+        check_mask_shape(self.name, mask, k.shape[:2], 'encoder mask',
+                         '[batch, encoder length]')
         dropout = self._dropout if self._mode == 'train' else 0.0
         y = multihead_attention(q, k, v, padding_mask(mask), self._n_heads, dropout,
                                 self.rng)                               # [B, Ld, d]

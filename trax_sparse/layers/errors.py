@@ -7,7 +7,7 @@ Example:
 """
 import os
 import sys
-from typing import Any
+from typing import Any, Sequence
 
 from trax_sparse import shapes
 
@@ -38,6 +38,16 @@ def check_rate(layer_name: str, what: str, value: float) -> float:
     if not 0.0 <= float(value) < 1.0:
         raise ValueError(f'{layer_name}: {what} must be in [0, 1), got {value}')
     return float(value)
+
+
+def check_mask_shape(layer_name: str, mask: Any, expected: Sequence[int], what: str = 'mask',
+                     axes: str = '[batch, length]') -> Any:
+    """Returns `mask` if its shape is `expected` (the `axes` named); else a ValueError naming
+    the layer, e.g. `SRU: the mask must have shape [batch, length] = (2, 5), got (2, 4)`."""
+    if tuple(mask.shape) != tuple(expected):
+        raise ValueError(f'{layer_name}: the {what} must have shape {axes} = {tuple(expected)}, '
+                         f'got {tuple(mask.shape)}')
+    return mask
 
 
 class LayerError(Exception):
@@ -99,5 +109,5 @@ class SublayerContext:
         return False
 
 
-__all__ = ['MODES', 'ErrorContext', 'LayerError', 'SublayerContext', 'check_mode', 'check_rate',
-           'creation_site']
+__all__ = ['MODES', 'ErrorContext', 'LayerError', 'SublayerContext', 'check_mask_shape',
+           'check_mode', 'check_rate', 'creation_site']

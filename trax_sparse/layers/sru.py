@@ -37,6 +37,7 @@ from trax_sparse import fastmath
 from trax_sparse.fastmath import numpy as xnp
 from trax_sparse.layers import initializers as init
 from trax_sparse.layers.base import Layer, check_mode, split_rngs
+from trax_sparse.layers.errors import check_mask_shape
 
 HIGHWAY_SCALE = math.sqrt(3.0)
 
@@ -99,9 +100,7 @@ class SRU(Layer):
         r, f = _sigmoid(r), _sigmoid(f)
         u = (1.0 - f) * y                                         # [B, L, n]
         if mask is not None:
-            if tuple(mask.shape) != tuple(x.shape[:2]):
-                raise ValueError(f'{self.name}: the mask must have shape [batch, length] = '
-                                 f'{tuple(x.shape[:2])}, got {tuple(mask.shape)}')
+            check_mask_shape(self.name, mask, x.shape[:2])
             real = (mask != 0)[..., None]                         # [B, L, 1]
             f, u = xnp.where(real, f, 1.0), xnp.where(real, u, 0.0)   # padding: c unchanged
         if self._mode == 'predict':

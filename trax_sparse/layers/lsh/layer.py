@@ -35,6 +35,7 @@ from trax_sparse import fastmath
 from trax_sparse.fastmath import numpy as xnp
 from trax_sparse.layers import initializers as init
 from trax_sparse.layers.base import Layer, check_mode, check_rate, is_replaying, split_rngs
+from trax_sparse.layers.errors import check_mask_shape
 from trax_sparse.layers.lsh.core import (LSHSettings, attend_backward, attend_given_buckets,
                                          hash_and_attend, padded_length, with_settings)
 from trax_sparse.layers.lsh.hashing import check_n_buckets
@@ -154,9 +155,8 @@ class LSHSelfAttention(Layer):
         if len(x.shape) != 3:
             raise ValueError(f'{self.name} expects x of shape [batch, length, d_model], got '
                              f'{tuple(x.shape)}')
-        if mask is not None and tuple(mask.shape) != tuple(x.shape[:2]):
-            raise ValueError(f'{self.name} expects a mask of shape [batch, length] = '
-                             f'{tuple(x.shape[:2])}, got {tuple(mask.shape)}')
+        if mask is not None:
+            check_mask_shape(self.name, mask, x.shape[:2])
         return x, mask
 
     # ---- init --------------------------------------------------------------------------------
