@@ -18,19 +18,7 @@ from trax_sparse.fastmath import numpy as xnp
 from trax_sparse.fastmath import tree_map
 from trax_sparse.layers.base import Layer, LayerError, check_mode, split_rngs
 from trax_sparse.layers.core import Add
-
-
-# ---- stack helpers -------------------------------------------------------------
-def _to_stack(items: Any, n: int) -> list:
-    if n == 1:
-        return [items]
-    return list(items) if n > 0 else []
-
-
-def _from_stack(stack: list, n: int) -> Any:
-    if n == 1:
-        return stack[0]
-    return tuple(stack[:n])
+from trax_sparse.layers.stack import from_stack, to_stack
 
 
 def _check_trees(layer: Layer, weights: Any, state: Any) -> None:
@@ -82,31 +70,31 @@ class Serial(Layer):
 
     def forward(self, xs: Any) -> Any:
         _check_trees(self, self.weights, self.state)
-        stack = _to_stack(xs, self.n_in)
+        stack = to_stack(xs, self.n_in)
         rngs = self.sublayer_rngs()
         new_states = []
         for i, (layer, w, s, r) in enumerate(zip(self.sublayers, self.weights, self.state, rngs)):
             try:                        # (not `with sublayer_context`: this loop is hot)
-                out, s = layer.pure_fn(_from_stack(stack, layer.n_in), w, s, r)
+                out, s = layer.pure_fn(from_stack(stack, layer.n_in), w, s, r)
             except LayerError as e:
                 e.add_parent(f'{self.name}[{i}]')
                 raise
-            stack = _to_stack(out, layer.n_out) + stack[layer.n_in:]
+            stack = to_stack(out, layer.n_out) + stack[layer.n_in:]
             new_states.append(s)
         self.state = tuple(new_states)
-        return _from_stack(stack, self.n_out)
+        return from_stack(stack, self.n_out)
 
     def init_weights_and_state(self, input_signature: Any) -> None:
-        stack = _to_stack(input_signature, self.n_in)
+        stack = to_stack(input_signature, self.n_in)
         rngs = split_rngs(self.rng, len(self.sublayers))
         weights, states = [], []
         for i, (layer, r) in enumerate(zip(self.sublayers, rngs)):
-            sig = _from_stack(stack, layer.n_in)
+            sig = from_stack(stack, layer.n_in)
             with self.sublayer_context(i):
                 w, s = layer.init(sig, r)
                 if i < len(self.sublayers) - 1:  # the last output's shape is not needed here.
                     out = layer.abstract_forward(sig, w, s, r)
-                    stack = _to_stack(out, layer.n_out) + stack[layer.n_in:]
+                    stack = to_stack(out, layer.n_out) + stack[layer.n_in:]
             weights.append(w)
             states.append(s)
         self.weights, self.state = tuple(weights), tuple(states)
@@ -126,9 +114,9 @@ class Parallel(Layer):
                          name=name or 'Parallel', sublayers=layers)
 
     def _spans(self, xs: Any) -> list:
-        stack, spans, start = _to_stack(xs, self.n_in), [], 0
+        stack, spans, start = to_stack(xs, self.n_in), [], 0
         for layer in self.sublayers:
-            spans.append(_from_stack(stack[start:start + layer.n_in], layer.n_in))
+            spans.append(from_stack(stack[start:start + layer.n_in], layer.n_in))
             start += layer.n_in
         return spans
 
@@ -143,10 +131,10 @@ class Parallel(Layer):
             except LayerError as e:
                 e.add_parent(f'{self.name}[{i}]')
                 raise
-            outputs += _to_stack(out, layer.n_out)
+            outputs += to_stack(out, layer.n_out)
             new_states.append(s)
         self.state = tuple(new_states)
-        return _from_stack(outputs, self.n_out)
+        return from_stack(outputs, self.n_out)
 
     def init_weights_and_state(self, input_signature: Any) -> None:
         rngs = split_rngs(self.rng, len(self.sublayers))
@@ -168,8 +156,8 @@ class Branch(Parallel):
         self._n_in = max([l.n_in for l in self.sublayers] + [1])
 
     def _spans(self, xs: Any) -> list:
-        stack = _to_stack(xs, self.n_in)
-        return [_from_stack(stack[:layer.n_in], layer.n_in) for layer in self.sublayers]
+        stack = to_stack(xs, self.n_in)
+        return [from_stack(stack[:layer.n_in], layer.n_in) for layer in self.sublayers]
 
 
 class Select(Layer):
@@ -192,8 +180,8 @@ class Select(Layer):
         self._indices = indices
 
     def forward(self, xs: Any) -> Any:
-        stack = _to_stack(xs, self.n_in)
-        return _from_stack([stack[i] for i in self._indices], self.n_out)
+        stack = to_stack(xs, self.n_in)
+        return from_stack([stack[i] for i in self._indices], self.n_out)
 
 
 def Dup() -> Layer:  # noqa: N802
@@ -236,7 +224,7 @@ class Scan(Layer):
         self._mode = check_mode(mode, 'Scan')
 
     def _split(self, xs: Any) -> tuple[list, list]:
-        stack = _to_stack(xs, self.n_in)
+        stack = to_stack(xs, self.n_in)
         n_xs = self.n_in - self._n_carry
         return stack[:n_xs], stack[n_xs:]
 
@@ -244,7 +232,7 @@ class Scan(Layer):
         xs, carry = self._split(input_signature)
         step_sig = [x.replace(shape=x.shape[:self._axis] + x.shape[self._axis + 1:]) for x in xs]
         with self.sublayer_context(0):
-            w, s = self.sublayers[0].init(_from_stack(step_sig + carry, self.n_in), self.rng)
+            w, s = self.sublayers[0].init(from_stack(step_sig + carry, self.n_in), self.rng)
         self.weights = (w,)
         if self._mode == 'predict':
             saved = tuple(xnp.zeros(c.shape, c.dtype) for c in carry)
@@ -269,8 +257,8 @@ class Scan(Layer):
             x, i = x_and_index
             rng = fastmath.random.fold_in(self.rng, i)
             with self.sublayer_context(0):
-                out, st = layer.pure_fn(_from_stack(list(x) + list(c), self.n_in), w, st, rng)
-            out = _to_stack(out, self.n_out)
+                out, st = layer.pure_fn(from_stack(list(x) + list(c), self.n_in), w, st, rng)
+            out = to_stack(out, self.n_out)
             return (tuple(out[n_ys:]), st), tuple(out[:n_ys])
 
         step_fn = fastmath.remat(step) if self._remat else step
@@ -281,7 +269,7 @@ class Scan(Layer):
             self.state = (sub_state, tuple(carry), xnp.ones((), xnp.int32))
         else:
             self.state = (sub_state,)
-        return _from_stack(ys + list(carry), self.n_out)
+        return from_stack(ys + list(carry), self.n_out)
 
 
 class _WeightTransparent(Layer):
@@ -320,7 +308,7 @@ class Chunk(_WeightTransparent):
 
     def forward(self, xs: Any) -> Any:
         layer, w, (s,) = self.sublayers[0], self.weights, self.state
-        items = _to_stack(xs, self.n_in)
+        items = to_stack(xs, self.n_in)
         batch = items[0].shape[0]
         c = self._chunk_size
         if c <= 0 or batch <= c or batch % c:
@@ -333,20 +321,20 @@ class Chunk(_WeightTransparent):
         def step(st, chunk_and_index):
             chunk, i = chunk_and_index
             with self.sublayer_context(0):
-                out, st = layer.pure_fn(_from_stack(list(chunk), self.n_in), w, st,
+                out, st = layer.pure_fn(from_stack(list(chunk), self.n_in), w, st,
                                         fastmath.random.fold_in(self.rng, i))
-            return st, tuple(_to_stack(out, self.n_out))
+            return st, tuple(to_stack(out, self.n_out))
 
         s, outs = fastmath.scan(fastmath.remat(step), s,
                                 (tuple(chunked), xnp.arange(batch // c)), length=batch // c)
         self.state = (s,)
         outs = [o.reshape((batch,) + o.shape[2:]) for o in outs]
-        return _from_stack(outs, self.n_out)
+        return from_stack(outs, self.n_out)
 
 
 def is_empty_call(xs: Any, n_in: int) -> bool:
     """True when the first input has length 0 along axis 1 (e.g. encoder ids [B, 0])."""
-    first = _to_stack(xs, n_in)[0]
+    first = to_stack(xs, n_in)[0]
     return len(first.shape) >= 2 and first.shape[1] == 0
 
 

@@ -33,19 +33,7 @@ import numpy as onp
 from trax_sparse import fastmath
 from trax_sparse.layers.base import Layer, replay_context
 from trax_sparse.layers.combinators import Serial
-
-
-# ---- stack helpers: one item is an array, several a tuple ----------------------------------------
-def _items(xs: Any, n: int) -> list:
-    if n == 1:
-        return [xs]
-    return list(xs) if n > 0 else []
-
-
-def _pack(items: Sequence[Any], n: int) -> Any:
-    if n == 1:
-        return items[0]
-    return tuple(items[:n])
+from trax_sparse.layers.stack import from_stack, to_stack
 
 
 def _add_cotangents(a: Any, b: Any) -> Any:
@@ -157,13 +145,13 @@ class ReversibleSelect(ReversibleLayer):
         self._inverse = [indices.index(i) for i in range(len(indices))]
 
     def forward(self, xs: Any) -> Any:
-        stack = _items(xs, self.n_in)
-        return _pack([stack[i] for i in self._indices], self.n_out)
+        stack = to_stack(xs, self.n_in)
+        return from_stack([stack[i] for i in self._indices], self.n_out)
 
     def reverse(self, output: Any, weights: Any = (), state: Any = (), new_state: Any = (),
                 rng: Any = None) -> Any:
-        stack = _items(output, self.n_out)
-        return _pack([stack[i] for i in self._inverse], self.n_in)
+        stack = to_stack(output, self.n_out)
+        return from_stack([stack[i] for i in self._inverse], self.n_in)
 
     def reverse_and_grad(self, output: Any, ct: Any, weights: Any = (), state: Any = (),
                          new_state: Any = (), rng: Any = None) -> tuple[Any, tuple[Any, Any]]:
@@ -266,11 +254,11 @@ class ReversibleHalfResidual(ReversibleLayer):
     # ---- helpers -------------------------------------------------------------
     def _split(self, xs: Any) -> tuple[Any, Any]:
         """[acc, *context] -> (acc, context packed as the residual's input)."""
-        items = _items(xs, self.n_in)
-        return items[0], _pack(items[1:], self.residual.n_in)
+        items = to_stack(xs, self.n_in)
+        return items[0], from_stack(items[1:], self.residual.n_in)
 
     def _context_items(self, context: Any) -> tuple:
-        return tuple(_items(context, self.residual.n_in))
+        return tuple(to_stack(context, self.residual.n_in))
 
     def _check_residual_shape(self, acc: Any, residual_out: Any) -> None:
         if tuple(residual_out.shape) != tuple(acc.shape):
@@ -306,29 +294,29 @@ class ReversibleSerial(ReversibleLayer, Serial):
     def reverse(self, output: Any, weights: Any = (), state: Any = (), new_state: Any = (),
                 rng: Any = None) -> Any:
         rngs = self.sublayer_rngs(self._rng_or_default(rng))   # as the forward split them
-        stack = _items(output, self.n_out)
+        stack = to_stack(output, self.n_out)
         for i in reversed(range(len(self.sublayers))):
             layer = self.sublayers[i]
             with self.sublayer_context(i):
-                x = layer.reverse(_pack(stack, layer.n_out), weights[i], state[i], new_state[i],
+                x = layer.reverse(from_stack(stack, layer.n_out), weights[i], state[i], new_state[i],
                                   rngs[i])
-            stack = _items(x, layer.n_in) + stack[layer.n_out:]
-        return _pack(stack, self.n_in)
+            stack = to_stack(x, layer.n_in) + stack[layer.n_out:]
+        return from_stack(stack, self.n_in)
 
     def reverse_and_grad(self, output: Any, ct: Any, weights: Any = (), state: Any = (),
                          new_state: Any = (), rng: Any = None) -> tuple[Any, tuple[Any, Any]]:
         rngs = self.sublayer_rngs(self._rng_or_default(rng))   # as the forward split them
-        stack, ct_stack = _items(output, self.n_out), _items(ct, self.n_out)
+        stack, ct_stack = to_stack(output, self.n_out), to_stack(ct, self.n_out)
         weights_ct = [()] * len(self.sublayers)
         for i in reversed(range(len(self.sublayers))):
             layer = self.sublayers[i]
             with self.sublayer_context(i):
                 x, (x_ct, weights_ct[i]) = layer.reverse_and_grad(
-                    _pack(stack, layer.n_out), _pack(ct_stack, layer.n_out), weights[i],
+                    from_stack(stack, layer.n_out), from_stack(ct_stack, layer.n_out), weights[i],
                     state[i], new_state[i], rngs[i])
-            stack = _items(x, layer.n_in) + stack[layer.n_out:]
-            ct_stack = _items(x_ct, layer.n_in) + ct_stack[layer.n_out:]
-        return _pack(stack, self.n_in), (_pack(ct_stack, self.n_in), tuple(weights_ct))
+            stack = to_stack(x, layer.n_in) + stack[layer.n_out:]
+            ct_stack = to_stack(x_ct, layer.n_in) + ct_stack[layer.n_out:]
+        return from_stack(stack, self.n_in), (from_stack(ct_stack, self.n_in), tuple(weights_ct))
 
 
 __all__ = ['ReversibleHalfResidual', 'ReversibleLayer', 'ReversibleSelect', 'ReversibleSerial',

@@ -32,6 +32,7 @@ from trax_sparse import fastmath, shapes
 from trax_sparse import layers as tl
 from trax_sparse.fastmath import numpy as xnp
 from trax_sparse.fastmath import tree_leaves, tree_map, tree_structure
+from trax_sparse.layers.stack import from_stack, to_stack
 
 
 class TrainState(NamedTuple):
@@ -43,15 +44,6 @@ class TrainState(NamedTuple):
 
 class TreeMismatchError(ValueError):
     """Two weight/state trees differ in structure, shape or dtype."""
-
-
-def from_stack(items: Sequence, n: int) -> Any:
-    """The top n items of a data stack as a layer's input (one item alone, else a tuple)."""
-    return items[0] if n == 1 else tuple(items[:n])
-
-
-def to_stack(outputs: Any, n: int) -> list:
-    return [outputs] if n == 1 else list(outputs)
 
 
 def is_prediction_stack(stack: Sequence) -> bool:
