@@ -5,7 +5,8 @@
   zero), without running or re-initializing the model.
 - `predict_step(model)`: (inputs, weights, state, rng) -> (logits [B, V], new
   state); on JAX every call (the prefix too) is jit-compiled with the state
-  donated, so caches update in place.
+  donated, so caches update in place; on NumPy the model runs as a flat
+  program of leaf calls built once per model (`layers.flat.FlatForward`).
 - `start_decoding(...)`: runs the prefix call, after checking on the host that
   the caches hold the prefix plus the steps to come (a clear error, never NaN).
 - `later_inputs(inputs)`: encoder inputs of the calls after the first: empty.
@@ -32,8 +33,10 @@ from trax_sparse import fastmath, shapes
 from trax_sparse.fastmath import numpy as xnp
 from trax_sparse.layers.base import Layer, recording_predict_use
 from trax_sparse.layers.core import Embedding
+from trax_sparse.layers.flat import FlatForward
 
 _compiled_steps: 'weakref.WeakKeyDictionary[Layer, Callable]' = weakref.WeakKeyDictionary()
+_flat_programs: 'weakref.WeakKeyDictionary[Layer, FlatForward]' = weakref.WeakKeyDictionary()
 
 
 def check_predict_model(model: Layer) -> None:
@@ -62,9 +65,13 @@ def fresh_state(model: Layer, state: Any = None, input_signature: Any = None) ->
 class PredictStep:
     """(inputs, weights, state, rng) -> (logits of the last position [B, V], new_state).
 
-    `compiled`: on JAX with `accelerate`, every call is jit-compiled (one
-    compilation per input shape, kept for the model's lifetime) with the
-    state donated, so the caches are written in place.
+    With `accelerate` (the default) the step runs fast on either backend:
+    - JAX: every call is jit-compiled (one compilation per input shape, kept for
+      the model's lifetime) with the state donated, so caches are written in
+      place (`compiled` is True);
+    - NumPy: the model runs as a flat program of leaf calls
+      (`layers.flat.FlatForward`, built once per model): the same numbers as
+      `pure_fn`, without its tree walk and per-call checks.
     """
 
     def __init__(self, model: Layer, accelerate: bool = True):
@@ -75,8 +82,7 @@ class PredictStep:
 
         def step(inputs, weights, state, rng):
             out, new_state = model_ref().pure_fn(inputs, weights, state, rng)
-            logits = out[0] if isinstance(out, (tuple, list)) else out   # [B, L, V]
-            return logits[:, -1, :], new_state
+            return _last_logits(out), new_state
 
         self.eager = step
         self.compiled = bool(accelerate and fastmath.is_jax())
@@ -84,11 +90,29 @@ class PredictStep:
             if model not in _compiled_steps:
                 _compiled_steps[model] = fastmath.jit(step, donate_argnums=(2,))
             self._run = _compiled_steps[model]
+        elif accelerate:
+            self._run = self._flat_step(model)
         else:
             self._run = step
 
+    @staticmethod
+    def _flat_step(model: Layer) -> Callable:
+        if model not in _flat_programs:
+            _flat_programs[model] = FlatForward(model)
+        program, memo = _flat_programs[model], {}   # memo: this decoding run's slots
+
+        def flat_step(inputs, weights, state, rng):
+            out, new_state = program(inputs, weights, state, rng, memo)
+            return _last_logits(out), new_state
+        return flat_step
+
     def __call__(self, inputs: Any, weights: Any, state: Any, rng: Any) -> tuple[Any, Any]:
         return self._run(inputs, weights, state, rng)
+
+
+def _last_logits(out: Any) -> Any:
+    logits = out[0] if isinstance(out, (tuple, list)) else out   # [B, L, V]
+    return logits[:, -1, :]
 
 
 def predict_step(model: Layer, accelerate: bool = True) -> PredictStep:
