@@ -2,7 +2,7 @@
 
 Example:
     >>> from trax_sparse import decoding
-    >>> sorted(n for n in decoding.__all__ if not n.startswith('_'))[:2]
+    >>> sorted(n for n in decoding.__all__ if n.islower())[:2]
     ['autoregressive_sample', 'autoregressive_sample_stream']
 """
 from trax_sparse.decoding.beam_search import beam_search, length_normalizer

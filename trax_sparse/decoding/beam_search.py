@@ -14,15 +14,16 @@ Example:
     >>> seqs.shape, scores.shape
     ((1, 3, 4), (1, 3))
 """
+import dataclasses
 from typing import Any
 
 import numpy as onp
 
 from trax_sparse import fastmath, shapes
+from trax_sparse.decoding.feed import checked_inputs, first_tokens, with_inputs
 from trax_sparse.decoding.predict_state import (batch_leaf_mask, check_predict_model,
-                                                check_token_ids, init_predict_state,
-                                                later_inputs, predict_step, reorder_state,
-                                                start_decoding)
+                                                init_predict_state, later_inputs, predict_step,
+                                                reorder_state, start_decoding)
 from trax_sparse.fastmath import numpy as xnp
 from trax_sparse.layers.base import Layer
 
@@ -50,78 +51,126 @@ def beam_search(model: Layer, inputs: Any = None, batch_size: int = 1, beam_size
     """
     check_predict_model(model)
     weights = fastmath.to_backend(model.weights if weights is None else weights)
-    if inputs is not None:
-        inputs = onp.asarray(inputs)
-        check_token_ids(model, 'inputs', inputs, encoder=True)
-        batch_size = inputs.shape[0]
-    k, n_rows = int(beam_size), batch_size * int(beam_size)
+    inputs, batch_size = checked_inputs(model, inputs, batch_size)
+    k = int(beam_size)
     if k < 1:
         raise ValueError(f'beam_size must be >= 1, got {beam_size}')
     if int(max_length) < 1:
         raise ValueError(f'max_length must be >= 1, got {max_length}')
     enc = None if inputs is None else onp.repeat(inputs, k, axis=0)   # [B·K, L_in]
+    state, batch_mask = _beam_state(model, enc, batch_size * k)
+    step = predict_step(model, accelerate)
+    rng = fastmath.random.get_prng(0)
+    tokens = onp.repeat(first_tokens(model, batch_size, start_id, prompt), k, axis=0)
+    beams = _Beams.start(batch_size, k, max_length, eos_id, length_penalty)
+    for t in range(max_length):
+        if t == 0:
+            logits, state, _ = start_decoding(model, step, with_inputs(enc, tokens), weights,
+                                              state, rng, max_length - 1)
+            enc = later_inputs(enc)
+        else:
+            logits, state = step(with_inputs(enc, tokens), weights, state, rng)
+        logp = _log_softmax(onp.asarray(logits)).reshape(batch_size, k, -1)   # [B, K, V]
+        parent_rows = beams.advance(logp, t)
+        if parent_rows is None:
+            break
+        state = reorder_state(state, batch_mask, xnp.asarray(parent_rows))
+        tokens = beams.last_tokens()
+    return beams.fin_seqs, beams.fin_scores
 
-    def signature_for(rows: int):
+
+def _beam_state(model: Layer, enc: Any, n_rows: int) -> tuple[Any, Any]:
+    """(a fresh predict state for n_rows = B·K decoding rows, which of its leaves are per row)."""
+    def signature_for(rows: int) -> Any:
         tok = shapes.ShapeDtype((rows, 1), onp.int32)
         return tok if enc is None else (shapes.ShapeDtype((rows,) + enc.shape[1:], enc.dtype), tok)
 
-    state = init_predict_state(model, signature_for(n_rows))
-    batch_mask = batch_leaf_mask(model, signature_for, n_rows)
-    step = predict_step(model, accelerate)
-    rng = fastmath.random.get_prng(0)
+    return (init_predict_state(model, signature_for(n_rows)),
+            batch_leaf_mask(model, signature_for, n_rows))
 
-    tokens = onp.full((n_rows, 1), start_id, onp.int32)
-    check_token_ids(model, 'start_id', tokens[:1])
-    if prompt is not None:
-        check_token_ids(model, 'prompt', prompt)
-        tokens = onp.concatenate([tokens, onp.repeat(onp.asarray(prompt, onp.int32), k, 0)], 1)
-    alive_scores = onp.full((batch_size, k), -onp.inf)
-    alive_scores[:, 0] = 0.0                              # all beams start identical: keep one
-    alive_seqs = onp.zeros((batch_size, k, 0), onp.int32)
-    fin_seqs = onp.zeros((batch_size, k, max_length), onp.int32)
-    fin_scores = onp.full((batch_size, k), -onp.inf)
-    rows = onp.arange(batch_size)[:, None]
 
-    for t in range(max_length):
-        if t == 0:
-            logits, state, _ = start_decoding(model, step, (tokens if enc is None else
-                                                            (enc, tokens)),
-                                              weights, state, rng, max_length - 1)
-            enc = later_inputs(enc)
-        else:
-            logits, state = step(tokens if enc is None else (enc, tokens), weights, state, rng)
-        logp = _log_softmax(onp.asarray(logits)).reshape(batch_size, k, -1)   # [B, K, V]
-        vocab = logp.shape[-1]
-        cand = (alive_scores[..., None] + logp).reshape(batch_size, k * vocab)
-        n_cand = min(2 * k, k * vocab)
-        top = onp.argsort(-cand, axis=1, kind='stable')[:, :n_cand]           # [B, 2K]
-        top_scores = onp.take_along_axis(cand, top, 1)
-        parent, token = top // vocab, (top % vocab).astype(onp.int32)
-        seqs = onp.concatenate([alive_seqs[rows, parent], token[..., None]], axis=2)
-        is_eos = (token == eos_id) if eos_id is not None else onp.zeros_like(token, bool)
-        last = t == max_length - 1
+def _top_candidates(alive_scores: onp.ndarray, logp: onp.ndarray
+                    ) -> tuple[onp.ndarray, onp.ndarray, onp.ndarray]:
+    """The best min(2K, K·V) one-token extensions of the K alive beams of each batch row:
+    (scores, parent beam, token), each [B, 2K], best first."""
+    batch_size, k, vocab = logp.shape
+    cand = (alive_scores[..., None] + logp).reshape(batch_size, k * vocab)
+    top = onp.argsort(-cand, axis=1, kind='stable')[:, :min(2 * k, k * vocab)]   # [B, 2K]
+    return (onp.take_along_axis(cand, top, 1), top // vocab,
+            (top % vocab).astype(onp.int32))
+
+
+@dataclasses.dataclass(eq=False)
+class _Beams:
+    """The K alive beams (without EOS) and the K best finished sequences of each batch row."""
+    alive_scores: onp.ndarray    # [B, K] sums of log-probabilities
+    alive_seqs: onp.ndarray      # [B, K, t]
+    fin_scores: onp.ndarray      # [B, K] length-normalized, best first
+    fin_seqs: onp.ndarray        # [B, K, max_length], 0 after the end
+    eos_id: int | None
+    length_penalty: float
+
+    @classmethod
+    def start(cls, batch_size: int, k: int, max_length: int, eos_id: int | None,
+              length_penalty: float) -> '_Beams':
+        alive_scores = onp.full((batch_size, k), -onp.inf)
+        alive_scores[:, 0] = 0.0                          # all beams start identical: keep one
+        return cls(alive_scores, onp.zeros((batch_size, k, 0), onp.int32),
+                   onp.full((batch_size, k), -onp.inf),
+                   onp.zeros((batch_size, k, max_length), onp.int32), eos_id, length_penalty)
+
+    @property
+    def _rows(self) -> onp.ndarray:
+        return onp.arange(self.alive_scores.shape[0])[:, None]      # [B, 1]
+
+    def advance(self, logp: onp.ndarray, t: int) -> onp.ndarray | None:
+        """Extends the beams by token t from logp [B, K, V]; returns each new beam's parent
+        row in [0, B·K) (to reorder the state by), or None when the search is over."""
+        top_scores, parent, token = _top_candidates(self.alive_scores, logp)
+        seqs = onp.concatenate([self.alive_seqs[self._rows, parent], token[..., None]], axis=2)
+        is_eos = (token == self.eos_id if self.eos_id is not None
+                  else onp.zeros_like(token, bool))
+        last = t == self.fin_seqs.shape[2] - 1
         # Finished candidates: those that emit EOS, and every candidate at the last step.
-        done = is_eos | last
-        normalized = onp.where(done, top_scores / length_normalizer(t + 1, length_penalty),
-                               -onp.inf)
-        padded = onp.zeros((batch_size, n_cand, max_length), onp.int32)
-        padded[:, :, :t + 1] = seqs
-        all_scores = onp.concatenate([fin_scores, normalized], 1)
-        best = onp.argsort(-all_scores, axis=1, kind='stable')[:, :k]
-        fin_scores = onp.take_along_axis(all_scores, best, 1)
-        fin_seqs = onp.concatenate([fin_seqs, padded], 1)[rows, best]
+        self._finish(seqs, top_scores, is_eos | last)
         if last:
-            break
-        # Alive beams: the best k candidates that did not emit EOS.
+            return None
+        chosen_parent = self._keep_alive(seqs, top_scores, parent, is_eos)
+        if self.eos_id is not None and self._cannot_improve():
+            return None
+        k = self.alive_scores.shape[1]
+        return (self._rows * k + chosen_parent).reshape(-1).astype(onp.int32)
+
+    def last_tokens(self) -> onp.ndarray:
+        """[B·K, 1]: the last token of every alive beam, the next step's input."""
+        return self.alive_seqs[:, :, -1].reshape(-1, 1)
+
+    def _finish(self, seqs: onp.ndarray, top_scores: onp.ndarray, done: onp.ndarray) -> None:
+        """Merges the done candidates (normalized by the length penalty) into the K best."""
+        batch_size, n_cand, length = seqs.shape
+        normalized = onp.where(done, top_scores / length_normalizer(length, self.length_penalty),
+                               -onp.inf)
+        padded = onp.zeros((batch_size, n_cand, self.fin_seqs.shape[2]), onp.int32)
+        padded[:, :, :length] = seqs
+        all_scores = onp.concatenate([self.fin_scores, normalized], 1)
+        best = onp.argsort(-all_scores, axis=1, kind='stable')[:, :self.fin_scores.shape[1]]
+        self.fin_scores = onp.take_along_axis(all_scores, best, 1)
+        self.fin_seqs = onp.concatenate([self.fin_seqs, padded], 1)[self._rows, best]
+
+    def _keep_alive(self, seqs: onp.ndarray, top_scores: onp.ndarray, parent: onp.ndarray,
+                    is_eos: onp.ndarray) -> onp.ndarray:
+        """Keeps the best K candidates that did not emit EOS; returns their parents [B, K]."""
+        k = self.alive_scores.shape[1]
         alive_rank = onp.argsort(onp.where(is_eos, 1, 0), axis=1, kind='stable')[:, :k]
-        alive_scores = onp.take_along_axis(onp.where(is_eos, -onp.inf, top_scores), alive_rank, 1)
-        chosen_parent = onp.take_along_axis(parent, alive_rank, 1)               # [B, K]
-        alive_seqs = seqs[rows, alive_rank]
-        if eos_id is not None and onp.all(fin_scores[:, -1] >= alive_scores.max(1) /
-                                          length_normalizer(max_length, length_penalty)):
-            if length_penalty >= 0:   # no alive beam can still beat the k-th finished one
-                break
-        flat_parent = (onp.arange(batch_size)[:, None] * k + chosen_parent).reshape(-1)
-        state = reorder_state(state, batch_mask, xnp.asarray(flat_parent.astype(onp.int32)))
-        tokens = alive_seqs[:, :, -1].reshape(n_rows, 1)
-    return fin_seqs, fin_scores
+        self.alive_scores = onp.take_along_axis(onp.where(is_eos, -onp.inf, top_scores),
+                                                alive_rank, 1)
+        self.alive_seqs = seqs[self._rows, alive_rank]
+        return onp.take_along_axis(parent, alive_rank, 1)
+
+    def _cannot_improve(self) -> bool:
+        """True when no alive beam can still beat the K-th finished one: log-probabilities
+        only fall, so with a length penalty >= 0 an alive beam ends at most at its score over
+        the normalizer of max_length."""
+        bound = self.alive_scores.max(1) / length_normalizer(self.fin_seqs.shape[2],
+                                                              self.length_penalty)
+        return bool(onp.all(self.fin_scores[:, -1] >= bound)) and self.length_penalty >= 0

@@ -16,9 +16,9 @@ from typing import Any, Iterator
 import numpy as onp
 
 from trax_sparse import fastmath, shapes
-from trax_sparse.decoding.predict_state import (check_predict_model, check_token_ids,
-                                                fresh_state, later_inputs, predict_step,
-                                                start_decoding)
+from trax_sparse.decoding.feed import checked_inputs, first_tokens, with_inputs
+from trax_sparse.decoding.predict_state import (check_predict_model, fresh_state, later_inputs,
+                                                predict_step, start_decoding)
 from trax_sparse.fastmath import numpy as xnp
 from trax_sparse.layers.base import Layer
 
@@ -37,24 +37,6 @@ def sample_logits(logits: Any, rng: Any, temperature: float = 1.0,
         raise ValueError(f'temperature must be >= 0, got {temperature}')
     noise = fastmath.random.gumbel(rng, logits.shape, logits.dtype)
     return xnp.argmax(logits / temperature + noise, axis=-1).astype(xnp.int32)
-
-
-def _with_inputs(inputs: Any, tokens: Any) -> Any:
-    return tokens if inputs is None else (inputs, tokens)
-
-
-def _first_tokens(model: Layer, batch_size: int, start_id: int, prompt: Any) -> onp.ndarray:
-    """[B, 1 + P]: the start id, then the prompt; checked against the model's vocabulary."""
-    first = onp.full((batch_size, 1), start_id, onp.int32)
-    if prompt is not None:
-        prompt = onp.asarray(prompt)
-        if prompt.ndim != 2 or prompt.shape[0] != batch_size:
-            raise ValueError(f'prompt must be token ids [batch={batch_size}, length], '
-                             f'got shape {prompt.shape}')
-        check_token_ids(model, 'prompt', prompt)
-        first = onp.concatenate([first, prompt.astype(onp.int32)], axis=1)
-    check_token_ids(model, 'start_id', first[:, :1])
-    return first
 
 
 def autoregressive_sample_stream(model: Layer, inputs: Any = None, batch_size: int = 1,
@@ -81,17 +63,14 @@ def autoregressive_sample_stream(model: Layer, inputs: Any = None, batch_size: i
         raise ValueError(f'temperature must be >= 0, got {temperature}')
     weights = fastmath.to_backend(model.weights if weights is None else weights)
     rng = fastmath.random.get_prng(0) if rng is None else rng
-    if inputs is not None:
-        inputs = onp.asarray(inputs)
-        check_token_ids(model, 'inputs', inputs, encoder=True)
-        batch_size = inputs.shape[0]
-    tokens = _first_tokens(model, batch_size, start_id, prompt)
-    step_signature = shapes.signature(_with_inputs(inputs, tokens[:, :1]))
+    inputs, batch_size = checked_inputs(model, inputs, batch_size)
+    tokens = first_tokens(model, batch_size, start_id, prompt)
+    step_signature = shapes.signature(with_inputs(inputs, tokens[:, :1]))
     state = fresh_state(model, state, step_signature)
     step = predict_step(model, accelerate)
     rng, step_rng, sample_rng = fastmath.random.split(rng, 3)
     n_more = None if max_steps is None else max_steps - 1
-    logits, state, room = start_decoding(model, step, _with_inputs(inputs, tokens), weights,
+    logits, state, room = start_decoding(model, step, with_inputs(inputs, tokens), weights,
                                          state, step_rng, n_more)
     inputs = later_inputs(inputs)
     while True:
@@ -102,7 +81,7 @@ def autoregressive_sample_stream(model: Layer, inputs: Any = None, batch_size: i
                              f'no further token can be decoded')
         room = None if room is None else room - 1
         rng, step_rng, sample_rng = fastmath.random.split(rng, 3)
-        logits, state = step(_with_inputs(inputs, next_ids[:, None]), weights, state, step_rng)
+        logits, state = step(with_inputs(inputs, next_ids[:, None]), weights, state, step_rng)
 
 
 def autoregressive_sample(model: Layer, inputs: Any = None, batch_size: int = 1,

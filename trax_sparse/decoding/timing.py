@@ -21,6 +21,7 @@ import numpy as onp
 
 from trax_sparse import fastmath, shapes
 from trax_sparse import layers as tl
+from trax_sparse.decoding.feed import with_inputs
 from trax_sparse.decoding.predict_state import (fresh_state, later_inputs, predict_step,
                                                 start_decoding)
 
@@ -56,24 +57,20 @@ def time_per_token(model: tl.Layer, weights: Any = None, steps: int = 16, inputs
     """
     weights = fastmath.to_backend(model.weights if weights is None else weights)
     token, rng, times = onp.zeros((1, 1), onp.int32), fastmath.random.get_prng(0), []
-    state = fresh_state(model, None, shapes.signature(_with_inputs(inputs, token)))
+    state = fresh_state(model, None, shapes.signature(with_inputs(inputs, token)))
     step = predict_step(model, accelerate=True)
-    logits, state, _ = start_decoding(model, step, _with_inputs(inputs, token), weights, state,
+    logits, state, _ = start_decoding(model, step, with_inputs(inputs, token), weights, state,
                                       rng, steps + warmup)
     inputs = later_inputs(inputs)
     for i in range(steps + warmup):
         token = onp.asarray(onp.argmax(onp.asarray(logits), -1), onp.int32)[:, None]
         start = time.perf_counter()
-        logits, state = step(_with_inputs(inputs, token), weights, state, rng)
+        logits, state = step(with_inputs(inputs, token), weights, state, rng)
         fastmath.tree_map(lambda a: a.block_until_ready() if hasattr(a, 'block_until_ready')
                           else a, logits)
         if i >= warmup:
             times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def _with_inputs(inputs: Any, tokens: Any) -> Any:
-    return tokens if inputs is None else (inputs, tokens)
 
 
 __all__ = ['bytes_read_per_token', 'time_per_token']
