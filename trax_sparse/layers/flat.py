@@ -32,6 +32,7 @@ from trax_sparse import fastmath, shapes
 from trax_sparse.layers.base import Layer, LayerError, PureLayer
 from trax_sparse.layers.combinators import Branch, Parallel, Select, Serial
 from trax_sparse.layers.reversible import ReversibleHalfResidual, ReversibleSelect
+from trax_sparse.layers.stack import from_stack, to_stack
 
 # One step of the program: (stack, weights per slot, states per slot, rngs per rng slot)
 # -> None; it rewrites `stack` (a list, top first) and its slot's state in place.
@@ -83,13 +84,13 @@ class FlatForward:
             state_slots = list(memo['state_slots'])
         else:
             state_slots = self._gather(state, 'state')
-        stack = [x] if self._n_in == 1 else list(x) if self._n_in else []
+        stack = to_stack(x, self._n_in)
         weight_slots, rngs = memo['weight_slots'], memo['rngs']
         for op in self._ops:
             op(stack, weight_slots, state_slots, rngs)
         new_state = _build(self._state_template, state_slots)
         memo['state'], memo['state_slots'] = new_state, state_slots
-        return (stack[0] if self._n_out == 1 else tuple(stack[:self._n_out])), new_state
+        return from_stack(stack, self._n_out), new_state
 
     def _gather(self, tree: Any, what: str) -> list:
         slots = []
