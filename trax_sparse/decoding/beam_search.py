@@ -3,16 +3,18 @@
 Each of the B·K decoding rows is one beam; after every step the model state
 is re-gathered so each row continues its chosen parent beam.
 
-Example:
+Example (one beam decodes greedily):
     >>> import numpy as np
     >>> from trax_sparse import fastmath, shapes, layers as tl
-    >>> from trax_sparse.decoding import beam_search
+    >>> from trax_sparse.decoding import autoregressive_sample, beam_search
+    >>> model = tl.Serial(tl.Embedding(5, 4), tl.Dense(5))
     >>> with fastmath.use_backend('numpy'):
-    ...     model = tl.Serial(tl.Embedding(5, 4), tl.Dense(5))
     ...     _ = model.init(shapes.ShapeDtype((1, 1), np.int32))
     ...     seqs, scores = beam_search(model, beam_size=3, max_length=4)
-    >>> seqs.shape, scores.shape
-    ((1, 3, 4), (1, 3))
+    ...     one_beam, _ = beam_search(model, beam_size=1, max_length=4)
+    ...     greedy = autoregressive_sample(model, max_length=4, temperature=0.0)
+    >>> seqs.shape, scores.shape, bool((one_beam[:, 0] == greedy).all())
+    ((1, 3, 4), (1, 3), True)
 """
 import dataclasses
 from typing import Any
