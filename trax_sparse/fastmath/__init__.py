@@ -81,11 +81,17 @@ def use_backend(name: str) -> Iterator[None]:
         _override.reset(token)
 
 
+_modules: dict[str, ModuleType] = {'numpy': numpy_backend}
+
+
 def backend() -> ModuleType:
     """The live backend module (numpy_backend or jax_backend)."""
-    if backend_name() == 'numpy':
-        return numpy_backend
-    return importlib.import_module('trax_sparse.fastmath.jax_backend')
+    # Hot: every `fastmath.numpy.<op>` in layer code comes through here.
+    name = _override.get() or _global_name or backend_name()
+    module = _modules.get(name)
+    if module is None:
+        module = _modules[name] = importlib.import_module(f'trax_sparse.fastmath.{name}_backend')
+    return module
 
 
 def is_jax() -> bool:

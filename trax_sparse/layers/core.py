@@ -142,10 +142,13 @@ class LayerNorm(Layer):
 
     def forward(self, x: Any) -> Any:
         scale, bias = self.weights
-        check_last_axis(self, x, scale.shape[0])
+        d = scale.shape[0]
+        check_last_axis(self, x, d)
+        # sum / d is what mean computes (both backends), without np.mean's Python
+        # wrapper: ~10 µs a call, a quarter of a decoding step's LayerNorm.
         if self._center:
-            x = x - xnp.mean(x, axis=-1, keepdims=True)
-        variance = xnp.mean(x * x, axis=-1, keepdims=True)
+            x = x - x.sum(axis=-1, keepdims=True) / d
+        variance = (x * x).sum(axis=-1, keepdims=True) / d
         return x / xnp.sqrt(variance + self._epsilon) * scale + bias
 
 
