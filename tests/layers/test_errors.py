@@ -120,3 +120,13 @@ def test_calling_before_init_says_to_call_init_first(backend_name):
     model = tl.Serial(tl.Dense(4), tl.Relu())
     with pytest.raises(tl.LayerError, match='call layer.init'):
         model.pure_fn(np.ones((2, 3), np.float32), None, None)
+
+
+def test_a_mask_of_the_wrong_shape_names_the_layer_and_the_expected_axes():
+    sru = tl.SRU(4, masked=True, mode='eval')
+    x, mask = np.ones((2, 5, 4), np.float32), np.ones((2, 5), bool)
+    w, s = sru.init(shapes.signature((x, mask)))
+    with fastmath.use_backend('numpy'):
+        with pytest.raises(tl.LayerError, match=r'SRU_4: the mask must have shape '
+                                                r'\[batch, length\] = \(2, 5\), got \(2, 4\)'):
+            sru.pure_fn((x, mask[:, :4]), w, s)

@@ -43,7 +43,7 @@ def check_rate(layer_name: str, what: str, value: float) -> float:
 def check_mask_shape(layer_name: str, mask: Any, expected: Sequence[int], what: str = 'mask',
                      axes: str = '[batch, length]') -> Any:
     """Returns `mask` if its shape is `expected` (the `axes` named); else a ValueError naming
-    the layer, e.g. `SRU: the mask must have shape [batch, length] = (2, 5), got (2, 4)`."""
+    the layer, e.g. `SRU_4: the mask must have shape [batch, length] = (2, 5), got (2, 4)`."""
     if tuple(mask.shape) != tuple(expected):
         raise ValueError(f'{layer_name}: the {what} must have shape {axes} = {tuple(expected)}, '
                          f'got {tuple(mask.shape)}')
