@@ -27,7 +27,8 @@ def random_tokens(batch_size: int, seq_len: int, vocab_size: int, seed: int = 0)
 def configurations(args) -> dict:
     d_ff_sparse = args.d_ff * 3 // 2
     n_block = args.ff_block
-    sparse_ff = dict(d_ff=d_ff_sparse, ff_sparsity=(n_block, d_ff_sparse // n_block))
+    sparse_ff = dict(d_ff=d_ff_sparse, ff_sparsity=models.SparseFFConfig(
+        n_block, d_lowrank=d_ff_sparse // n_block))
     sparse_qkv = dict(attention_type='sparse_qkv', qkv_sparsity=max(1, args.d_model // 64))
     return {
         'dense baseline': dict(d_ff=args.d_ff),

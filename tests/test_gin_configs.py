@@ -106,7 +106,7 @@ def test_unknown_binding_names_it():
 def test_bad_value_names_the_configurable():
     gin.parse_config_file(str(GIN_DIR / 'scaling_transformer_lm_tiny.gin'))
     gin.parse_config("ScalingTransformerLM.attention_type = 'sparse_kqv'")
-    with pytest.raises(ValueError, match="attention_type must be 'dense' or 'sparse_qkv'") as err:
+    with pytest.raises(ValueError, match="attention kind must be one of .*'sparse_kqv'") as err:
         _model('train')
     assert 'ScalingTransformerLM' in str(err.value)
 
@@ -114,3 +114,21 @@ def test_bad_value_names_the_configurable():
 def test_mode_is_not_bindable():
     with pytest.raises(ValueError, match='mode'):
         gin.parse_config("TransformerLM.mode = 'predict'")
+
+
+def test_parts_and_sparse_ff_config_bind_in_gin():
+    """`Terraformer.ff = @feed_forward()` builds the model that `ff_sparsity = 16` builds."""
+    sig = (shapes.ShapeDtype((1, 32), np.int32), shapes.ShapeDtype((1, 8), np.int32))
+    trees = []
+    for bindings in (['Terraformer.ff_sparsity = 16'],
+                     ['Terraformer.ff_sparsity = 0', 'Terraformer.ff = @feed_forward()',
+                      'feed_forward.d_model = 128', 'feed_forward.d_ff = 768',
+                      'feed_forward.dropout = 0.1', 'feed_forward.sparsity = @SparseFFConfig()',
+                      'SparseFFConfig.n_elements_in_block = 16']):
+        gin.clear_config()
+        gin.parse_config_files_and_bindings([str(GIN_DIR / 'terraformer_tiny.gin')], bindings)
+        with fastmath.use_backend('jax'):
+            weights = _model('eval').weights_signature(sig)
+        trees.append((fastmath.tree_structure(weights),
+                      [(w.shape, w.dtype) for w in fastmath.tree_leaves(weights)]))
+    assert trees[0] == trees[1]

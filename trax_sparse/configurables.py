@@ -28,9 +28,14 @@ import gin
 from trax_sparse import data, models, training
 from trax_sparse import layers as tl
 
-# Public names of trax_sparse.layers that are API, not layers to configure.
-LAYER_API = frozenset({'MODES', 'Layer', 'LayerError', 'PureLayer', 'autodiff_twin', 'check_mode',
-                       'count_params', 'is_replaying', 'replay_context', 'weights_signature'})
+# Public names of trax_sparse.layers that are API, not layers to configure (the one list:
+# tests/layers/test_contracts.py reads it too).
+LAYER_API = frozenset({'MODES', 'Layer', 'LayerError', 'PredictUse', 'PureLayer', 'autodiff_twin',
+                       'check_mode', 'count_params', 'is_empty_call', 'is_replaying',
+                       'note_predict_use', 'recording_predict_use', 'replay_context',
+                       'weights_signature'})
+# The part factories of trax_sparse.models.parts: `Terraformer.ff = @feed_forward()`.
+PART_FACTORIES = ('attention', 'feed_forward', 'feed_forward_with_sru', 'output_layer')
 GIN_MARKER = 'shakespeare_lm.gin'     # a config every copy of the gin configs holds
 
 
@@ -103,10 +108,11 @@ def add_search_paths(config_files: Any = ()) -> None:
 
 LAYERS = register_public(tl, 'trax_sparse.layers', exclude=LAYER_API)
 MODELS = register_public(models, 'trax_sparse.models')
+PARTS = register_public(models.parts, 'trax_sparse.models.parts', names=PART_FACTORIES)
 DATA = register_public(data, 'trax_sparse.data')
 register_public(training, 'trax_sparse.training', names=OPTIMIZERS + SCHEDULES)
 train = gin.external_configurable(training.train, module='trax_sparse.training',
                                   denylist=['output_dir', 'operative_config'])
 
 __all__ = ['DATA', 'GIN_DIR', 'GIN_MARKER', 'LAYERS', 'LAYER_API', 'MODELS', 'OPTIMIZERS',
-           'SCHEDULES', 'add_search_paths', 'find_gin_dir', 'register', 'register_public', 'train']
+           'PARTS', 'PART_FACTORIES', 'SCHEDULES', 'add_search_paths', 'find_gin_dir', 'register', 'register_public', 'train']

@@ -10,16 +10,14 @@ import pytest
 
 from trax_sparse import fastmath, shapes
 from trax_sparse import layers as tl
+from trax_sparse.configurables import LAYER_API
 from trax_sparse.fastmath import tree_leaves, tree_map, tree_structure
 from tests import helpers
 from tests.layers.cases import all_cases
 
 CASES = all_cases()
 IDS = [c.id for c in CASES]
-# Public names of `tl` that are not layers (the API itself, initializers).
-NOT_LAYERS = {'MODES', 'Layer', 'LayerError', 'PredictUse', 'PureLayer', 'autodiff_twin',
-              'check_mode', 'count_params', 'is_empty_call', 'is_replaying', 'note_predict_use',
-              'recording_predict_use', 'replay_context', 'weights_signature'}
+NOT_LAYERS = LAYER_API   # public names of `tl` that are the API itself, not layers
 
 
 def _init(case, mode, backend):

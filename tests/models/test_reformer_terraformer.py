@@ -106,3 +106,60 @@ def test_terraformer_rejects_padding_before_real_tokens():
     with fastmath.use_backend('numpy'):
         with pytest.raises(tl.LayerError, match='encoder padding \\(id 0\\) must come after'):
             model.pure_fn((bad, TOKENS[:, :5]), w, s)
+
+
+def _same_model(a, b, inputs):
+    """Same weights (same init rng) and the same outputs."""
+    wa, sa = a.init(shapes.signature(inputs), rng=fastmath.random.get_prng(0))
+    wb, sb = b.init(shapes.signature(inputs), rng=fastmath.random.get_prng(0))
+    assert fastmath.tree_structure(wa) == fastmath.tree_structure(wb)
+    with fastmath.use_backend('numpy'):
+        ya, _ = a.pure_fn(inputs, wa, sa)
+        yb, _ = b.pure_fn(inputs, wb, sb)
+    np.testing.assert_array_equal(np.asarray(ya[0]), np.asarray(yb[0]))
+
+
+def test_terraformer_parts_replace_the_flags():
+    parts = models.parts
+    flags = terraformer('eval', **TERRA_CONFIGS['sparse_sru'])
+    with_parts = terraformer(
+        'eval', ff_use_sru=(1, 4),
+        decoder_attention=parts.attention('sparse_qkv', 8, 2, masked=True, dropout=0.1,
+                                          max_len=32, qkv_sparsity=2),
+        ff=parts.feed_forward(8, 16, models.SparseFFConfig(4), dropout=0.1),
+        output=parts.output_layer(VOCAB, loss_sparsity=2))
+    _same_model(flags, with_parts, (INPUTS, TOKENS[:, :5]))
+    lsh = dict(chunk_len=16, n_chunks_before=0, n_buckets=2, n_hashes=1)
+    heads = dict(masked=True, dropout=0.1, max_len=32, d_attention_key=4, d_attention_value=4)
+    with_parts = terraformer(
+        'eval',
+        encoder_attention=parts.attention('lsh', 8, 2, causal=False, **heads,
+                                          lsh=dict(lsh, n_chunks_after=1)),
+        decoder_attention=parts.attention('lsh', 8, 2, **heads, lsh=lsh))
+    _same_model(terraformer('eval', **TERRA_CONFIGS['lsh']), with_parts,
+                (INPUTS, TOKENS[:, :5]))
+
+
+def test_reformer_parts_and_sparse_ff_config():
+    flags = reformer('eval', ff_sparsity=(4, 2, 0.5))       # a recorded config's tuple
+    with_parts = reformer('eval', ff=models.parts.feed_forward(
+        8, 16, models.SparseFFConfig(4, d_lowrank=2, temperature=0.5), dropout=0.1,
+        activation=tl.FastGelu))
+    wa, sa = flags.init(shapes.signature(TOKENS), rng=fastmath.random.get_prng(0))
+    wb, sb = with_parts.init(shapes.signature(TOKENS), rng=fastmath.random.get_prng(0))
+    helpers.assert_trees_close(wa, wb, atol=0, rtol=0)
+    with fastmath.use_backend('numpy'):
+        np.testing.assert_array_equal(flags.pure_fn(TOKENS, wa, sa)[0],
+                                      with_parts.pure_fn(TOKENS, wb, sb)[0])
+    model_checks.lm_predict_equals_eval(
+        lambda mode: reformer(mode, attention=models.parts.attention(
+            'dense', 8, 2, dropout=0.1, max_len=32)), TOKENS)
+
+
+def test_attention_factory_errors_say_what_to_pass():
+    attention = models.parts.attention
+    with pytest.raises(ValueError, match=r"bidirectional attention kind must be one of "
+                                         r"\('dense', 'lsh'\), got 'sparse_qkv'"):
+        attention('sparse_qkv', 8, 2, causal=False, masked=True)
+    with pytest.raises(ValueError, match='pass masked=True'):
+        attention('dense', 8, 2, causal=False)

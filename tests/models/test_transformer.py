@@ -13,7 +13,7 @@ TOKENS = rng.integers(1, VOCAB, size=(2, 7)).astype(np.int32)
 LM_CONFIGS = {
     'dense': dict(),
     'sparse_ff': dict(ff_sparsity=4),
-    'sparse_ff_lowrank': dict(ff_sparsity=(4, 3)),
+    'sparse_ff_lowrank': dict(ff_sparsity=models.SparseFFConfig(4, d_lowrank=3)),
     'sparse_qkv': dict(attention_type='sparse_qkv', qkv_sparsity=4),
     'sparse_loss': dict(loss_sparsity=2),
     'all_sparse': dict(ff_sparsity=4, attention_type='sparse_qkv', qkv_sparsity=4,
@@ -110,9 +110,12 @@ def test_token_ids_outside_vocab_are_a_clear_error(backend_name):
 
 
 def test_bad_options_are_clear_errors():
-    with pytest.raises(ValueError, match="attention_type must be 'dense' or 'sparse_qkv'"):
-        scaling_lm('eval', attention_type='lsh')
-    with pytest.raises(ValueError, match='ff_sparsity must be N'):
+    with pytest.raises(ValueError, match=r"attention kind must be one of \('dense', "
+                                         r"'sparse_qkv', 'lsh'\), got 'sparse'"):
+        scaling_lm('eval', attention_type='sparse')
+    with pytest.raises(ValueError, match=r'ff_sparsity must be N, SparseFFConfig\('):
         scaling_lm('eval', ff_sparsity=(1, 2, 3, 4, 5))
+    with pytest.raises(ValueError, match='n_elements_in_block must be a positive int'):
+        models.SparseFFConfig(0)
     with pytest.raises(ValueError, match='mode must be one of'):
         models.TransformerLM(VOCAB, mode='decode')

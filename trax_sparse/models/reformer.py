@@ -14,41 +14,46 @@ Example:
     >>> lm.output_signature(shapes.ShapeDtype((2, 8), np.int32)).shape
     (2, 8, 16)
 """
-from typing import Any, Callable
+from typing import Callable
 
 from trax_sparse import layers as tl
-from trax_sparse.models import blocks
+from trax_sparse.models import blocks, parts
 from trax_sparse.models import reversible_blocks as rb
+from trax_sparse.models.parts import Part
 
 
 def ReformerLM(vocab_size: int, d_model: int = 512, d_ff: int = 2048,  # noqa: N802
                n_layers: int = 6, n_heads: int = 8, d_attention_key: int = 64,
                d_attention_value: int = 64, attention_type: str = 'lsh', chunk_len: int = 64,
-               n_hashes: int = 1, n_buckets: int = 64, n_chunks_before: int = 1,
+               n_hashes: int = 1, n_buckets: int | list | None = 64, n_chunks_before: int = 1,
                n_chunks_after: int = 0, attention_dropout: float = 0.0,
-               ff_sparsity: Any = 0, loss_sparsity: int = 0, dropout: float = 0.1,
+               ff_sparsity: parts.FFSparsity = 0, loss_sparsity: int = 0, dropout: float = 0.1,
                max_len: int = 2048, ff_activation: Callable[[], tl.Layer] = tl.FastGelu,
-               mode: str = 'train') -> tl.Layer:
-    """Token ids [B, L] -> logits [B, L, vocab_size]; attention_type 'lsh' or 'dense'."""
+               attention: Part | None = None, ff: Part | None = None,
+               output: Part | None = None, mode: str = 'train') -> tl.Layer:
+    """Token ids [B, L] -> logits [B, L, vocab_size].
+
+    attention / ff / output are parts (mode -> layer), as in TransformerLM; by default
+    they are built from the flags: attention_type ('lsh', 'dense' or 'sparse_qkv') with
+    the LSH settings, ff_sparsity, loss_sparsity.
+    """
     tl.check_mode(mode, 'ReformerLM')
     lsh = dict(chunk_len=chunk_len, n_hashes=n_hashes, n_buckets=n_buckets,
                n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
                attention_dropout=attention_dropout)
-    if attention_type == 'lsh':
-        attention = rb.lsh_attention(n_heads, d_attention_key, d_attention_value,
-                                     causal=True, masked=False, dropout=dropout, lsh=lsh,
-                                     max_len=max_len)
-    else:
-        attention = blocks.causal_attention(d_model, n_heads, dropout, max_len, attention_type)
-    ff = blocks.feed_forward(d_model, d_ff, ff_sparsity, dropout, ff_activation)
+    attention = attention or parts.attention(
+        attention_type, d_model, n_heads, dropout=dropout, max_len=max_len,
+        d_attention_key=d_attention_key, d_attention_value=d_attention_value, lsh=lsh)
+    ff = ff or parts.feed_forward(d_model, d_ff, ff_sparsity, dropout, ff_activation)
+    output = output or parts.output_layer(vocab_size, loss_sparsity)
     return tl.Serial(                                                    # tokens [B, L]
         tl.ShiftRight(mode=mode),
         blocks.embedding_stack(vocab_size, d_model, dropout, max_len, mode),   # [B, L, d]
         tl.Dup(),                                                        # x1, x2
-        tl.ReversibleSerial([rb.ReversibleDecoderBlock([attention], ff, dropout, mode)
+        tl.ReversibleSerial([rb.ReversibleBlock([attention], ff, dropout, mode)
                              for _ in range(n_layers)]),
         tl.Concatenate(),                                                # [B, L, 2d]
         tl.LayerNorm(),
         tl.Dropout(dropout, mode=mode),
-        blocks.output_layer(vocab_size, loss_sparsity)(mode),            # logits [B, L, V]
+        output(mode),                                                    # logits [B, L, V]
         name='ReformerLM')

@@ -1,10 +1,11 @@
 """Scaling Transformers: the Transformer models with sparse FF, sparse QKV and a sparse loss layer.
 
 Same blocks as transformer.py; only the parts differ (docs/architecture.md):
-- ff_sparsity: N (1-in-N SparseFF, d_lowrank d_ff/N), (N, d_lowrank) or
-  (N, d_lowrank, temperature, quant_prob); 0 = dense FF.
-- attention_type: 'dense' or 'sparse_qkv' (MultiplicativeConvCausalAttention
-  with qkv_sparsity modules and a causal length kernel length_kernel_size).
+- ff_sparsity: N (1-in-N SparseFF, d_lowrank d_ff/N) or a `SparseFFConfig(N, d_lowrank,
+  temperature, quant_prob)`; 0 = dense FF (see `parts.sparse_ff_config`).
+- attention_type: a kind of `parts.attention`: 'dense', 'sparse_qkv'
+  (MultiplicativeConvCausalAttention with qkv_sparsity modules and a causal length
+  kernel length_kernel_size) or 'lsh' (LSH attention with its default settings).
 - loss_sparsity: S modules of the MultiplicativeDense output layer; 0 = Dense.
 
 Example:
@@ -16,42 +17,43 @@ Example:
     >>> lm.output_signature(shapes.ShapeDtype((2, 5), np.int32)).shape
     (2, 5, 32)
 """
-from typing import Any, Callable
+from typing import Callable
 
 from trax_sparse import layers as tl
-from trax_sparse.models import blocks
+from trax_sparse.models import parts
 from trax_sparse.models.transformer import Transformer, TransformerLM
 
 
 def _parts(vocab_size: int, d_model: int, d_ff: int, n_heads: int, dropout: float,
-           max_len: int, ff_activation: Callable[[], tl.Layer], ff_sparsity: Any,
+           max_len: int, ff_activation: Callable[[], tl.Layer], ff_sparsity: parts.FFSparsity,
            attention_type: str, qkv_sparsity: int | None, length_kernel_size: int,
            loss_sparsity: int) -> dict:
     return dict(
-        attention=blocks.causal_attention(d_model, n_heads, dropout, max_len, attention_type,
-                                          qkv_sparsity, length_kernel_size),
-        ff=blocks.feed_forward(d_model, d_ff, ff_sparsity, dropout, ff_activation),
-        output=blocks.output_layer(vocab_size, loss_sparsity))
+        attention=parts.attention(attention_type, d_model, n_heads, dropout=dropout,
+                                  max_len=max_len, qkv_sparsity=qkv_sparsity,
+                                  length_kernel_size=length_kernel_size),
+        ff=parts.feed_forward(d_model, d_ff, ff_sparsity, dropout, ff_activation),
+        output=parts.output_layer(vocab_size, loss_sparsity))
 
 
 def ScalingTransformerLM(vocab_size: int, d_model: int = 512, d_ff: int = 2048,  # noqa: N802
                          n_layers: int = 6, n_heads: int = 8, dropout: float = 0.1,
                          max_len: int = 2048, ff_activation: Callable[[], tl.Layer] = tl.Relu,
-                         ff_sparsity: Any = 0, attention_type: str = 'dense',
+                         ff_sparsity: parts.FFSparsity = 0, attention_type: str = 'dense',
                          qkv_sparsity: int | None = None, length_kernel_size: int = 3,
                          loss_sparsity: int = 0, mode: str = 'train') -> tl.Layer:
     """TransformerLM with the paper's sparse options (all off by default = the dense baseline)."""
-    parts = _parts(vocab_size, d_model, d_ff, n_heads, dropout, max_len, ff_activation,
+    model_parts = _parts(vocab_size, d_model, d_ff, n_heads, dropout, max_len, ff_activation,
                    ff_sparsity, attention_type, qkv_sparsity, length_kernel_size, loss_sparsity)
     return TransformerLM(vocab_size, d_model, d_ff, n_layers, n_heads, dropout, max_len,
-                         ff_activation, mode=mode, **parts)
+                         ff_activation, mode=mode, **model_parts)
 
 
 def ScalingTransformer(input_vocab_size: int, output_vocab_size: int | None = None,  # noqa: N802
                        d_model: int = 512, d_ff: int = 2048, n_encoder_layers: int = 6,
                        n_decoder_layers: int = 6, n_heads: int = 8, dropout: float = 0.1,
                        max_len: int = 2048, ff_activation: Callable[[], tl.Layer] = tl.Relu,
-                       ff_sparsity: Any = 0, attention_type: str = 'dense',
+                       ff_sparsity: parts.FFSparsity = 0, attention_type: str = 'dense',
                        qkv_sparsity: int | None = None, length_kernel_size: int = 3,
                        loss_sparsity: int = 0, encoder_d_ff: int | None = None,
                        mode: str = 'train') -> tl.Layer:
@@ -62,11 +64,11 @@ def ScalingTransformer(input_vocab_size: int, output_vocab_size: int | None = No
     configs widen only the decoder FF (4096 -> 6144) to make up for the
     parameters that sparse QKV saves; the encoder FF stays at 4096.
     """
-    parts = _parts(output_vocab_size or input_vocab_size, d_model, d_ff, n_heads, dropout,
+    model_parts = _parts(output_vocab_size or input_vocab_size, d_model, d_ff, n_heads, dropout,
                    max_len, ff_activation, ff_sparsity, attention_type, qkv_sparsity,
                    length_kernel_size, loss_sparsity)
-    encoder_ff = blocks.feed_forward(d_model, encoder_d_ff or d_ff, ff_sparsity, dropout,
-                                     ff_activation)
+    encoder_ff = parts.feed_forward(d_model, encoder_d_ff or d_ff, ff_sparsity, dropout,
+                                    ff_activation)
     return Transformer(input_vocab_size, output_vocab_size, d_model, d_ff, n_encoder_layers,
                        n_decoder_layers, n_heads, dropout, max_len, ff_activation,
-                       encoder_ff=encoder_ff, mode=mode, **parts)
+                       encoder_ff=encoder_ff, mode=mode, **model_parts)

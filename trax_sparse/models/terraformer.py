@@ -1,4 +1,4 @@
-"""The Terraformer (docs/architecture.md): reversible sparse encoder-decoder without cross-attention.
+"""The Terraformer (docs/architecture.md): a reversible sparse encoder-decoder, no cross-attention.
 
 The encoder output (its real tokens, padding dropped) is put in front of the
 decoder embeddings; the decoder runs causal self-attention over this joint
@@ -38,8 +38,9 @@ import numpy as onp
 from trax_sparse import fastmath
 from trax_sparse import layers as tl
 from trax_sparse.fastmath import numpy as xnp
-from trax_sparse.models import blocks
+from trax_sparse.models import blocks, parts
 from trax_sparse.models import reversible_blocks as rb
+from trax_sparse.models.parts import Part
 
 
 def right_align(enc: Any, mask: Any) -> tuple[Any, Any]:
@@ -144,66 +145,78 @@ def StripEncoderPart() -> tl.Layer:  # noqa: N802
                                                         tokens), n_out=2)
 
 
+def _encoder(vocab_size: int, d_model: int, n_layers: int, attention: Part, ff: Part,
+             dropout: float, max_len: int, ff_takes_mask: bool, mode: str) -> tl.Layer:
+    """(tokens_e [B, Le], mask) -> (enc [B, Le, d], mask): reversible blocks, streams averaged."""
+    mode = 'eval' if mode == 'predict' else mode                   # runs once, on the inputs
+    return tl.Serial(                                                   # tokens_e, mask
+        blocks.embedding_stack(vocab_size, d_model, dropout, max_len, mode),
+        tl.Dup(),                                                       # x1, x2, mask
+        tl.ReversibleSerial([rb.ReversibleBlock([attention], ff, dropout, mode, masked=True,
+                                                ff_takes_mask=ff_takes_mask)
+                             for _ in range(n_layers)]),
+        tl.Fn('AverageStreams', lambda a, b: (a + b) * 0.5),           # enc, mask
+        tl.LayerNorm(),
+        name='Encoder')
+
+
 def Terraformer(input_vocab_size: int, output_vocab_size: int | None = None,  # noqa: N802
                 d_model: int = 512, d_ff: int = 2048, n_encoder_layers: int = 6,
                 n_decoder_layers: int = 6, n_heads: int = 8, d_attention_key: int = 64,
                 d_attention_value: int = 64, encoder_attention_type: str = 'dense',
                 decoder_attention_type: str = 'dense', n_decoder_attention_layers: int = 2,
-                ff_sparsity: Any = 0, qkv_sparsity: int | None = None,
+                ff_sparsity: parts.FFSparsity = 0, qkv_sparsity: int | None = None,
                 length_kernel_size: int = 3, loss_sparsity: int = 0, chunk_len: int = 64,
-                n_hashes: int = 1, n_buckets: int = 64, n_chunks_before: int = 1,
+                n_hashes: int = 1, n_buckets: int | list | None = 64, n_chunks_before: int = 1,
                 encoder_n_chunks_after: int = 1, attention_dropout: float = 0.0,
                 dropout: float = 0.1, max_len: int = 2048,
                 ff_activation: Callable[[], tl.Layer] = tl.Relu, ff_use_sru: Any = 0,
-                mode: str = 'train') -> tl.Layer:
+                encoder_attention: Part | None = None, decoder_attention: Part | None = None,
+                ff: Part | None = None, encoder_ff: Part | None = None,
+                output: Part | None = None, mode: str = 'train') -> tl.Layer:
     """(inputs [B, Le], targets [B, Ld]) -> (logits [B, Ld, V], targets). Input id 0 is padding.
 
-    encoder_attention_type: 'dense' or 'lsh' (bidirectional); decoder_attention_type:
-    'dense', 'sparse_qkv' or 'lsh' (causal over the joint sequence). max_len bounds the
-    joint length Le + Ld (decoder caches in predict mode). ff_use_sru: k or (k, n_units)
-    adds k SRU layers of n_units (default 32) beside every feed-forward, as the paper's
-    C4 Terraformer (ff_use_sru=(1, 32)); 0 = none.
+    Parts (mode -> layer), as in TransformerLM: encoder_attention (bidirectional) and
+    decoder_attention (causal, over the joint sequence) map (x, mask) -> (y, mask); ff and
+    encoder_ff (default: ff) map x -> y; output. Missing parts are built from the flags:
+    encoder_attention_type 'dense' or 'lsh'; decoder_attention_type 'dense', 'sparse_qkv'
+    or 'lsh'; the LSH settings; ff_sparsity; loss_sparsity. max_len bounds the joint length
+    Le + Ld (decoder caches in predict mode). ff_use_sru: k or (k, n_units) adds k SRU
+    layers of n_units (default 32) beside every feed-forward (given ones too), as the
+    paper's C4 Terraformer (ff_use_sru=(1, 32)); 0 = none.
     """
     tl.check_mode(mode, 'Terraformer')
     output_vocab_size = output_vocab_size or input_vocab_size
-    encoder_mode = 'eval' if mode == 'predict' else mode
     lsh = dict(chunk_len=chunk_len, n_hashes=n_hashes, n_buckets=n_buckets,
                n_chunks_before=n_chunks_before, attention_dropout=attention_dropout)
-    encoder_attention = rb.bidirectional_attention(
-        d_model, n_heads, dropout, encoder_attention_type,
-        dict(lsh, n_chunks_after=encoder_n_chunks_after), d_attention_key, d_attention_value,
-        max_len)
-    decoder_attention = rb.masked_causal_attention(
-        d_model, n_heads, dropout, max_len, decoder_attention_type, qkv_sparsity,
-        length_kernel_size, dict(lsh, n_chunks_after=0), d_attention_key, d_attention_value)
-    ff = blocks.feed_forward(d_model, d_ff, ff_sparsity, dropout, ff_activation)
-    with_sru = bool(ff_use_sru)
-    if with_sru:
-        ff = blocks.feed_forward_with_sru(ff, d_model, ff_use_sru)
-    average = tl.Fn('AverageStreams', lambda a, b: (a + b) * 0.5)
-    encoder = tl.Serial(                                                # tokens_e, mask
-        blocks.embedding_stack(input_vocab_size, d_model, dropout, max_len, encoder_mode),
-        tl.Dup(),                                                       # x1, x2, mask
-        tl.ReversibleSerial([rb.ReversibleDecoderBlock([encoder_attention], ff, dropout,
-                                                       encoder_mode, masked=True,
-                                                       ff_takes_mask=with_sru)
-                             for _ in range(n_encoder_layers)]),
-        average,                                                        # enc, mask
-        tl.LayerNorm(),
-        name='Encoder')
+    common = dict(masked=True, dropout=dropout, max_len=max_len,
+                  d_attention_key=d_attention_key, d_attention_value=d_attention_value)
+    encoder_attention = encoder_attention or parts.attention(
+        encoder_attention_type, d_model, n_heads, causal=False,
+        lsh=dict(lsh, n_chunks_after=encoder_n_chunks_after), **common)
+    decoder_attention = decoder_attention or parts.attention(
+        decoder_attention_type, d_model, n_heads, qkv_sparsity=qkv_sparsity,
+        length_kernel_size=length_kernel_size, lsh=dict(lsh, n_chunks_after=0), **common)
+    ff = ff or parts.feed_forward(d_model, d_ff, ff_sparsity, dropout, ff_activation)
+    encoder_ff = encoder_ff or ff
+    if ff_use_sru:
+        ff, encoder_ff = (parts.feed_forward_with_sru(f, d_model, ff_use_sru)
+                          for f in (ff, encoder_ff))
+    output = output or parts.output_layer(output_vocab_size, loss_sparsity)
+    encoder = _encoder(input_vocab_size, d_model, n_encoder_layers, encoder_attention,
+                       encoder_ff, dropout, max_len, bool(ff_use_sru), mode)
     return tl.Serial(                                                   # tok_e, tok_d
         blocks.EncoderDecoderFront(encoder, output_vocab_size, d_model, dropout, max_len, mode,
                                    predict_encoder=SkipWhenEmpty),
         ConcatenateWithPadding(mode),                                   # joint, jmask, tok_d
         tl.Select([0, 0, 1]),                                           # x1, x2, jmask, tok_d
-        tl.ReversibleSerial([rb.ReversibleDecoderBlock(
+        tl.ReversibleSerial([rb.ReversibleBlock(
             [decoder_attention] * n_decoder_attention_layers, ff, dropout, mode, masked=True,
-            ff_takes_mask=with_sru)
-            for _ in range(n_decoder_layers)]),
+            ff_takes_mask=bool(ff_use_sru)) for _ in range(n_decoder_layers)]),
         tl.Concatenate(),                                               # x [B, L, 2d], jmask, tok_d
         tl.Select([0, 2], n_in=3),                                      # x, tok_d
         StripEncoderPart(),                                             # x [B, Ld, 2d], tok_d
         tl.LayerNorm(),
         tl.Dropout(dropout, mode=mode),
-        blocks.output_layer(output_vocab_size, loss_sparsity)(mode),    # logits, tok_d
+        output(mode),                                                   # logits, tok_d
         name='Terraformer')

@@ -14,8 +14,8 @@ Example:
 from typing import Callable
 
 from trax_sparse import layers as tl
-from trax_sparse.models import blocks
-from trax_sparse.models.blocks import Part
+from trax_sparse.models import blocks, parts
+from trax_sparse.models.parts import Part
 
 
 def _check_model_mode(mode: str, name: str) -> str:
@@ -34,9 +34,10 @@ def TransformerLM(vocab_size: int, d_model: int = 512, d_ff: int = 2048,  # noqa
     (mode -> layer); they default to dense CausalAttention, a dense FF and Dense.
     """
     _check_model_mode(mode, 'TransformerLM')
-    attention = attention or blocks.causal_attention(d_model, n_heads, dropout, max_len)
-    ff = ff or blocks.dense_feed_forward(d_model, d_ff, dropout, ff_activation)
-    output = output or blocks.output_layer(vocab_size)
+    attention = attention or parts.attention('dense', d_model, n_heads, dropout=dropout,
+                                             max_len=max_len)
+    ff = ff or parts.feed_forward(d_model, d_ff, dropout=dropout, activation=ff_activation)
+    output = output or parts.output_layer(vocab_size)
     return tl.Serial(                                                   # tokens [B, L]
         tl.ShiftRight(mode=mode),
         blocks.embedding_stack(vocab_size, d_model, dropout, max_len, mode),   # [B, L, d]
@@ -51,25 +52,30 @@ def Transformer(input_vocab_size: int, output_vocab_size: int | None = None,  # 
                 n_decoder_layers: int = 6, n_heads: int = 8, dropout: float = 0.1,
                 max_len: int = 2048, ff_activation: Callable[[], tl.Layer] = tl.Relu,
                 attention: Part | None = None, ff: Part | None = None,
-                encoder_ff: Part | None = None, output: Part | None = None,
-                mode: str = 'train') -> tl.Layer:
+                encoder_attention: Part | None = None, encoder_ff: Part | None = None,
+                output: Part | None = None, mode: str = 'train') -> tl.Layer:
     """Encoder-decoder with cross-attention: (inputs [B, Le], targets [B, Ld]) -> (logits, targets).
 
     Input id 0 is padding (masked in the encoder). The targets pass through
     so that a loss layer below sees (logits, targets, weights) on the stack. In
     predict mode the encoder runs once (cached) and the decoder gets one (or a
-    few) target tokens per call together with the same inputs.
+    few) target tokens per call together with the same inputs. attention / ff are the
+    decoder's parts; encoder_attention (over (x, mask)) and encoder_ff the encoder's
+    (default: dense bidirectional attention, the decoder's ff).
     """
     _check_model_mode(mode, 'Transformer')
     output_vocab_size = output_vocab_size or input_vocab_size
     encoder_mode = 'eval' if mode == 'predict' else mode
-    attention = attention or blocks.causal_attention(d_model, n_heads, dropout, max_len)
-    ff = ff or blocks.dense_feed_forward(d_model, d_ff, dropout, ff_activation)
+    attention = attention or parts.attention('dense', d_model, n_heads, dropout=dropout,
+                                             max_len=max_len)
+    ff = ff or parts.feed_forward(d_model, d_ff, dropout=dropout, activation=ff_activation)
+    encoder_attention = encoder_attention or parts.attention(
+        'dense', d_model, n_heads, causal=False, masked=True, dropout=dropout)
     encoder_ff = encoder_ff or ff
-    output = output or blocks.output_layer(output_vocab_size)
+    output = output or parts.output_layer(output_vocab_size)
     encoder = tl.Serial(                                                # tokens_e, mask
         blocks.embedding_stack(input_vocab_size, d_model, dropout, max_len, encoder_mode),
-        [blocks.EncoderBlock(d_model, n_heads, encoder_ff, dropout, encoder_mode)
+        [blocks.EncoderBlock(encoder_attention, encoder_ff, dropout, encoder_mode)
          for _ in range(n_encoder_layers)],
         tl.LayerNorm(),                                                 # enc [B, Le, d], mask
         name='Encoder')
