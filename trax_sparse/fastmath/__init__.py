@@ -150,6 +150,8 @@ custom_vjp = _dispatched('custom_vjp')
 abstract_eval = _dispatched('abstract_eval')
 is_concrete = _dispatched('is_concrete')
 device_count = _dispatched('device_count')
+take_permutation = _dispatched('take_permutation')
+after_cotangent = _dispatched('after_cotangent')
 
 
 def cached_jit(make: Callable[..., Callable], *key: Any,
@@ -190,12 +192,14 @@ def to_numpy(tree: Any) -> Any:
 
 
 __all__ = [
-    'BACKENDS', 'BackendError', 'abstract_eval', 'backend', 'backend_name', 'cached_jit', 'cond',
+    'BACKENDS', 'BackendError', 'abstract_eval', 'after_cotangent', 'backend', 'backend_name',
+    'cached_jit', 'cond',
     'conv',
     'custom_vjp', 'device_count', 'dynamic_slice', 'dynamic_update_slice', 'erf', 'fori_loop',
     'grad', 'is_concrete', 'is_jax', 'jax_available', 'jit', 'logsumexp', 'numpy',
     'optimization_barrier', 'random',
-    'remat', 'scan', 'set_backend', 'sort_key_val', 'stop_gradient', 'to_numpy', 'top_k',
+    'remat', 'scan', 'set_backend', 'sort_key_val', 'stop_gradient', 'take_permutation',
+    'to_numpy', 'top_k',
     'to_backend', 'tree_leaves', 'tree_map', 'tree_structure', 'tree_unflatten_like',
     'update_cache', 'use_backend',
     'value_and_grad', 'vjp',

@@ -2,6 +2,7 @@
 
 Same names and signatures as numpy_backend; adds autodiff, jit and devices.
 """
+import functools
 from typing import Any, Callable, Sequence
 
 import jax
@@ -38,6 +39,72 @@ def update_cache(cache, update, start, axis: int):
     starts = [0] * cache.ndim
     starts[axis] = start
     return lax.dynamic_update_slice(cache, update.astype(cache.dtype), starts)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _take_permutation(x, perm, inverse, axis):
+    return np.take_along_axis(x, numpy_backend.permutation_index(perm, x.ndim), axis)
+
+
+def _take_permutation_fwd(x, perm, inverse, axis):
+    return _take_permutation(x, perm, inverse, axis), (perm, inverse)
+
+
+def _take_permutation_bwd(axis, residual, ct):
+    perm, inverse = residual
+    # out[i] = x[perm[i]] along axis  =>  x_ct[j] = ct[inverse[j]].
+    x_ct = np.take_along_axis(ct, numpy_backend.permutation_index(inverse, ct.ndim), axis)
+    return x_ct, zero_cotangent(perm), zero_cotangent(inverse)
+
+
+_take_permutation.defvjp(_take_permutation_fwd, _take_permutation_bwd)
+
+
+def take_permutation(x, perm, inverse, axis: int):
+    """take_along_axis(x, perm, axis) for permutations perm; its gradient gathers by `inverse`.
+
+    JAX would differentiate the gather into a scatter-add into a zero buffer; a
+    permutation's cotangent is the cotangent gathered by the inverse permutation
+    (no scatter, no zero buffer: XLA:CPU allocated each layer's zero buffer at the start
+    of a training step and kept it until that layer's backward).
+    """
+    axis = int(axis) % x.ndim
+    index_shape = numpy_backend.permutation_index(perm, x.ndim).shape
+    # x broadcast against perm first (autodiff sums it back), so the custom part is same-shape.
+    shape = tuple(a if i == axis else max(a, b)
+                  for i, (a, b) in enumerate(zip(x.shape, index_shape)))
+    return _take_permutation(np.broadcast_to(x, shape), perm, inverse, axis)
+
+
+def _first_float(tree_):
+    for leaf in jax.tree_util.tree_leaves(tree_):
+        if hasattr(leaf, 'dtype') and np.issubdtype(leaf.dtype, np.floating) and leaf.size:
+            return np.reshape(leaf, (-1,))[0]
+    return None
+
+
+def _unchanged(x):
+    if hasattr(x, 'dtype') and np.issubdtype(x.dtype, np.floating):
+        return x * np.asarray(1, x.dtype)
+    return x
+
+
+def after_cotangent(tree_, ct):
+    """`tree_` unchanged, but computed only once `ct` is, and materialized: a `lax.cond`.
+
+    For a backward recompute (a reversible layer's): XLA:CPU removes
+    `lax.optimization_barrier` before scheduling, then hoists each layer's recompute
+    into the forward pass and fuses the chain of reconstructed inputs across layers,
+    keeping every layer's terms alive: memory grows with depth again. A cond whose
+    predicate reads one element of `ct` is a data dependence no pass removes, and no
+    fusion crosses it. Both branches return the values (the second as x * 1, so the
+    branches differ and the cond is not folded into a select).
+    """
+    anchor = _first_float(ct)
+    if anchor is None:
+        return tree_
+    return lax.cond(anchor == 0, lambda t: t, lambda t: jax.tree_util.tree_map(_unchanged, t),
+                    tree_)
 
 
 def remat(fn: Callable, **kwargs) -> Callable:

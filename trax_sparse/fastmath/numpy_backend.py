@@ -113,6 +113,27 @@ def update_cache(cache, update, start, axis: int):
     return cache
 
 
+def permutation_index(perm, ndim: int):
+    """perm [..., L] with trailing singleton axes up to `ndim` (a take_along_axis index)."""
+    return perm.reshape(perm.shape + (1,) * (ndim - perm.ndim))
+
+
+def take_permutation(x, perm, inverse, axis: int):
+    """take_along_axis(x, perm, axis) where perm holds permutations along `axis`.
+
+    perm gets trailing singleton axes up to x.ndim; x and perm broadcast against each
+    other. `inverse` (the inverse permutations) is what the JAX gradient gathers by.
+    """
+    del inverse  # Only the gradient (JAX) needs it.
+    return np.take_along_axis(x, permutation_index(perm, x.ndim), axis)
+
+
+def after_cotangent(tree, ct):
+    """`tree` unchanged; on JAX, also computed only once `ct` is (eager NumPy runs in order)."""
+    del ct
+    return tree
+
+
 def scan(f: Callable, init, xs, length: int | None = None, reverse: bool = False):
     """lax.scan semantics: f(carry, x) -> (carry, y); returns (carry, stacked ys)."""
     leaves = tree.tree_leaves(xs)

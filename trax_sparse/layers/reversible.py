@@ -51,8 +51,15 @@ def _recompute_barrier(output: Any, ct: Any, weights: Any, new_state: Any, rng: 
     broadcast to [B, L, d]) alive until the backward, so memory would grow
     with depth again; jax.checkpoint(prevent_cse=True) does the same. Tying in
     the cotangent also makes the recompute wait for the backward to reach it.
+    XLA:CPU drops the barrier before scheduling, hoists the recomputes and
+    fuses the reconstruction chain across layers; `fastmath.after_cotangent`
+    (a conditional on the cotangent) stops both there (docs/RESULTS.md, section 2).
     """
-    return fastmath.optimization_barrier((output, ct, weights, new_state, rng))
+    output, ct, weights, new_state, rng = fastmath.optimization_barrier(
+        (output, ct, weights, new_state, rng))
+    output, weights, new_state, rng = fastmath.after_cotangent(
+        (output, weights, new_state, rng), ct)
+    return output, ct, weights, new_state, rng
 
 
 class ReversibleLayer(Layer):

@@ -37,6 +37,7 @@ from trax_sparse.layers.lsh.hashing import (ATTENTION_DROPOUT_STREAM, OUTPUT_DRO
                                             bucket_factors, hash_rotations, hash_vectors,
                                             normalize_keys,
                                             portable_bernoulli)
+from trax_sparse.layers.lsh.permute import gather_rounds, permute
 
 # Score of a masked key: attention_core.MASK_VALUE (finite: a row with every key masked stays
 # NaN-free). Score of the query's own position: used only when every other key is masked.
@@ -120,11 +121,6 @@ def sort_by_bucket(buckets: Any) -> tuple[Any, Any]:
     return sorted_positions, inverse
 
 
-def _gather_positions(x: Any, positions: Any) -> Any:
-    """x [B, H, L, d], positions [B, H, R, L] -> x at those positions [B, H, R, L, d]."""
-    return xnp.take_along_axis(x[:, :, None], positions[..., None], axis=3)
-
-
 def lsh_attention_rounds(qk: Any, v: Any, buckets: Any, valid: Any, causal: bool,
                          chunk_len: int, n_chunks_before: int = 1, n_chunks_after: int = 0,
                          dropout: float = 0.0, rng: Any = None) -> tuple[Any, Any]:
@@ -146,9 +142,10 @@ def lsh_attention_rounds(qk: Any, v: Any, buckets: Any, valid: Any, causal: bool
     sorted_positions, inverse = sort_by_bucket(buckets)                 # [B, H, R, L] x2
 
     chunked = (batch, n_heads, n_rounds, n_chunks, chunk_len)
-    sq = _gather_positions(qk, sorted_positions).reshape(chunked + (-1,))  # [B,H,R,nc,c,dk]
+    # Permutation gathers: their gradients gather by the inverse (no scatter into zeros).
+    sq = gather_rounds(qk, sorted_positions, inverse).reshape(chunked + (-1,))  # [B,H,R,nc,c,dk]
     sk = normalize_keys(sq)
-    sv = _gather_positions(v, sorted_positions).reshape(chunked + (-1,))   # [B,H,R,nc,c,dv]
+    sv = gather_rounds(v, sorted_positions, inverse).reshape(chunked + (-1,))   # [B,H,R,nc,c,dv]
     valid_bhl = xnp.broadcast_to(valid[:, None, None, :], buckets.shape)
     s_valid = xnp.take_along_axis(valid_bhl, sorted_positions, axis=3).reshape(chunked)
     q_pos = sorted_positions.reshape(chunked)                            # [B,H,R,nc,c]
@@ -173,8 +170,8 @@ def lsh_attention_rounds(qk: Any, v: Any, buckets: Any, valid: Any, causal: bool
     o_sorted = xnp.matmul(probs, v_window)                               # [B,H,R,nc,c,dv]
 
     o_sorted = o_sorted.reshape((batch, n_heads, n_rounds, length, -1))  # [B,H,R,L,dv]
-    o_rounds = xnp.take_along_axis(o_sorted, inverse[..., None], axis=3)
-    lse = xnp.take_along_axis(lse.reshape(buckets.shape), inverse, axis=3)  # [B,H,R,L]
+    o_rounds = permute(o_sorted, inverse, sorted_positions)
+    lse = permute(lse.reshape(buckets.shape), inverse, sorted_positions)     # [B,H,R,L]
     return o_rounds, lse
 
 
