@@ -119,3 +119,15 @@ def test_bad_options_are_clear_errors():
         models.SparseFFConfig(0)
     with pytest.raises(ValueError, match='mode must be one of'):
         models.TransformerLM(VOCAB, mode='decode')
+
+
+def test_transformer_takes_an_encoder_attention_part():
+    lsh = models.parts.attention('lsh', 16, 2, causal=False, masked=True,
+                                 lsh=dict(chunk_len=4, n_buckets=2, n_chunks_after=1))
+    model = models.Transformer(VOCAB, d_model=16, d_ff=32, n_encoder_layers=1,
+                               n_decoder_layers=1, n_heads=2, max_len=16,
+                               encoder_attention=lsh, mode='eval')
+    inputs = rng.integers(1, VOCAB, size=(2, 8)).astype(np.int32)
+    sig = shapes.signature((inputs, TOKENS[:, :5]))
+    assert [s.shape for s in model.output_signature(sig)] == [(2, 5, VOCAB), (2, 5)]
+    assert 'LSHSelfAttention' in str(model)
