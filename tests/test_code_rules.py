@@ -9,9 +9,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / 'trax_sparse'
 MAX_FILE_LINES = 400
 MAX_FUNCTION_LINES = 60
-# Folders of the package where the function rule is not enforced yet: models/ is being
-# restructured into parts (issue 13 deliverable 1) and `Terraformer` is still over the limit.
-FUNCTION_RULE_EXCLUDES = ('models',)
 
 
 def _sources() -> list[pathlib.Path]:
@@ -39,10 +36,6 @@ def long_functions(source: str, limit: int = MAX_FUNCTION_LINES) -> list[tuple[s
     return found
 
 
-def _is_excluded(path: pathlib.Path) -> bool:
-    return path.relative_to(PACKAGE).parts[0] in FUNCTION_RULE_EXCLUDES
-
-
 def test_no_file_over_the_line_limit():
     over = [f'{p.relative_to(ROOT)}: {n} lines' for p in _sources()
             if (n := len(p.read_text(encoding='utf-8').splitlines())) > MAX_FILE_LINES]
@@ -51,7 +44,6 @@ def test_no_file_over_the_line_limit():
 
 def test_no_function_over_the_line_limit():
     over = [f'{p.relative_to(ROOT)}:{line} {name} ({n} lines)' for p in _sources()
-            if not _is_excluded(p)
             for name, line, n in long_functions(p.read_text(encoding='utf-8'))]
     assert not over, f'functions over {MAX_FUNCTION_LINES} lines (split them): {over}'
 
