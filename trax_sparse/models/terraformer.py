@@ -176,14 +176,12 @@ def Terraformer(input_vocab_size: int, output_vocab_size: int | None = None,  # 
                 output: Part | None = None, mode: str = 'train') -> tl.Layer:
     """(inputs [B, Le], targets [B, Ld]) -> (logits [B, Ld, V], targets). Input id 0 is padding.
 
-    Parts (mode -> layer), as in TransformerLM: encoder_attention (bidirectional) and
-    decoder_attention (causal, over the joint sequence) map (x, mask) -> (y, mask); ff and
-    encoder_ff (default: ff) map x -> y; output. Missing parts are built from the flags:
-    encoder_attention_type 'dense' or 'lsh'; decoder_attention_type 'dense', 'sparse_qkv'
-    or 'lsh'; the LSH settings; ff_sparsity; loss_sparsity. max_len bounds the joint length
-    Le + Ld (decoder caches in predict mode). ff_use_sru: k or (k, n_units) adds k SRU
-    layers of n_units (default 32) beside every feed-forward (given ones too), as the
-    paper's C4 Terraformer (ff_use_sru=(1, 32)); 0 = none.
+    Parts (mode -> layer) as in TransformerLM: encoder_attention (bidirectional) and
+    decoder_attention (causal, over the joint sequence) map (x, mask) -> (y, mask); ff,
+    encoder_ff (default ff), output. Missing ones are built from the flags (attention types:
+    encoder 'dense' | 'lsh', decoder 'dense' | 'sparse_qkv' | 'lsh'). max_len bounds Le + Ld.
+    ff_use_sru: k or (k, n_units) puts k SRU layers of n_units (default 32) beside every
+    feed-forward, given ones too (the paper's C4 Terraformer: (1, 32)); 0 = none.
     """
     tl.check_mode(mode, 'Terraformer')
     output_vocab_size = output_vocab_size or input_vocab_size
