@@ -250,14 +250,45 @@ def hash_buckets(x: Any, valid: Any, w_qk: Any, rng: Any, *, settings: LSHSettin
     return xnp.where(valid_pad[:, None, None, :], buckets, s.n_buckets)
 
 
+def heads_in_turn(settings: LSHSettings) -> bool:
+    """True when the heads are computed one after another (a scan): without attention dropout
+    (its mask is drawn over all heads at once) and with more than one head."""
+    return settings.attention_dropout == 0.0 and settings.n_heads > 1
+
+
+def _per_head(weights: tuple, buckets: Any) -> tuple:
+    """(W_qk, W_v, W_o) [H, ...] and buckets [B, H, R, Lp] as scan inputs, one head each:
+    weights [H, 1, ...], buckets [H, B, 1, R, Lp]."""
+    return tuple(w[:, None] for w in weights) + (xnp.swapaxes(buckets, 0, 1)[:, :, None],)
+
+
+def _one_head(x_pad: Any, valid_pad: Any, head: tuple, s: LSHSettings, rng: Any) -> Any:
+    """Head h's term of the summed output [B, Lp, d] (no dropout): head = (W_qk, W_v, W_o,
+    buckets) of that head."""
+    return lsh_self_attention(x_pad, head[:3], head[3], valid_pad, s.causal, s.chunk_len,
+                              s.n_chunks_before, s.n_chunks_after, 0.0, 0.0, rng)
+
+
 def attend_given_buckets(x: Any, valid: Any, weights: tuple, buckets: Any, rng: Any, *,
                          settings: LSHSettings) -> Any:
-    """y [B, L, d] of x [B, L, d] for buckets [B, H, R, Lp]: pads, attends, un-pads."""
+    """y [B, L, d] of x [B, L, d] for buckets [B, H, R, Lp]: pads, attends, un-pads.
+
+    With `heads_in_turn` the heads run one after another and their outputs are summed
+    (the same y): only one head's scores are alive at a time.
+    """
     s = settings
     x_pad, valid_pad = _pad_to_chunks(x, valid, s.chunk_len)
-    y = lsh_self_attention(x_pad, weights, buckets, valid_pad, s.causal, s.chunk_len,
-                           s.n_chunks_before, s.n_chunks_after, s.attention_dropout,
-                           s.output_dropout, rng)
+    if heads_in_turn(s):
+        def add_head(total, head):
+            return total + _one_head(x_pad, valid_pad, head, s, rng), None
+        # The sum starts from x_pad * 0, not a constant zero: XLA:CPU allocates (copies of)
+        # constant loop inits at the start of the step and keeps them until the loop runs.
+        y, _ = fastmath.scan(add_head, x_pad * 0.0, _per_head(weights, buckets))
+        y = output_dropout(y, s.output_dropout, rng)
+    else:
+        y = lsh_self_attention(x_pad, weights, buckets, valid_pad, s.causal, s.chunk_len,
+                               s.n_chunks_before, s.n_chunks_after, s.attention_dropout,
+                               s.output_dropout, rng)
     return y[:, :x.shape[1]]
 
 
@@ -273,15 +304,34 @@ def attend_backward(x: Any, valid: Any, weights: tuple, buckets: Any, rng: Any, 
     """(x_grad, weights_grad) of `attend_given_buckets` for output cotangent grad [B, L, d].
 
     Recomputes the forward with the given buckets under fastmath.vjp (JAX), so
-    nothing of the forward pass (no attention matrix) has to be kept.
+    nothing of the forward pass (no attention matrix) has to be kept. With
+    `heads_in_turn`, one head at a time (a scan: recompute and pull back head h,
+    add its input gradient), so only one head's scores and probabilities are
+    alive: the largest buffers of a long-input training step (docs/RESULTS.md,
+    section 2).
     """
-    def attend(x_, w_):
-        return attend_given_buckets(x_, valid, w_, buckets, rng, settings=settings)
-    _, pullback = fastmath.vjp(attend, x, weights)
-    return pullback(grad)
+    if not heads_in_turn(settings):
+        def attend(x_, w_):
+            return attend_given_buckets(x_, valid, w_, buckets, rng, settings=settings)
+        _, pullback = fastmath.vjp(attend, x, weights)
+        return pullback(grad)
+    s = settings
+    x_pad, valid_pad = _pad_to_chunks(x, valid, s.chunk_len)
+    grad_pad = xnp.pad(grad, ((0, 0), (0, x_pad.shape[1] - x.shape[1]), (0, 0)))
+    grad_pad = output_dropout(grad_pad, s.output_dropout, rng)    # through the output dropout
+
+    def add_head_grad(x_grad, head):
+        def attend_head(x_, w_):
+            return _one_head(x_, valid_pad, w_ + head[3:], s, rng)
+        _, pullback = fastmath.vjp(attend_head, x_pad, head[:3])
+        head_x_grad, head_w_grad = pullback(grad_pad)
+        return x_grad + head_x_grad, head_w_grad
+    x_grad, w_grads = fastmath.scan(add_head_grad, grad_pad[:, :, :1] * x_pad * 0.0,  # see above
+                                    _per_head(weights, buckets))
+    return x_grad[:, :x.shape[1]], tuple(w[:, 0] for w in w_grads)
 
 
 __all__ = ['LSHSettings', 'SELF_VALUE', 'attend_backward', 'attend_given_buckets',
-           'combine_rounds', 'hash_and_attend', 'hash_buckets', 'look_adjacent',
+           'combine_rounds', 'hash_and_attend', 'hash_buckets', 'heads_in_turn', 'look_adjacent',
            'lsh_attention_rounds', 'lsh_self_attention', 'output_dropout', 'padded_length',
            'project_output', 'project_qkv', 'sort_by_bucket', 'window_sizes', 'with_settings']
