@@ -9,26 +9,17 @@ import jax
 import jax.numpy as np  # noqa: F401 - exposed as the backend's array module.
 import numpy as onp
 from jax import lax
+# The fastmath operations that are JAX's own, under the names numpy_backend gives them.
+from jax import custom_vjp, grad, jit, value_and_grad, vjp  # noqa: F401
+from jax.lax import (cond, dynamic_slice, dynamic_update_slice, fori_loop,  # noqa: F401
+                     optimization_barrier, stop_gradient, top_k)
+from jax.scipy.special import erf  # noqa: F401
 
 from trax_sparse import shapes
 from trax_sparse.fastmath import numpy_backend, tree
+from trax_sparse.fastmath.numpy_backend import same_padding  # noqa: F401
 
 name = 'jax'
-
-jit = jax.jit
-grad = jax.grad
-value_and_grad = jax.value_and_grad
-vjp = jax.vjp
-custom_vjp = jax.custom_vjp
-stop_gradient = lax.stop_gradient
-optimization_barrier = lax.optimization_barrier
-dynamic_slice = lax.dynamic_slice
-dynamic_update_slice = lax.dynamic_update_slice
-fori_loop = lax.fori_loop
-cond = lax.cond
-top_k = lax.top_k
-erf = jax.scipy.special.erf
-same_padding = numpy_backend.same_padding
 
 
 def update_cache(cache, update, start, axis: int):

@@ -26,6 +26,26 @@ from trax_sparse.layers.errors import (MODES, ErrorContext, LayerError,
                                        SublayerContext, check_mode, check_rate, creation_site)
 
 
+class _SharedTree:
+    """`layer.weights` and `layer.state`: kept in `_weights` / `_state`.
+
+    Set outside a call, the tree is also handed down, entry i to sublayer i, so
+    `model.sublayers[i].weights` reads well; inside a call (`_call_depth` > 0)
+    only the layer's own attribute changes.
+    """
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name, self._slot = name, '_' + name
+
+    def __get__(self, layer: Any, owner: type | None = None) -> Any:
+        return self if layer is None else getattr(layer, self._slot)
+
+    def __set__(self, layer: Any, value: Any) -> None:
+        setattr(layer, self._slot, value)
+        if layer._call_depth == 0:
+            layer._distribute(self._name, value)
+
+
 class Layer:
     """Base class: override `forward` and, for layers with weights, `init_weights_and_state`.
 
@@ -97,25 +117,8 @@ class Layer:
         return False
 
     # ---- weights, state, rng -------------------------------------------------
-    @property
-    def weights(self) -> Any:
-        return self._weights
-
-    @weights.setter
-    def weights(self, weights: Any) -> None:
-        self._weights = weights
-        if self._call_depth == 0:
-            self._distribute('weights', weights)
-
-    @property
-    def state(self) -> Any:
-        return self._state
-
-    @state.setter
-    def state(self, state: Any) -> None:
-        self._state = state
-        if self._call_depth == 0:
-            self._distribute('state', state)
+    weights = _SharedTree()
+    state = _SharedTree()
 
     @property
     def rng(self) -> Any:

@@ -75,37 +75,40 @@ class LayerError(Exception):
         return self._text()
 
 
-class ErrorContext:
-    """A plain class, not contextlib: entered on every call, so it must cost ~nothing."""
-    __slots__ = ('layer', 'inputs')
+class _ExitContext:
+    """A plain class, not contextlib: entered on every layer call, so it must cost ~nothing.
 
-    def __init__(self, layer: Any, inputs: Any):
-        self.layer, self.inputs = layer, inputs
+    `about` is what the error will name besides the layer (its inputs, or the
+    sublayer's index); subclasses define `__exit__`.
+    """
+    __slots__ = ('layer', 'about')
+
+    def __init__(self, layer: Any, about: Any):
+        self.layer, self.about = layer, about
 
     def __enter__(self) -> None:
         return None
+
+
+class ErrorContext(_ExitContext):
+    """Turns an exception inside into a LayerError naming the layer and its inputs (`about`)."""
+    __slots__ = ()
 
     def __exit__(self, kind, error, traceback) -> bool:
         if error is None or isinstance(error, LayerError) or not isinstance(error, Exception):
             return False
         layer = self.layer
-        raise LayerError(layer.name, f'{kind.__name__}: {error}', shapes.describe(self.inputs),
+        raise LayerError(layer.name, f'{kind.__name__}: {error}', shapes.describe(self.about),
                          layer._created_at) from error
 
 
-class SublayerContext:
-    """Prefixes `Name[index]/` to the path of a LayerError raised inside."""
-    __slots__ = ('layer', 'index')
-
-    def __init__(self, layer: Any, index: int):
-        self.layer, self.index = layer, index
-
-    def __enter__(self) -> None:
-        return None
+class SublayerContext(_ExitContext):
+    """Prefixes `Name[index]/` (index: `about`) to the path of a LayerError raised inside."""
+    __slots__ = ()
 
     def __exit__(self, kind, error, traceback) -> bool:
         if isinstance(error, LayerError):
-            error.add_parent(f'{self.layer.name}[{self.index}]')
+            error.add_parent(f'{self.layer.name}[{self.about}]')
         return False
 
 
