@@ -11,6 +11,7 @@ from trax_sparse.layers.attention import (Attention, CausalAttention, DotProduct
 from trax_sparse.layers.base import (MODES, Fn, Layer, LayerError, PredictUse, PureLayer,
                                      check_mode, count_params, is_replaying, note_predict_use,
                                      recording_predict_use, replay_context, weights_signature)
+from trax_sparse.layers.chunking import PositionwiseChunk
 from trax_sparse.layers.combinators import (Branch, Cache, Chunk, Drop, Dup, Parallel, Residual,
                                             Scan, Select, Serial, Swap, is_empty_call)
 from trax_sparse.layers.core import (Add, Concatenate, Dense, Dropout, Embedding, FastGelu, Gelu,
@@ -38,8 +39,8 @@ __all__ = [
     # The predict-mode contract (docs/predict_mode.md).
     'PredictUse', 'note_predict_use', 'recording_predict_use',
     # Combinators.
-    'Branch', 'Cache', 'Chunk', 'Drop', 'Dup', 'Parallel', 'Residual', 'Scan', 'Select', 'Serial',
-    'Swap', 'is_empty_call',
+    'Branch', 'Cache', 'Chunk', 'Drop', 'Dup', 'Parallel', 'PositionwiseChunk', 'Residual', 'Scan',
+    'Select', 'Serial', 'Swap', 'is_empty_call',
     # Core layers.
     'Add', 'Concatenate', 'Dense', 'Dropout', 'Embedding', 'FastGelu', 'Gelu', 'LayerNorm',
     'LogSoftmax', 'Mean', 'PositionalEncoding', 'Relu', 'ShiftRight',

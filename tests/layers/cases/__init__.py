@@ -11,7 +11,7 @@ from typing import Any, Callable
 import numpy as np
 
 AREAS = ('core_cases', 'combinator_cases', 'attention_cases', 'lsh_cases', 'reversible_cases',
-         'sparse_cases', 'sru_cases')
+         'sparse_cases', 'sru_cases', 'chunking_cases')
 
 
 @dataclasses.dataclass
