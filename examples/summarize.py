@@ -75,18 +75,22 @@ def encode_batch(tokenizer, texts: list[str], max_len: int) -> np.ndarray:
 
 
 def summarize(output_dir: str, articles: list[str], max_input_len: int, max_target_len: int,
-              batch_size: int) -> list[str]:
-    """Greedy summaries of `articles` from the newest checkpoint in output_dir."""
+              batch_size: int, backend: str = 'jax') -> list[str]:
+    """Greedy summaries of `articles` from the newest checkpoint in output_dir, decoded on
+    `backend`."""
     pm = decode.PredictModel(output_dir)
     summaries = []
-    for start in range(0, len(articles), batch_size):
-        inputs = encode_batch(pm.tokenizer, articles[start:start + batch_size], max_input_len)
-        model = pm.build(inputs.shape[0], inputs)
-        ids = decoding.autoregressive_sample(model, inputs=inputs, temperature=0.0,
-                                             eos_id=pm.eos_id, max_length=max_target_len)
-        for row in np.asarray(ids):
-            end = np.flatnonzero(row == pm.eos_id)
-            summaries.append(decode.detokenize(pm.tokenizer, row[:end[0] if end.size else None]))
+    with fastmath.use_backend(backend):
+        for start in range(0, len(articles), batch_size):
+            inputs = encode_batch(pm.tokenizer, articles[start:start + batch_size],
+                                  max_input_len)
+            model = pm.build(inputs.shape[0], inputs)
+            ids = decoding.autoregressive_sample(model, inputs=inputs, temperature=0.0,
+                                                 eos_id=pm.eos_id, max_length=max_target_len)
+            for row in np.asarray(ids):
+                end = np.flatnonzero(row == pm.eos_id)
+                summaries.append(decode.detokenize(pm.tokenizer,
+                                                   row[:end[0] if end.size else None]))
     gin.clear_config()
     return summaries
 
@@ -154,8 +158,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f'== decoding {n} {args.split} articles (greedy, at most {max_target_len} tokens)',
           flush=True)
     start = time.time()
+    # --quick decodes on NumPy: no jit compiles of the predict-mode model (seconds on JAX).
     predictions = summarize(output_dir, articles, max_input_len, max_target_len,
-                            args.batch_size)
+                            args.batch_size, backend='numpy' if args.quick else 'jax')
     seconds = time.time() - start
     scores = rouge(references, predictions)
     print(f'\n| dataset | split | articles | ROUGE-1 | ROUGE-2 | ROUGE-L | decode s |\n'

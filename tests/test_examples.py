@@ -32,10 +32,13 @@ def test_perplexity_parity_quick(tmp_path):
                     '+ sparse loss', 'all sparse'):
         assert f'| {variant} |' in table
     assert 'parameters (+0.00% vs dense)' in result.stdout         # params are printed
-    dense = next(line for line in table.splitlines() if line.startswith('| dense |'))
-    assert ' / ' in dense                                        # two seeds, their spread
+    for variant in ('dense', 'all sparse'):                     # --quick trains these two
+        row = next(line for line in table.splitlines() if line.startswith(f'| {variant} |'))
+        seeds = row.split(' | ')[3].split('(')[1].rstrip(')').split(' / ')
+        assert len(seeds) == 2 and all(0 < float(v) < 6 for v in seeds), row   # 2 seeds, finite
+        assert (tmp_path / f'{variant.replace(" ", "_")}_seed1' / 'metrics.jsonl').exists()
+    assert table.count('| not run |') == 4                       # the others: configured only
     assert (tmp_path / 'validation_curves.png').stat().st_size > 1000
-    assert (tmp_path / 'dense_seed1' / 'metrics.jsonl').exists()
 
 
 def test_long_inputs_quick():
