@@ -9,6 +9,12 @@ compiled step exceeds the budget (16 GB; peak = arguments + outputs + temporarie
 on this CPU, nothing allocated). Then one real step runs at the largest length whose
 estimate fits `--ram_gb` of this machine, to confirm: peak RSS and step time.
 
+The Terraformer uses the library's memory-saving parts (docs/RESULTS.md, section 2, has the
+breakdown): reversible blocks whose recomputes wait for their cotangent, LSH attention that
+computes (and differentiates) one head at a time with permutation gathers, and its
+feed-forward run over chunks of `--ff_chunk_len` positions (`tl.PositionwiseChunk`, passed
+as the model's `ff` part).
+
     .venv/bin/python examples/long_inputs.py                   # 6+6 blocks, d_model 256
     .venv/bin/python examples/long_inputs.py --quick           # tiny sizes, seconds
 """
@@ -33,7 +39,17 @@ from trax_sparse import fastmath, models, shapes
 from trax_sparse import layers as tl
 
 GB = 1e9
-SIZES = ('target_len', 'd_model', 'n_heads', 'layers', 'chunk_len', 'n_buckets', 'vocab_size')
+SIZES = ('target_len', 'd_model', 'n_heads', 'layers', 'chunk_len', 'n_buckets', 'vocab_size',
+         'ff_chunk_len')
+
+
+def chunked_ff(d_model: int, d_ff: int, chunk_len: int) -> Any:
+    """The Terraformer's FF part run over chunks of `chunk_len` positions (Reformer's chunked
+    feed-forward: one chunk's [chunk, d_ff] hidden layer alive at a time); 0 = unchunked."""
+    ff = models.parts.feed_forward(d_model, d_ff, dropout=0.0)
+    if not chunk_len:
+        return ff
+    return lambda mode: tl.PositionwiseChunk(tl.Serial(ff(mode)), chunk_len)
 
 
 def make_models(args: argparse.Namespace, max_len: int) -> dict[str, tl.Layer]:
@@ -47,7 +63,8 @@ def make_models(args: argparse.Namespace, max_len: int) -> dict[str, tl.Layer]:
         'Terraformer (LSH, reversible)': models.Terraformer(
             args.vocab_size, d_attention_key=d_head, d_attention_value=d_head,
             encoder_attention_type='lsh', decoder_attention_type='lsh',
-            chunk_len=args.chunk_len, n_buckets=args.n_buckets, n_hashes=2, **common),
+            chunk_len=args.chunk_len, n_buckets=args.n_buckets, n_hashes=2,
+            ff=chunked_ff(args.d_model, 4 * args.d_model, args.ff_chunk_len), **common),
     }
 
 
@@ -135,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument('--ram_gb', type=float, default=8.0,
                         help='the real confirming step runs only where the estimate fits this')
     parser.add_argument('--start', type=int, default=1024)
-    parser.add_argument('--max_length', type=int, default=131072)
+    parser.add_argument('--max_length', type=int, default=524288)
     parser.add_argument('--target_len', type=int, default=256)
     parser.add_argument('--d_model', type=int, default=256)
     parser.add_argument('--n_heads', type=int, default=4)
@@ -143,6 +160,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument('--chunk_len', type=int, default=128)
     parser.add_argument('--n_buckets', type=int, default=64)
     parser.add_argument('--vocab_size', type=int, default=256)
+    parser.add_argument('--ff_chunk_len', type=int, default=4096,
+                        help="the Terraformer's FF runs on chunks of this many positions "
+                             '(tl.PositionwiseChunk); 0 = unchunked')
     parser.add_argument('--real_step', default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.real_step:                                  # the subprocess of one real step
@@ -167,7 +187,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f'== long inputs: {" ".join(sys.argv)}  ({time.strftime("%Y-%m-%d %H:%M")})\n'
           f'   {args.layers}+{args.layers} blocks, d_model {args.d_model}, d_ff '
           f'{4 * args.d_model}, {args.n_heads} heads, batch 1, targets {args.target_len}; '
-          f'LSH: chunk {args.chunk_len}, {args.n_buckets} buckets, 2 hashes; budget '
+          f'LSH: chunk {args.chunk_len}, {args.n_buckets} buckets, 2 hashes; Terraformer FF '
+          f'chunk {args.ff_chunk_len or "none"}; budget '
           f'{args.budget_gb:g} GB', flush=True)
     names = list(make_models(args, 2 * args.start + args.target_len))
     results = []
