@@ -1,6 +1,7 @@
 """The trainer binary trains a tiny ScalingTransformerLM on Shakespeare and the validation
 loss drops clearly (issue acceptance: 'within a couple of minutes on CPU')."""
 import math
+import os
 import pathlib
 import subprocess
 import sys
@@ -21,8 +22,11 @@ def test_trainer_lowers_shakespeare_validation_loss(tmp_path):
                '--config=seq_len = 64', '--config=ScalingTransformerLM.n_layers = 1',
                '--config=train.steps = 60', '--config=train.eval_every = 20',
                '--config=train.checkpoint_every = 20', '--config=train.eval_steps = 4',
-               '--config=multifactor.warmup_steps = 20', f'--output_dir={out}']
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+               '--config=multifactor.warmup_steps = 20', '--noplot', f'--output_dir={out}']
+    # Compiling dominates at this size: XLA's fast settings (30 -> 22 s CPU, the same losses).
+    env = dict(os.environ, XLA_FLAGS=os.environ.get('XLA_FLAGS', '') +
+               ' --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true')
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     evals = [r for r in read_metrics(str(out)) if r['split'] == 'eval']
     assert [r['step'] for r in evals] == [20, 40, 60]
