@@ -78,7 +78,7 @@ def _conv_reference(x, kernel, bias, n_modules):
     return out.reshape(batch, length, n_modules * n_units)
 
 
-@pytest.mark.parametrize('length', [5, 9], ids=['taps', 'conv'])   # 2·9 > SMALL_CALL_TOKENS
+@pytest.mark.parametrize('length', [5, 9], ids=['patches', 'conv'])   # 2·9 > SMALL_CALL_TOKENS
 @pytest.mark.parametrize('kernel_size,length_kernel_size', [(3, 3), (1, 2), (5, 1)])
 def test_locally_conv_dense_equals_its_formula(backend_name, kernel_size, length_kernel_size,
                                                length):

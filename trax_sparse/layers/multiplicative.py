@@ -16,7 +16,10 @@ Example:
     >>> y.shape, [w.shape for w in layer.weights]
     ((2, 3, 8), [(4, 6), (6, 2), (8,)])
 """
+import functools
 from typing import Any
+
+import numpy as onp
 
 from trax_sparse import fastmath
 from trax_sparse.fastmath import numpy as xnp
@@ -164,22 +167,27 @@ class LocallyConvDense(Layer):
             if memory.shape[0] != batch:
                 raise ValueError(f'{self.name}: predict state was initialized for batch '
                                  f'{memory.shape[0]}, got batch {batch}')
-            window = xnp.concatenate([memory.astype(x4.dtype), x4], axis=1)  # [B, lk-1+L, S, d/S]
-            self.state = window[:, window.shape[1] - (lk - 1):].astype(memory.dtype)
+            window = xnp.concatenate([_as_dtype(memory, x4.dtype), x4], axis=1)
+            self.state = _as_dtype(window[:, window.shape[1] - (lk - 1):], memory.dtype)
         else:
             window = zero_pad(x4, axis=1, before=lk - 1, after=0)      # causal: past only
-        half = (k - 1) // 2
-        window = zero_pad(window, axis=2, before=half, after=half)     # [B, lk-1+L, S+k-1, d/S]
-        if batch * length <= SMALL_CALL_TOKENS:
-            y = conv_by_taps(window, kernel)                           # [B, L, S, n_units]
+        if batch * length <= SMALL_CALL_TOKENS:                         # window [B, lk-1+L, S, c]
+            y = xnp.matmul(local_patches(window, lk, k),                # [B, L, S, lk·k·c]
+                           kernel.reshape(lk * k * d_module, -1))       # [B, L, S, n_units]
         else:
+            half = (k - 1) // 2
+            window = zero_pad(window, axis=2, before=half, after=half)  # [B, lk-1+L, S+k-1, c]
             y = fastmath.conv(window, kernel, padding='VALID')         # [B, L, S, n_units]
         return (y + bias).reshape(batch, length, self._n_modules * self._n_units)
 
 
 # Up to this many tokens per call (decoding steps) the convolution is one matmul over
-# stacked kernel taps: a few cheap ops instead of a general convolution call.
+# the gathered patches: a few cheap ops instead of a general convolution call.
 SMALL_CALL_TOKENS = 16
+
+
+def _as_dtype(x: Any, dtype: Any) -> Any:
+    return x if x.dtype == dtype else x.astype(dtype)
 
 
 def zero_pad(x: Any, axis: int, before: int, after: int) -> Any:
@@ -194,17 +202,32 @@ def zero_pad(x: Any, axis: int, before: int, after: int) -> Any:
     return xnp.concatenate([pads[0], x, pads[1]], axis=axis)
 
 
-def conv_by_taps(window: Any, kernel: Any) -> Any:
-    """'VALID' 2-D convolution as one matmul: window [B, L+lk-1, S+k-1, c] -> [B, L, S, u].
+def local_patches(window: Any, lk: int, k: int) -> Any:
+    """The patches of a 'VALID' length conv and a centred, zero-padded module conv, gathered.
 
-    Stacks the lk·k shifted views of the window on the channel axis, in the order
-    of kernel [lk, k, c, u] flattened to [lk·k·c, u].
+    window [B, L + lk - 1, S, c] -> [B, L, S, lk·k·c]: for output (t, s) the inputs at
+    lengths t..t+lk-1 and modules s-(k-1)/2..s+(k-1)/2 (zeros outside), in the order of a
+    kernel [lk, k, c, u] flattened to [lk·k·c, u]. One gather with a constant index
+    (`_patch_index`) instead of padding the modules and stacking lk·k shifted views
+    (~20 array ops a decoding step, per convolution).
     """
-    lk, k, c, units = kernel.shape
-    length, modules = window.shape[1] - (lk - 1), window.shape[2] - (k - 1)
-    taps = [window[:, a:a + length, j:j + modules] for a in range(lk) for j in range(k)]
-    patches = taps[0] if len(taps) == 1 else xnp.concatenate(taps, axis=-1)  # [B, L, S, lk·k·c]
-    return xnp.matmul(patches, kernel.reshape(lk * k * c, units))
+    batch, steps, modules, c = window.shape
+    length = steps - (lk - 1)
+    rows = window.reshape(batch, steps * modules, c)
+    rows = xnp.concatenate([rows, xnp.zeros((batch, 1, c), rows.dtype)], axis=1)  # + a zero row
+    patches = xnp.take(rows, _patch_index(length, modules, lk, k), axis=1)  # [B, L·S·lk·k, c]
+    return patches.reshape(batch, length, modules, lk * k * c)
+
+
+@functools.lru_cache(maxsize=64)
+def _patch_index(length: int, modules: int, lk: int, k: int) -> onp.ndarray:
+    """Row of `local_patches`' flattened window for each (t, s, a, j); the zero row outside."""
+    t, s, a, j = onp.meshgrid(onp.arange(length), onp.arange(modules), onp.arange(lk),
+                              onp.arange(k), indexing='ij')
+    module = s + j - (k - 1) // 2
+    inside = (module >= 0) & (module < modules)
+    index = onp.where(inside, (t + a) * modules + module, (length + lk - 1) * modules)
+    return index.reshape(-1).astype(onp.int32)
 
 
 SPARSITY_TYPES = ('mult', 'lowrank')
