@@ -5,7 +5,11 @@
    (gin/experiments/demo_sparse.gin) on the embedded Shakespeare corpus with the trainer
    binary, a few minutes each (checkpoints in runs/demo/; rerunning resumes). Both are sized
    to reach <= 1.9 nats/byte on the held-out works.
-2. Decodes a sample from each checkpoint with the decode binary's code on the NumPy backend.
+2. Samples a scene from each checkpoint on the NumPy backend: after a primer of three
+   speeches from The Tempest (held out from training), the model's continuation. Paragraphs
+   (speeches, stage directions) are EOS-separated in training, so an EOS is shown as a blank
+   line and sampling goes on; the context slides by half the training length whenever it
+   fills, because the models never saw positions past their training length.
 3. Prints validation log-perplexity and per-token decode time (NumPy and JAX) of both, and
    the speed-up; then the same speed comparison at the paper's width (d_model 1024, random
    weights), where memory traffic, not overhead, decides.
@@ -20,11 +24,11 @@ import os
 os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 
 import argparse
-import io
 import subprocess
 import sys
 import time
 
+import gin
 import numpy as np
 
 from trax_sparse import decode, decoding, fastmath, models, shapes
@@ -34,6 +38,13 @@ from trax_sparse.training import read_metrics
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUNS = {'dense': 'experiments/demo_dense.gin', 'sparse': 'experiments/demo_sparse.gin'}
 TARGET = 1.9            # nats/byte on the held-out works (issue 11)
+# The Tempest, Act 1 Scene 1 (a held-out work): three speeches, in the corpus' format.
+PRIMER = ('GONZALO.\nNay, good, be patient.',
+          'BOATSWAIN.\nWhen the sea is. Hence! What cares these\nroarers for the name of king? '
+          'To cabin! silence! Trouble\nus not.',
+          'GONZALO.\nGood, yet remember whom thou hast aboard.')
+SAMPLE_BYTES = 600
+TEMPERATURE = 0.5
 
 
 def train(name: str, steps: int | None, output_dir: str) -> None:
@@ -43,12 +54,54 @@ def train(name: str, steps: int | None, output_dir: str) -> None:
                f'--output_dir={output_dir}']
     if steps:
         command[3:3] = [f'--config=train.steps={steps}',
+                        f'--config=multifactor.steps_per_cycle={max(1, steps - 50)}',
                         f'--config=train.eval_every={max(1, steps // 4)}',
                         f'--config=train.checkpoint_every={max(1, steps // 4)}']
     print(f'\n== training the {name} model: {" ".join(command[1:])}', flush=True)
     start = time.time()
     subprocess.run(command, check=True, cwd=ROOT)
     print(f'== {name}: {time.time() - start:.0f} s', flush=True)
+
+
+def training_length() -> int:
+    """The training sequence length in the parsed config (after `decode.PredictModel`)."""
+    value = gin.query_parameter('train/tfds_lm_stream.seq_len')
+    if isinstance(value, gin.config.ConfigurableReference):            # the %seq_len macro
+        value = value.scoped_configurable_fn()
+    return int(value)
+
+
+def sample_scene(output_dir: str, n_bytes: int = SAMPLE_BYTES, temperature: float = TEMPERATURE,
+                 seed: int = 0) -> str:
+    """`n_bytes` sampled after PRIMER (speeches joined by EOS, ending with one) on NumPy.
+
+    EOS separates paragraphs in training: it is shown as a blank line and sampling goes on.
+    The models never saw positions past their training length L, so when the context is
+    full, decoding restarts from the last L/2 tokens (a sliding window, prefilled at once).
+    """
+    pm = decode.PredictModel(output_dir)
+    window = training_length()
+    ids = []
+    for speech in PRIMER:
+        ids += [int(t) for t in pm.tokenizer.encode(speech)] + [pm.eos_id]
+    start, rng = len(ids), fastmath.random.get_prng(seed)
+    with fastmath.use_backend('numpy'):
+        model = pm.build(1)
+        while len(ids) - start < n_bytes:
+            context = np.asarray(ids[-(window // 2):], np.int32)[None]
+            rng, sample_rng = fastmath.random.split(rng)
+            stream = decoding.autoregressive_sample_stream(
+                model, temperature=temperature, prompt=context, rng=sample_rng)
+            for _ in range(min(window - 1 - context.shape[1], n_bytes - (len(ids) - start))):
+                ids.append(int(np.asarray(next(stream))[0]))
+    text, run = [], []
+    for token in ids[start:]:
+        if token == pm.eos_id:
+            text += [decode.detokenize(pm.tokenizer, run), '\n\n']
+            run = []
+        else:
+            run.append(token)
+    return ''.join(text + [decode.detokenize(pm.tokenizer, run)])
 
 
 def validation_log_perplexity(output_dir: str) -> float:
@@ -91,6 +144,7 @@ def main() -> None:
     parser.add_argument('--steps', type=int, default=None, help='default: the gin files')
     parser.add_argument('--output_dir', default=os.path.join(ROOT, 'runs', 'demo'))
     args = parser.parse_args()
+    demo_start = time.time()
     dirs = {name: os.path.join(args.output_dir, name) for name in RUNS}
     for name in RUNS:
         train(name, args.steps, dirs[name])
@@ -99,11 +153,11 @@ def main() -> None:
     for name in RUNS:
         pm = decode.PredictModel(dirs[name])
         params = tl.count_params(pm.make(mode='eval'), shapes.ShapeDtype((1, 8), np.int32))
-        with fastmath.use_backend('numpy'):
-            text, _ = decode.run(dirs[name], prompt='ROMEO:\n', max_length=300,
-                                 temperature=0.6, out=io.StringIO())
-        print(f'\n== sample from the {name} model (NumPy backend, temperature 0.6):\n'
-              f'ROMEO:\n{text}')
+        text = sample_scene(dirs[name])
+        print(f'\n== the {name} model continues a scene of The Tempest (held out from training; '
+              f'NumPy backend, temperature {TEMPERATURE}, {SAMPLE_BYTES} bytes up to the last '
+              f'full line):\n' + '\n\n'.join(PRIMER) + '\n\n---- the model: ----\n\n'
+              + text[:text.rfind('\n')].rstrip())
         rows[name] = dict(params=params, ppl=validation_log_perplexity(dirs[name]),
                           **decode_timings(dirs[name]))
 
@@ -134,6 +188,8 @@ def main() -> None:
     for backend in ('numpy', 'jax'):
         print(f'speed-up of Sparse FF + QKV + loss over dense ({backend}): '
               f"{wide['dense'][backend] / wide['sparse'][backend]:.2f}x")
+    print(f'\n== demo wall time: {time.time() - demo_start:.0f} s '
+          f'(machine load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)')
 
 
 if __name__ == '__main__':
