@@ -227,7 +227,8 @@ def plot(curves: dict, path: str, title: str) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--quick', action='store_true', help='tiny models, 2 steps, dense and all sparse only (a test)')
+    parser.add_argument('--quick', action='store_true',
+                        help='tiny models, 2 steps, dense and all sparse only (a test)')
     parser.add_argument('--output_dir', default=None, help='default runs/parity (quick: '
                         'runs/parity_quick)')
     parser.add_argument('--report_only', action='store_true',
