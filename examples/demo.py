@@ -15,6 +15,7 @@
    weights), where memory traffic, not overhead, decides.
 
 Run: .venv/bin/python examples/demo.py [--steps=N] [--output_dir=runs/demo]
+     .venv/bin/python examples/demo.py --quick --output_dir=/tmp/demo   # tiny, seconds (a test)
 """
 import os
 
@@ -45,13 +46,22 @@ PRIMER = ('GONZALO.\nNay, good, be patient.',
           'GONZALO.\nGood, yet remember whom thou hast aboard.')
 SAMPLE_BYTES = 600
 TEMPERATURE = 0.5
+# --quick: tiny models, 2 steps, fast XLA compiles, a 40-byte sample (past the 16-byte training
+# length: the sliding window is used), the paper-width table at d_model 64 and 1 layer.
+QUICK = ['d_model = 16', 'n_heads = 2', 'n_layers = 1', 'seq_len = 16', 'batch_size = 2',
+         'eval/tfds_lm_stream.batch_size = 2', 'train.eval_steps = 1']
+QUICK_XLA_FLAGS = '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
 
 
-def train(name: str, steps: int | None, output_dir: str) -> None:
+def train(name: str, steps: int | None, output_dir: str, quick: bool = False) -> None:
     """Trains with the trainer binary (steps: the gin file's unless given)."""
     command = [sys.executable, '-m', 'trax_sparse.trainer',
                f'--config_file={os.path.join(ROOT, "gin", RUNS[name])}',
                f'--output_dir={output_dir}']
+    env = None
+    if quick:
+        command[3:3] = [f'--config={b}' for b in QUICK] + ['--noplot']
+        env = dict(os.environ, XLA_FLAGS=QUICK_XLA_FLAGS)
     if steps:
         command[3:3] = [f'--config=train.steps={steps}',
                         f'--config=multifactor.steps_per_cycle={max(1, steps - 50)}',
@@ -59,7 +69,7 @@ def train(name: str, steps: int | None, output_dir: str) -> None:
                         f'--config=train.checkpoint_every={max(1, steps // 4)}']
     print(f'\n== training the {name} model: {" ".join(command[1:])}', flush=True)
     start = time.time()
-    subprocess.run(command, check=True, cwd=ROOT)
+    subprocess.run(command, check=True, cwd=ROOT, env=env)
     print(f'== {name}: {time.time() - start:.0f} s', flush=True)
 
 
@@ -109,24 +119,24 @@ def validation_log_perplexity(output_dir: str) -> float:
     return evals[-1]['log_perplexity']
 
 
-def decode_timings(output_dir: str) -> dict:
+def decode_timings(output_dir: str, steps: int = 32) -> dict:
     """Per-token decode seconds of the trained checkpoint on each backend."""
     pm = decode.PredictModel(output_dir)
     times = {}
     for backend in ('numpy', 'jax'):
         with fastmath.use_backend(backend):
-            times[backend] = decoding.time_per_token(pm.build(1), pm.weights, steps=32)
+            times[backend] = decoding.time_per_token(pm.build(1), pm.weights, steps=steps)
     return times
 
 
-def paper_width_timings(n_layers: int = 4) -> dict:
+def paper_width_timings(n_layers: int = 4, d_model: int = 1024, steps: int = 16) -> dict:
     """Per-token decode seconds at d_model 1024 (paper sizes), random weights."""
     options = {'dense': dict(d_ff=4096),
                'sparse': dict(d_ff=6144, ff_sparsity=64, attention_type='sparse_qkv',
                               qkv_sparsity=16, loss_sparsity=4)}
     out = {}
     for name, opts in options.items():
-        model = models.ScalingTransformerLM(32000, d_model=1024, n_layers=n_layers, n_heads=16,
+        model = models.ScalingTransformerLM(32000, d_model=d_model, n_layers=n_layers, n_heads=16,
                                             dropout=0.0, max_len=128, mode='predict', **opts)
         with fastmath.use_backend('jax'):
             weights, _ = model.init(shapes.ShapeDtype((1, 1), np.int32),
@@ -135,7 +145,7 @@ def paper_width_timings(n_layers: int = 4) -> dict:
         out[name] = {'bytes': decoding.bytes_read_per_token(model, weights)}
         for backend in ('numpy', 'jax'):
             with fastmath.use_backend(backend):
-                out[name][backend] = decoding.time_per_token(model, weights, steps=16)
+                out[name][backend] = decoding.time_per_token(model, weights, steps=steps)
     return out
 
 
@@ -143,23 +153,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description='trax_sparse demo')
     parser.add_argument('--steps', type=int, default=None, help='default: the gin files')
     parser.add_argument('--output_dir', default=os.path.join(ROOT, 'runs', 'demo'))
+    parser.add_argument('--quick', action='store_true', help='tiny models, 2 steps (a test)')
     args = parser.parse_args()
+    if args.quick:
+        os.environ.setdefault('XLA_FLAGS', QUICK_XLA_FLAGS)       # before jax starts
+        args.steps = args.steps or 2
+    n_bytes = 40 if args.quick else SAMPLE_BYTES
     demo_start = time.time()
     dirs = {name: os.path.join(args.output_dir, name) for name in RUNS}
     for name in RUNS:
-        train(name, args.steps, dirs[name])
+        train(name, args.steps, dirs[name], args.quick)
 
     rows = {}
     for name in RUNS:
         pm = decode.PredictModel(dirs[name])
         params = tl.count_params(pm.make(mode='eval'), shapes.ShapeDtype((1, 8), np.int32))
-        text = sample_scene(dirs[name])
+        text = sample_scene(dirs[name], n_bytes)
         print(f'\n== the {name} model continues a scene of The Tempest (held out from training; '
-              f'NumPy backend, temperature {TEMPERATURE}, {SAMPLE_BYTES} bytes up to the last '
+              f'NumPy backend, temperature {TEMPERATURE}, {n_bytes} bytes up to the last '
               f'full line):\n' + '\n\n'.join(PRIMER) + '\n\n---- the model: ----\n\n'
               + text[:text.rfind('\n')].rstrip())
         rows[name] = dict(params=params, ppl=validation_log_perplexity(dirs[name]),
-                          **decode_timings(dirs[name]))
+                          **decode_timings(dirs[name], 4 if args.quick else 32))
 
     print('\n== trained models (byte-level Shakespeare, held-out works)')
     print('| model | parameters | validation log-perplexity (nats/byte) | NumPy ms/token '
@@ -177,9 +192,11 @@ def main() -> None:
     print('(at d_model 128 per-step overhead dominates; the weights are too small for sparsity '
           'to matter)')
 
-    print('\n== decoding at the paper\'s width: d_model 1024, 4 layers, vocab 32000, '
+    width, depth = (64, 1) if args.quick else (1024, 4)
+    where = 'a tiny width (--quick)' if args.quick else "the paper's width"
+    print(f'\n== decoding at {where}: d_model {width}, {depth} layers, vocab 32000, '
           'random weights')
-    wide = paper_width_timings()
+    wide = paper_width_timings(depth, width, 4 if args.quick else 16)
     print('| model | weights read / token | NumPy ms/token | JAX ms/token |')
     print('|---|---|---|---|')
     for name, r in wide.items():

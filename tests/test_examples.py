@@ -62,3 +62,19 @@ def test_summarize_without_the_dataset_says_how_to_prepare_it(tmp_path):
     assert "'scientific_papers/arxiv' is not prepared" in result.stderr
     assert 'download_and_prepare' in result.stderr and '--quick' in result.stderr
     assert not any(tmp_path.iterdir())                           # nothing was downloaded
+
+
+def test_demo_quick_trains_samples_and_times(tmp_path):
+    helpers.require_shakespeare()
+    result = _run_example('demo.py', '--quick', f'--output_dir={tmp_path}')
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    for name in ('dense', 'sparse'):
+        assert f'== the {name} model continues a scene of The Tempest' in out
+        row = next(line for line in out.splitlines() if line.startswith(f'| {name} | 0.'))
+        ppl, numpy_ms, jax_ms = (float(v) for v in row.strip('|').split('|')[2:5])
+        assert 0 < ppl < 6 and numpy_ms > 0 and jax_ms > 0, row
+        assert (tmp_path / name / 'metrics.jsonl').exists()
+    assert out.count('---- the model: ----') == 2
+    assert 'speed-up of Sparse FF + QKV + loss over dense (jax)' in out
+    assert '== demo wall time' in out
