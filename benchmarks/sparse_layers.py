@@ -39,6 +39,7 @@ import numpy as np  # noqa: E402
 from bounds import TRAX_1_4_1_MS, Rates, macs_per_token, measure_rates  # noqa: E402
 from trax_sparse import fastmath, shapes  # noqa: E402
 from trax_sparse import layers as tl  # noqa: E402
+from trax_sparse.layers.flat import FlatForward  # noqa: E402
 
 SIZES = {
     '800M': dict(d=1024, d_ff=4096, sparse_d_ff=6144, block=64, d_lowrank=None, heads=16,
