@@ -94,7 +94,8 @@ def main() -> None:
     command = (f'XLA_FLAGS={xla_flags} ' if xla_flags else '') + \
         '.venv/bin/python benchmarks/reversible_memory.py ' + ' '.join(sys.argv[1:])
     device = jax.devices()[0]
-    if device.platform == 'cpu' and 'ynn_fusion_type' not in xla_flags:
+    if (device.platform == 'cpu' and 'ynn_fusion_type' not in xla_flags
+            and (rev1 - rev0) / blocks > 0.5 * one_activation):
         growth += (' On XLA:CPU the YNNPACK fusions materialize each LayerNorm scale broadcast to '
                    '[B, L, d] at the start of the program (one [B, L, d] buffer per LayerNorm, '
                    'i.e. 2 per block here): that, not stored activations, is what the reversible '
