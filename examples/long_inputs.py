@@ -11,7 +11,8 @@ estimate fits `--ram_gb` of this machine, to confirm: peak RSS and step time.
 
 The Terraformer uses the library's memory-saving parts (docs/RESULTS.md, section 2, has the
 breakdown): reversible blocks whose recomputes wait for their cotangent, LSH attention that
-computes (and differentiates) one head at a time with permutation gathers, and its
+computes (and differentiates) one head at a time (`heads_in_turn`, through the model's
+attention parts) with permutation gathers, and its
 feed-forward run over chunks of `--ff_chunk_len` positions (`tl.PositionwiseChunk`, passed
 as the model's `ff` part).
 
@@ -58,12 +59,21 @@ def make_models(args: argparse.Namespace, max_len: int) -> dict[str, tl.Layer]:
                   n_decoder_layers=args.layers, n_heads=args.n_heads, dropout=0.0,
                   max_len=max_len, mode='train')
     d_head = args.d_model // args.n_heads
+    # LSH attention parts as the Terraformer builds them from its flags, but computing (and
+    # differentiating) one head at a time: ~1/n_heads of the attention's memory.
+    lsh = dict(chunk_len=args.chunk_len, n_buckets=args.n_buckets, n_hashes=2,
+               n_chunks_before=1, attention_dropout=0.0, heads_in_turn=True)
+    attention = dict(masked=True, dropout=0.0, max_len=max_len, d_attention_key=d_head,
+                     d_attention_value=d_head)
     return {
         'Transformer (dense attention)': models.Transformer(args.vocab_size, **common),
         'Terraformer (LSH, reversible)': models.Terraformer(
             args.vocab_size, d_attention_key=d_head, d_attention_value=d_head,
-            encoder_attention_type='lsh', decoder_attention_type='lsh',
-            chunk_len=args.chunk_len, n_buckets=args.n_buckets, n_hashes=2,
+            encoder_attention=models.parts.attention(
+                'lsh', args.d_model, args.n_heads, causal=False,
+                lsh=dict(lsh, n_chunks_after=1), **attention),
+            decoder_attention=models.parts.attention(
+                'lsh', args.d_model, args.n_heads, lsh=dict(lsh, n_chunks_after=0), **attention),
             ff=chunked_ff(args.d_model, 4 * args.d_model, args.ff_chunk_len), **common),
     }
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from trax_sparse import fastmath
+from trax_sparse import layers as tl
 from trax_sparse.layers.lsh import core as lsh_core
 from trax_sparse.layers.lsh.core import LSHSettings
 from tests import helpers
@@ -17,7 +18,8 @@ KEY = np.array([0, 9], np.uint32)
 def _settings(**overrides):
     base = LSHSettings(layer_name='LSH', n_heads=H, d_qk=DK, n_hashes=R, bucket_factors=(4,),
                        causal=True, chunk_len=CHUNK, n_chunks_before=1, n_chunks_after=0,
-                       attention_dropout=0.0, output_dropout=0.2, mem_len=64, budget=16)
+                       attention_dropout=0.0, output_dropout=0.2, mem_len=64, budget=16,
+                       heads_in_turn=True)
     return dataclasses.replace(base, **overrides)
 
 
@@ -57,6 +59,9 @@ def test_output_equals_all_heads_at_once(backend_name, causal):
 
 
 def test_attention_dropout_keeps_all_heads_at_once():
+    assert not lsh_core.heads_in_turn(_settings(heads_in_turn=False))
+    assert not tl.LSHSelfAttention(n_heads=2)._settings.heads_in_turn      # the default
+    assert tl.LSHSelfAttention(n_heads=2, heads_in_turn=True)._settings.heads_in_turn
     assert not lsh_core.heads_in_turn(_settings(attention_dropout=0.1))
     assert not lsh_core.heads_in_turn(_settings(n_heads=1))
 
@@ -73,3 +78,21 @@ def test_backward_equals_autodiff_of_all_heads_at_once():
         want = pullback(grad)
     helpers.assert_trees_close(got, want, atol=1e-10, rtol=1e-8)
     assert np.abs(np.asarray(got[0])).max() > 1e-3
+
+
+def test_layer_with_heads_in_turn_equals_the_default_layer_and_its_gradient():
+    x = np.random.default_rng(4).normal(size=(1, 11, D)).astype(np.float32)
+    kwargs = dict(n_heads=H, d_qk=DK, d_v=DV, causal=True, chunk_len=CHUNK, n_hashes=R,
+                  n_buckets=4, output_dropout=0.1, mode='train')
+    turns, plain = tl.LSHSelfAttention(heads_in_turn=True, **kwargs), tl.LSHSelfAttention(**kwargs)
+    with fastmath.use_backend('numpy'):
+        weights, state = plain.init(x, rng=fastmath.random.get_prng(0))
+    projection = np.random.default_rng(5).normal(size=x.shape)
+
+    def value_and_grads(layer):
+        def loss(params):
+            return (layer.pure_fn(params[1], params[0], state, KEY)[0] * projection).sum()
+        return jax.jit(jax.value_and_grad(loss))(helpers.to_float64((weights, x)))
+    with fastmath.use_backend('jax'), jax.enable_x64(True):
+        got, want = value_and_grads(turns), value_and_grads(plain)
+    helpers.assert_trees_close(got, want, atol=1e-9, rtol=1e-7)

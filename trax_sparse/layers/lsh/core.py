@@ -63,6 +63,7 @@ class LSHSettings:
     output_dropout: float
     mem_len: int
     budget: int
+    heads_in_turn: bool = False    # one head at a time (see `heads_in_turn`)
 
     def for_length(self, padded: int) -> 'LSHSettings':
         """These settings with the bucket factors resolved for a padded length."""
@@ -251,9 +252,10 @@ def hash_buckets(x: Any, valid: Any, w_qk: Any, rng: Any, *, settings: LSHSettin
 
 
 def heads_in_turn(settings: LSHSettings) -> bool:
-    """True when the heads are computed one after another (a scan): without attention dropout
-    (its mask is drawn over all heads at once) and with more than one head."""
-    return settings.attention_dropout == 0.0 and settings.n_heads > 1
+    """True when the heads are computed one after another (a scan): asked for
+    (settings.heads_in_turn), without attention dropout (its mask is drawn over all heads at
+    once) and with more than one head."""
+    return settings.heads_in_turn and settings.attention_dropout == 0.0 and settings.n_heads > 1
 
 
 def _per_head(weights: tuple, buckets: Any) -> tuple:

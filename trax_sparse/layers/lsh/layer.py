@@ -82,6 +82,9 @@ class LSHSelfAttention(Layer):
     internally whatever pad_to_chunk says. On NumPy a decoding step writes the
     new position into the cache arrays in place (O(current length) per step).
     Dropout (attention probabilities, output elements) only in train.
+    heads_in_turn (train/eval): compute and differentiate one head at a time (a scan over
+    heads, as Trax's n_parallel_heads=1): about 1/n_heads of the attention's memory, ~10-15%
+    slower on CPU (docs/RESULTS.md, section 2); used only without attention dropout.
 
     Example (decoding):
         >>> import numpy as np
@@ -102,7 +105,8 @@ class LSHSelfAttention(Layer):
                  n_chunks_after: int = 0, n_hashes: int = 1, n_buckets: Any = 64,
                  attention_dropout: float = 0.0, output_dropout: float = 0.0,
                  predict_mem_len: int = 2048, predict_budget: int | None = None,
-                 pad_to_chunk: bool = True, mode: str = 'train'):
+                 pad_to_chunk: bool = True, heads_in_turn: bool = False,
+                 mode: str = 'train'):
         n_items = 2 if masked else 1
         super().__init__(n_in=n_items, n_out=n_items, name='LSHSelfAttention')
         name = self.name
@@ -128,7 +132,8 @@ class LSHSelfAttention(Layer):
             n_chunks_after=int(n_chunks_after),
             attention_dropout=attention_dropout if train else 0.0,
             output_dropout=output_dropout if train else 0.0,
-            mem_len=int(predict_mem_len), budget=int(predict_budget))
+            mem_len=int(predict_mem_len), budget=int(predict_budget),
+            heads_in_turn=bool(heads_in_turn))
 
     @property
     def has_backward(self) -> bool:
