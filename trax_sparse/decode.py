@@ -1,6 +1,6 @@
 """Decodes from a trained checkpoint: the `trax-sparse-decode` command.
 
-    python -m trax_sparse.decode --checkpoint_dir=DIR --prompt='ROMEO:' --max_length=200 \\
+    python -m trax_sparse.decode --checkpoint_dir=DIR --prompt=$'ROMEO.\n' --max_length=200 \\
         --temperature=0.7 --backend=numpy
 
 Rebuilds the model in predict mode from the gin config stored with the checkpoint (or
