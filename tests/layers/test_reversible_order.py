@@ -1,7 +1,5 @@
-"""fastmath.after_cotangent: values unchanged; a reversible stack's gradient memory flat in depth."""
-import importlib.util
-import pathlib
-
+"""fastmath.after_cotangent: values unchanged, the identity under jit and grad (its effect on
+memory, flat in depth, is tests/layers/test_reversible.py's memory test)."""
 import jax
 import numpy as np
 import pytest
@@ -31,22 +29,3 @@ def test_under_jit_and_grad_it_is_the_identity():
         value, grad = jax.jit(jax.value_and_grad(f))(x, np.ones(2, np.float32))
     assert float(value) == float((x ** 2).sum())
     np.testing.assert_array_equal(np.asarray(grad), 2 * x)
-
-
-def _memory_benchmark():
-    path = pathlib.Path(__file__).resolve().parents[2] / 'benchmarks' / 'reversible_memory.py'
-    spec = importlib.util.spec_from_file_location('reversible_memory', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_reversible_gradient_memory_does_not_grow_with_depth():
-    # Without after_cotangent, XLA:CPU hoisted the recomputes and fused the reconstruction
-    # chain across blocks (docs/RESULTS.md, section 2); at this size one [B, L, d] buffer
-    # more for 8 more blocks, in the 6+6 Terraformer ~3 per block.
-    size = dict(batch=2, length=512, d_model=64, d_ff=128)
-    activation = size['batch'] * size['length'] * size['d_model'] * 4
-    bench = _memory_benchmark()
-    temp = {depth: bench.grad_temp_bytes(depth, True, **size) for depth in (2, 10)}
-    assert temp[10] - temp[2] < activation // 4, temp
