@@ -31,6 +31,7 @@ import time
 import numpy as np
 
 from bounds import TRAX_1_4_1_MS, Rates, macs_per_token, measure_rates
+from sparse_layers import flat_step
 from trax_sparse import decoding, fastmath, models, shapes
 from trax_sparse import layers as tl
 from trax_sparse.decoding import bytes_read_per_token
@@ -140,7 +141,7 @@ def _block_time(block, weights, backend, steps):
         w = fastmath.to_backend(weights)
         state = fastmath.to_backend(fastmath.tree_map(np.copy, block.state))
         run = fastmath.jit(block.pure_fn, donate_argnums=(2,)) if backend == 'jax' \
-            else block.pure_fn
+            else flat_step(block)                                   # as NumPy decoding runs
         token, times = np.zeros((1, 1), np.int32), []
         y, state = block.pure_fn(token, w, state)                   # prefix call, eager
         for i in range(steps + 2):

@@ -120,6 +120,12 @@ def time_steps(step: Callable, x: Any, weights: Any, state: Any, rng: Any, block
     return statistics.median(times), state
 
 
+def flat_step(layer: tl.Layer) -> Callable:
+    """layer.pure_fn as NumPy decoding runs it (decoding.predict_step): a flat program."""
+    program, memo = FlatForward(layer), {}
+    return lambda x, weights, state, rng: program(x, weights, state, rng, memo)
+
+
 def measure(make: Callable[[], tl.Layer], cfg: dict, backends: list[str], prefix: int,
             warmup: int, repeats: int, seed: int) -> dict:
     """Per-token seconds on each backend, plus bytes of weights read and MACs per token."""
@@ -143,8 +149,8 @@ def measure(make: Callable[[], tl.Layer], cfg: dict, backends: list[str], prefix
                 step = jax.jit(layer.pure_fn, donate_argnums=(2,))
                 block = jax.block_until_ready
                 x = jax.device_put(token)   # a decoder's next input is already on the device
-            else:
-                step, block = layer.pure_fn, lambda y: y
+            else:                       # the NumPy decoding path: the flat program
+                step, block = flat_step(layer), lambda y: y
             state = zeros_state(state_sigs)
             if prefix_x is not None:
                 _, state = step(prefix_x, weights, state, rng)
