@@ -123,7 +123,7 @@ def time_steps(step: Callable, x: Any, weights: Any, state: Any, rng: Any, block
 def flat_step(layer: tl.Layer) -> Callable:
     """layer.pure_fn as NumPy decoding runs it (decoding.predict_step): a flat program."""
     program, memo = FlatForward(layer), {}
-    return lambda x, weights, state, rng: program(x, weights, state, rng, memo)
+    return lambda x, weights, state, rng=None: program(x, weights, state, rng, memo)
 
 
 def measure(make: Callable[[], tl.Layer], cfg: dict, backends: list[str], prefix: int,
