@@ -62,8 +62,8 @@ class FlatForward:
         self._ops: list[Op] = []
         self._paths: list[tuple[int, ...]] = []       # state slot -> weights/state path
         self._rng_paths: list[tuple] = [()]           # rng slot -> splits from the top rng
+        self.n_leaf_calls = 0                          # layers called (not stack moves)
         self._state_template = self._compile(layer, 0, _Where())
-        self.n_leaf_calls = sum(1 for op in self._ops if getattr(op, 'is_call', False))
 
     # ---- running ---------------------------------------------------------------
     def __call__(self, x: Any, weights: Any, state: Any, rng: Any = None,
@@ -138,6 +138,7 @@ class FlatForward:
         else:
             self._ops.append(_call_op(layer, offset, len(self._paths), self._rng_slot(where),
                                       where.prefix))
+            self.n_leaf_calls += 1
         self._paths.append(where.path)
         return len(self._paths) - 1
 
@@ -211,7 +212,6 @@ def _call_op(layer: Layer, offset: int, slot: int, rng_slot: int, prefix: str) -
         except Exception as error:
             raise _error(layer, prefix, error, x) from error
         stack[offset:end] = [y] if n_out == 1 else y
-    call.is_call = True
     return call
 
 
@@ -225,7 +225,6 @@ def _function_op(layer: PureLayer, offset: int, end: int, prefix: str) -> Op:
         except Exception as error:
             raise _error(layer, prefix, error, tuple(args)) from error
         stack[offset:end] = [y] if n_out == 1 else y
-    call.is_call = True
     return call
 
 
