@@ -102,7 +102,7 @@ def macs_per_token(layer: tl.Layer, weights: Any, keys: int = 1, kv_width: int =
 
     A weight-bearing leaf does one MAC per weight (a matrix-vector product), except:
     Embedding / PositionalEncoding / a cached encoder: none; MultiplicativeDense: d_in·d_out
-    (+ S·d_in gating); LocallyConvDense: its kernel once per module; SparseFF: the controller
+    (+ S·d_in gating); LocallyConvDense(Branch): each kernel once per module; SparseFF: the controller
     plus the chosen rows (2·d·d_ff/N). Each causal attention core over `keys` cached positions
     of width `kv_width` (= d_model) adds 2·keys·kv_width (q·k and p·v).
     """
@@ -118,9 +118,11 @@ def macs_per_token(layer: tl.Layer, weights: Any, keys: int = 1, kv_width: int =
         gate, proj = weights[:2]                       # D [S, d_in], E [d_in, M]
         n_modules, d_in = np.shape(gate)
         return n_modules * d_in + d_in * np.shape(proj)[1] * n_modules
-    if isinstance(layer, tl.LocallyConvDense):
-        kernel = weights[0]                            # [lk, k, d/S, units], shared by S modules
-        return int(np.size(kernel)) * layer.n_modules
+    if isinstance(layer, (tl.LocallyConvDense, tl.LocallyConvDenseBranch)):
+        # kernels [lk, k, d/S, units], each shared by the S modules
+        kernels = [weights[0]] if isinstance(layer, tl.LocallyConvDense) else \
+            [kernel for kernel, _ in weights]
+        return sum(int(np.size(kernel)) for kernel in kernels) * layer.n_modules
     if isinstance(layer, tl.Chunk):
         return macs_per_token(layer.sublayers[0], weights, keys, kv_width)
     if not layer.sublayers:

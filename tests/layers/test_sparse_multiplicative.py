@@ -1,5 +1,5 @@
-"""MultiplicativeDense, LocallyConvDense and SparseDenseWithOptions: numbers against
-written-out NumPy formulas, predict == eval token by token, parameter counts, errors."""
+"""MultiplicativeDense and SparseDenseWithOptions: numbers against
+written-out NumPy formulas, parameter counts, errors."""
 import numpy as np
 import pytest
 
@@ -55,83 +55,6 @@ def test_multiplicative_dense_errors():
     with fastmath.use_backend('numpy'), pytest.raises(
             tl.LayerError, match=r'MultiplicativeDense_2_4.*expected input with last axis 3'):
         layer.pure_fn(floats(2, 5), weights, state)
-
-
-# ---- LocallyConvDense ------------------------------------------------------------
-def _conv_reference(x, kernel, bias, n_modules):
-    """out[b, t, s, u] =
-    Σ_{a, j, c} x[b, t−(lk−1)+a, s+j−(k−1)/2, c]·K[a, j, c, u] + bias[u].
-
-    Out-of-range positions (the past before t=0, modules outside [0, S)) count as zeros.
-    """
-    lk, k, d_module, n_units = kernel.shape
-    batch, length, _ = x.shape
-    x4 = x.reshape(batch, length, n_modules, d_module).astype(np.float64)
-    out = np.zeros((batch, length, n_modules, n_units)) + bias
-    for t in range(length):
-        for s in range(n_modules):
-            for a in range(lk):
-                for j in range(k):
-                    t_in, s_in = t - (lk - 1) + a, s + j - (k - 1) // 2
-                    if 0 <= t_in and 0 <= s_in < n_modules:       # causal; zero-padded modules
-                        out[:, t, s] += x4[:, t_in, s_in] @ kernel[a, j]
-    return out.reshape(batch, length, n_modules * n_units)
-
-
-@pytest.mark.parametrize('length', [5, 9], ids=['patches', 'conv'])   # 2·9 > SMALL_CALL_TOKENS
-@pytest.mark.parametrize('kernel_size,length_kernel_size', [(3, 3), (1, 2), (5, 1)])
-def test_locally_conv_dense_equals_its_formula(backend_name, kernel_size, length_kernel_size,
-                                               length):
-    x = floats(2, length, 12, seed=2)
-    layer = tl.LocallyConvDense(4, 2, kernel_size=kernel_size,
-                                length_kernel_size=length_kernel_size, mode='eval')
-    weights, state = _init(layer, x)
-    y, _ = layer.pure_fn(x, weights, state)
-    assert y.shape == (2, length, 8)
-    kernel, bias = (np.asarray(w, np.float64) for w in weights)
-    np.testing.assert_allclose(y, _conv_reference(x, kernel, bias, 4), atol=1e-5, rtol=1e-5)
-
-
-@pytest.mark.parametrize('length_kernel_size', [3, 1])
-def test_locally_conv_dense_predict_equals_eval_token_by_token(backend_name, length_kernel_size):
-    x = floats(2, 9, 8, seed=3)          # the full sequence takes the general convolution
-    make = lambda mode: tl.LocallyConvDense(4, 3, kernel_size=3,
-                                            length_kernel_size=length_kernel_size, mode=mode)
-    weights, state = _init(make('eval'), x)
-    full, _ = make('eval').pure_fn(x, weights, state)
-    predict = make('predict')
-    _, p_state = _init(predict, x[:, :3])
-    assert np.shape(p_state) == (2, length_kernel_size - 1, 4, 2)
-    outputs = []
-    for step in [x[:, :3]] + [x[:, t:t + 1] for t in range(3, 9)]:
-        y, p_state = predict.pure_fn(step, weights, p_state)
-        outputs.append(np.asarray(y))
-    np.testing.assert_allclose(np.concatenate(outputs, axis=1), full, atol=1e-5, rtol=1e-5)
-    np.testing.assert_allclose(p_state, x[:, 9 - (length_kernel_size - 1):].reshape(
-        2, length_kernel_size - 1, 4, 2), atol=0)
-
-
-def test_locally_conv_dense_parameter_count():
-    s, d, n_units, k, lk = 4, 16, 5, 3, 3
-    weights, _ = _init(tl.LocallyConvDense(s, n_units, kernel_size=k, length_kernel_size=lk),
-                       floats(1, 2, d))
-    assert _n_params(weights) == lk * k * (d // s) * n_units + n_units
-
-
-def test_locally_conv_dense_errors():
-    with pytest.raises(ValueError, match='LocallyConvDense: kernel_size .* must be odd'):
-        tl.LocallyConvDense(4, 2, kernel_size=2)
-    with pytest.raises(ValueError, match='LocallyConvDense: length_kernel_size must be a positive'):
-        tl.LocallyConvDense(4, 2, length_kernel_size=0)
-    with pytest.raises(tl.LayerError, match='input width 10 must be divisible by n_modules=4'):
-        _init(tl.LocallyConvDense(4, 2), floats(1, 2, 10))
-    with pytest.raises(tl.LayerError, match=r'expects inputs \[batch, length, d\]'):
-        _init(tl.LocallyConvDense(4, 2), floats(2, 8))
-    predict = tl.LocallyConvDense(2, 2, length_kernel_size=2, mode='predict')
-    weights, state = _init(predict, floats(2, 1, 4))
-    with fastmath.use_backend('numpy'), pytest.raises(
-            tl.LayerError, match='predict state was initialized for batch 2, got batch 3'):
-        predict.pure_fn(floats(3, 1, 4), weights, state)
 
 
 # ---- SparseDenseWithOptions ------------------------------------------------------

@@ -80,5 +80,5 @@ def test_errors():
         tl.MultiplicativeConvCausalAttention(6, n_heads=4)          # sparsity defaults to n_heads
     with pytest.raises(ValueError, match='output_layer_type must be one of'):
         tl.MultiplicativeConvCausalAttention(8, n_heads=2, output_layer_type='multconv')
-    with pytest.raises(ValueError, match='LocallyConvDense: length_kernel_size must be a positive'):
+    with pytest.raises(ValueError, match='LocallyConvDenseBranch: length_kernel_size must be a positive'):
         tl.MultiplicativeConvCausalAttention(8, n_heads=2, length_kernel_size=0)

@@ -23,8 +23,8 @@ from trax_sparse.layers.initializers import (GlorotNormalInitializer, GlorotUnif
                                              VarianceScalingInitializer, ZerosInitializer)
 from trax_sparse.layers.lsh import LSHSelfAttention
 from trax_sparse.layers.metrics import Accuracy, CrossEntropyLoss
-from trax_sparse.layers.multiplicative import (LocallyConvDense, MultiplicativeDense,
-                                               SparseDenseWithOptions)
+from trax_sparse.layers.local_conv import LocallyConvDense, LocallyConvDenseBranch
+from trax_sparse.layers.multiplicative import MultiplicativeDense, SparseDenseWithOptions
 from trax_sparse.layers.reversible import (ReversibleHalfResidual, ReversibleLayer,
                                            ReversibleSelect, ReversibleSerial, ReversibleSwap,
                                            autodiff_twin)
@@ -57,7 +57,8 @@ __all__ = [
     'ReversibleHalfResidual', 'ReversibleLayer', 'ReversibleSelect', 'ReversibleSerial',
     'ReversibleSwap', 'autodiff_twin',
     # Sparse layers of Scaling Transformers.
-    'LocallyConvDense', 'MultiplicativeConvCausalAttention', 'MultiplicativeDense',
+    'LocallyConvDense', 'LocallyConvDenseBranch', 'MultiplicativeConvCausalAttention',
+    'MultiplicativeDense',
     'SparseDenseWithOptions', 'SparseFF',
     # Recurrence (the Terraformer's SRU beside the feed-forward).
     'SRU',

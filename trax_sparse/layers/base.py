@@ -23,7 +23,8 @@ from trax_sparse.layers.call_context import (PredictUse, is_replaying,
                                              note_predict_use, recording_predict_use,
                                              replay_context)
 from trax_sparse.layers.errors import (MODES, ErrorContext, LayerError,
-                                       SublayerContext, check_mode, check_rate, creation_site)
+                                       SublayerContext, check_mode, check_positive_int,
+                                       check_rate, creation_site)
 
 
 class _SharedTree:
@@ -382,5 +383,5 @@ def split_rngs(rng: Any, n: int) -> list:
 # The layer API in one place: what layers import from here (some of it defined in
 # errors.py and call_context.py).
 __all__ = ['MODES', 'Fn', 'Layer', 'LayerError', 'PredictUse', 'PureLayer', 'check_mode',
-           'check_rate', 'count_params', 'is_replaying', 'note_predict_use',
+           'check_positive_int', 'check_rate', 'count_params', 'is_replaying', 'note_predict_use',
            'recording_predict_use', 'replay_context', 'split_rngs', 'weights_signature']

@@ -40,6 +40,13 @@ def check_rate(layer_name: str, what: str, value: float) -> float:
     return float(value)
 
 
+def check_positive_int(layer_name: str, what: str, value: Any) -> int:
+    """Returns `value` as an int if it is a positive integer (a width, a count, ...)."""
+    if isinstance(value, bool) or int(value) != value or int(value) < 1:
+        raise ValueError(f'{layer_name}: {what} must be a positive integer, got {value!r}')
+    return int(value)
+
+
 def check_mask_shape(layer_name: str, mask: Any, expected: Sequence[int], what: str = 'mask',
                      axes: str = '[batch, length]') -> Any:
     """Returns `mask` if its shape is `expected` (the `axes` named); else a ValueError naming
@@ -113,4 +120,4 @@ class SublayerContext(_ExitContext):
 
 
 __all__ = ['MODES', 'ErrorContext', 'LayerError', 'SublayerContext', 'check_mask_shape',
-           'check_mode', 'check_rate', 'creation_site']
+           'check_mode', 'check_positive_int', 'check_rate', 'creation_site']

@@ -1,9 +1,9 @@
 """Sparse QKV attention of Scaling Transformers (docs/architecture.md).
 
-One MultiplicativeDense shared by Q, K and V, then a LocallyConvDense per
+One MultiplicativeDense shared by Q, K and V, then one convolution per
 projection (kernel 3 across modules for Q and K, 1 for V; causal length kernel
-lk), then multi-head causal dot-product attention with a K/V cache in predict
-mode. There is no output projection by default.
+lk; the three as one LocallyConvDenseBranch), then multi-head causal dot-product
+attention with a K/V cache in predict mode. There is no output projection by default.
 
 Example:
     >>> import numpy as np
@@ -16,8 +16,9 @@ Example:
 """
 from trax_sparse.layers.attention import DotProductCausalAttention
 from trax_sparse.layers.base import Fn, Layer, check_mode
-from trax_sparse.layers.combinators import Branch, Select, Serial
-from trax_sparse.layers.multiplicative import LocallyConvDense, MultiplicativeDense
+from trax_sparse.layers.combinators import Select, Serial
+from trax_sparse.layers.local_conv import LocallyConvDense, LocallyConvDenseBranch
+from trax_sparse.layers.multiplicative import MultiplicativeDense
 
 OUTPUT_LAYER_TYPES = ('none', 'mult', 'conv')
 
@@ -58,6 +59,8 @@ def MultiplicativeConvCausalAttention(  # noqa: N802 - Trax style.
         return LocallyConvDense(sparsity, d_module, kernel_size=kernel_size,
                                 length_kernel_size=length_kernel_size, mode=mode)
 
+    qkv_convs = LocallyConvDenseBranch(sparsity, d_module, kernel_sizes=(3, 3, 1),
+                                       length_kernel_size=length_kernel_size, mode=mode)
     output_layers = {'none': [], 'mult': MultiplicativeDense(sparsity, d_feature),
                      'conv': conv(3)}[output_layer_type]
     core = DotProductCausalAttention(n_heads, dropout=dropout, max_len=max_len, mode=mode,
@@ -68,13 +71,13 @@ def MultiplicativeConvCausalAttention(  # noqa: N802 - Trax style.
             Select([0, 1, 1, 1]),                                 # x, mask, mask, mask
             MultiplicativeDense(sparsity, d_feature),             # m, mask, mask, mask
             zero_masked,                                          # m (0 where masked), mask, mask
-            Branch(conv(3), conv(3), conv(1)),                    # q, k, v, mask, mask
+            qkv_convs,                                            # q, k, v, mask, mask
             core,                                                 # y, mask
             output_layers,
             name=name)
     return Serial(
         MultiplicativeDense(sparsity, d_feature),                # m: [B, L, d], shared by q, k, v
-        Branch(conv(3), conv(3), conv(1)),                        # q, k, v: [B, L, d] each
+        qkv_convs,                                                # q, k, v: [B, L, d] each
         core,
         output_layers,                                            # [B, L, d]
         name=name)

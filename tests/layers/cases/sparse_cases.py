@@ -13,6 +13,8 @@ CASES = [
     Case('LocallyConvDense', lambda mode: tl.LocallyConvDense(2, 3, kernel_size=3,
                                                               length_kernel_size=3, mode=mode),
          lambda: floats(2, 4, 6)),
+    Case('LocallyConvDenseBranch', lambda mode: tl.LocallyConvDenseBranch(
+        2, 3, kernel_sizes=(3, 1), length_kernel_size=2, mode=mode), lambda: floats(2, 4, 6)),
     Case('MultiplicativeConvCausalAttention',
          lambda mode: tl.MultiplicativeConvCausalAttention(8, n_heads=2, sparsity=4, max_len=8,
                                                            mode=mode),
