@@ -129,7 +129,7 @@ def main() -> None:
         rows += bench_jax(args, positions)
     print(f'one-token step, batch {args.batch}, d {args.d}, {args.heads} heads, '
           f'max_len {args.max_len} (best of {args.steps} steps)')
-    print(f"| backend | pos | ours ms | whole buffer ms | whole / ours |\n|---|---|---|---|---|")
+    print("| backend | pos | ours ms | whole buffer ms | whole / ours |\n|---|---|---|---|---|")
     for backend, pos, ours, whole in rows:
         print(f'| {backend} | {pos} | {ours:.3f} | {whole:.3f} | {whole / ours:.1f}x |')
 

@@ -14,7 +14,6 @@ import argparse
 import os
 import platform
 import sys
-from typing import Any
 
 import jax
 import jax.numpy as jnp

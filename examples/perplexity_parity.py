@@ -24,7 +24,6 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Any
 
 import gin
 import numpy as np

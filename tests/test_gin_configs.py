@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests import helpers
-from trax_sparse import configurables, data, fastmath, shapes
+from trax_sparse import configurables, fastmath, shapes
 from trax_sparse import layers as tl
 
 GIN_DIR = pathlib.Path(configurables.GIN_DIR)

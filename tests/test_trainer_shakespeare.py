@@ -6,10 +6,8 @@ import pathlib
 import subprocess
 import sys
 
-import pytest
-
 from tests import helpers
-from trax_sparse import configurables, data
+from trax_sparse import configurables
 from trax_sparse.training import read_metrics
 
 GIN = pathlib.Path(configurables.GIN_DIR) / 'scaling_transformer_lm_tiny.gin'

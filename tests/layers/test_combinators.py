@@ -1,6 +1,5 @@
 """Data-stack semantics of every combinator, on both backends (n_in/n_out and values)."""
 import numpy as np
-import pytest
 
 from trax_sparse import fastmath, shapes
 from trax_sparse import layers as tl
