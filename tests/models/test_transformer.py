@@ -18,6 +18,8 @@ LM_CONFIGS = {
     'sparse_loss': dict(loss_sparsity=2),
     'all_sparse': dict(ff_sparsity=4, attention_type='sparse_qkv', qkv_sparsity=4,
                        loss_sparsity=2),
+    # LSH's defaults: one chunk covers these 7 tokens, where LSH predict equals eval exactly.
+    'lsh_sparse_ff': dict(attention_type='lsh', ff_sparsity=4),
 }
 
 
