@@ -168,6 +168,18 @@ def test_parameter_count_matches_formula():
             assert 2 * d * (d_ff // n) == 2 * d * layer.n_blocks
 
 
+def test_kernel_scaling_starts_w2_sqrt_n_larger():
+    x = floats(2, 3, D, seed=4)
+    plain, _ = _init(tl.SparseFF(D_FF, n_elements_in_block=N, mode='eval'), x)
+    scaled, _ = _init(tl.SparseFF(D_FF, n_elements_in_block=N, kernel_scaling=True,
+                                  mode='eval'), x)
+    (c_plain, (w1_plain, w2_plain, b2_plain)), (c_scaled, (w1, w2, b2)) = plain, scaled
+    np.testing.assert_allclose(w2, np.sqrt(N) * w2_plain, rtol=1e-6)
+    for a, b in zip(fastmath.tree_leaves((c_plain, w1_plain, b2_plain)),
+                    fastmath.tree_leaves((c_scaled, w1, b2))):
+        np.testing.assert_array_equal(a, b)                       # everything else as before
+
+
 def test_errors_name_the_layer_and_what_was_expected():
     with pytest.raises(ValueError, match=r'SparseFF: d_ff=30 must be divisible by '
                                          r'n_elements_in_block=4'):

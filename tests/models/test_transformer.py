@@ -116,7 +116,7 @@ def test_bad_options_are_clear_errors():
                                          r"'sparse_qkv', 'lsh'\), got 'sparse'"):
         scaling_lm('eval', attention_type='sparse')
     with pytest.raises(ValueError, match=r'ff_sparsity must be N, SparseFFConfig\('):
-        scaling_lm('eval', ff_sparsity=(1, 2, 3, 4, 5))
+        scaling_lm('eval', ff_sparsity=(1, 2, 3, 0.5, False, 6))
     with pytest.raises(ValueError, match='n_elements_in_block must be a positive int'):
         models.SparseFFConfig(0)
     with pytest.raises(ValueError, match='mode must be one of'):

@@ -166,6 +166,8 @@ class SparseFF(Layer):
     eval: one-hot of argmax. Both compute act((x W1 [+ b1]) ⊙ mask) W2 + b2
     densely. predict: the gather path (`gathered_ff`), equal to eval (a prefix of
     N or more tokens reads W1 and W2 once with the masked dense path instead).
+    kernel_scaling (Trax's option): W2 is initialized sqrt(N) larger, so with one
+    active unit per block the output starts at the scale of a dense FF's.
     State: in train/eval (choices int32 [..., d_ff/N], hard bool); inside
     `base.replay_context()` these are reused instead of drawn again. In predict
     the state is () (the layer is position-wise, nothing is cached).
@@ -184,7 +186,8 @@ class SparseFF(Layer):
 
     def __init__(self, d_ff: int, n_elements_in_block: int = 32, d_lowrank: int | None = None,
                  temperature: float = 0.1, quant_prob: float = 0.3, dropout: float = 0.0,
-                 activation: Any = Relu, use_bias1: bool = False, mode: str = 'train'):
+                 activation: Any = Relu, use_bias1: bool = False, kernel_scaling: bool = False,
+                 mode: str = 'train'):
         super().__init__(name=f'SparseFF_{d_ff}')
         d_ff, block_size = int(d_ff), int(n_elements_in_block)
         if d_ff < 1 or block_size < 1:
@@ -203,6 +206,7 @@ class SparseFF(Layer):
         self._d_ff, self._block_size, self._d_lowrank = d_ff, block_size, d_lowrank
         self._temperature, self._quant_prob = float(temperature), float(quant_prob)
         self._use_bias1 = bool(use_bias1)
+        self._kernel_scaling = bool(kernel_scaling)
         self._mode = check_mode(mode, 'SparseFF')
         self._act = activation_fn(activation, 'SparseFF')
         self._dropout = Dropout(dropout, mode=mode)
@@ -223,6 +227,8 @@ class SparseFF(Layer):
         # Glorot over [d_ff, d] equals Glorot over [d, d_ff] (fan_avg is symmetric).
         w1t = glorot((self._d_ff, d), rngs[3]).reshape(nb, n, d)     # [d_ff/N, N, d]
         w2 = glorot((self._d_ff, d), rngs[4]).reshape(nb, n, d)      # [d_ff/N, N, d]
+        if self._kernel_scaling:      # one unit of N is active: W2 starts sqrt(N) larger
+            w2 = w2 * xnp.asarray(onp.sqrt(n), w2.dtype)
         b2 = small((d,), rngs[5])
         main = (w1t, small((nb, n), rngs[6]), w2, b2) if self._use_bias1 else (w1t, w2, b2)
         self.weights = (controller, main)

@@ -31,15 +31,17 @@ class SparseFFConfig:
     """The paper's sparse feed-forward: 1 active unit in each block of `n_elements_in_block`.
 
     d_lowrank: rank of the controller (default d_ff / N); temperature: of the Gumbel noise;
-    quant_prob: probability of the hard one-hot mask in training (see `tl.SparseFF`).
+    quant_prob: probability of the hard one-hot mask in training; kernel_scaling: W2
+    initialized sqrt(N) larger (see `tl.SparseFF`).
 
         >>> SparseFFConfig(64, d_lowrank=32)
-        SparseFFConfig(n_elements_in_block=64, d_lowrank=32, temperature=0.1, quant_prob=0.3)
+        SparseFFConfig(n_elements_in_block=64, d_lowrank=32, temperature=0.1, quant_prob=0.3, kernel_scaling=False)
     """
     n_elements_in_block: int
     d_lowrank: int | None = None
     temperature: float = 0.1
     quant_prob: float = 0.3
+    kernel_scaling: bool = False
 
     def __post_init__(self):
         if int(self.n_elements_in_block) != self.n_elements_in_block or \
@@ -54,8 +56,9 @@ FFSparsity = int | SparseFFConfig | None   # 0 / None = dense
 def sparse_ff_config(ff_sparsity: Any) -> SparseFFConfig | None:
     """`ff_sparsity` as a SparseFFConfig: 0/None -> None (dense FF), N -> SparseFFConfig(N).
 
-    A tuple (N, d_lowrank, temperature, quant_prob) or a prefix of it, the positional form
-    that configs recorded before SparseFFConfig hold, is read as SparseFFConfig(*tuple).
+    A tuple (N, d_lowrank, temperature, quant_prob, kernel_scaling) or a prefix of it, the
+    positional form that configs recorded before SparseFFConfig hold, is read as
+    SparseFFConfig(*tuple).
 
         >>> sparse_ff_config(0) is None, sparse_ff_config((32, 30, 1.0)).temperature
         (True, 1.0)
@@ -63,9 +66,9 @@ def sparse_ff_config(ff_sparsity: Any) -> SparseFFConfig | None:
     if isinstance(ff_sparsity, SparseFFConfig):
         return ff_sparsity
     if isinstance(ff_sparsity, (tuple, list)):
-        if not 1 <= len(ff_sparsity) <= 4:
+        if not 1 <= len(ff_sparsity) <= 5:
             raise ValueError(f'ff_sparsity must be N, SparseFFConfig(N, d_lowrank, temperature, '
-                             f'quant_prob) or that tuple; got {ff_sparsity!r}')
+                             f'quant_prob, kernel_scaling) or that tuple; got {ff_sparsity!r}')
         return SparseFFConfig(*ff_sparsity)
     if not ff_sparsity:
         return None
@@ -88,7 +91,7 @@ def feed_forward(d_model: int, d_ff: int, sparsity: FFSparsity = None, dropout: 
     return lambda mode: tl.SparseFF(
         d_ff, n_elements_in_block=config.n_elements_in_block, d_lowrank=config.d_lowrank,
         temperature=config.temperature, quant_prob=config.quant_prob, dropout=dropout,
-        activation=activation, mode=mode)
+        activation=activation, kernel_scaling=config.kernel_scaling, mode=mode)
 
 
 def sru_options(ff_use_sru: Any) -> tuple[int, int]:
