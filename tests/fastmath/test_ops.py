@@ -110,3 +110,23 @@ def test_abstract_eval_both_backends():
         with fastmath.use_backend(name):
             out = fastmath.abstract_eval(lambda x: (x @ np.ones((3, 4), np.float32), x.sum()))(sig)
         assert out == (ShapeDtype((2, 4), np.float32), ShapeDtype((), np.float32))
+
+
+@pytest.mark.parametrize('split', [False, True], ids=['one_part', 'column_parts'])
+def test_take_rows_dot_and_weighted_sum_equal_their_formulas(backend_name, split, monkeypatch):
+    # split: the gathered rows count as large, so they go in column parts (threads on
+    # NumPy, separate gathers on JAX); the result is the same.
+    if split:
+        monkeypatch.setattr(numpy_backend, 'PARALLEL_GATHER_MIN_BYTES', 0)
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(40, 6)).astype(np.float32)                # [R, d]
+    rows = rng.integers(0, 40, size=(3, 7)).astype(np.int32)           # [T, k]
+    x, h = rng.normal(size=(3, 6)).astype(np.float32), rng.normal(size=(3, 7)).astype(np.float32)
+    dots = np.einsum('tkd,td->tk', table[rows], x)
+    sums = np.einsum('tk,tkd->td', h, table[rows])
+    with fastmath.use_backend(backend_name):
+        np.testing.assert_allclose(fastmath.take_rows_dot(table, rows, x), dots, rtol=1e-5,
+                                   atol=1e-5)
+        np.testing.assert_allclose(fastmath.take_rows_weighted_sum(table, rows, h), sums,
+                                   rtol=1e-5, atol=1e-5)
+    assert len(numpy_backend.column_slices(7, 10 ** 9 if split else 0, 4)) == (4 if split else 1)

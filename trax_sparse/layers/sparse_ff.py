@@ -146,14 +146,10 @@ def gathered_ff(x: Any, choices: Any, main: tuple, act: ArrayFn) -> Any:
     n_blocks, block_size, d = w1t.shape
     tokens = x.reshape(-1, d)                                             # [T, d]
     rows = choices.reshape(-1, n_blocks) + xnp.arange(n_blocks) * block_size  # [T, nb]
-    # One expression per matrix: on NumPy the gathered copy [T, nb, d] is freed before the
-    # next one is made, so the allocator reuses its pages instead of faulting in new ones.
-    mid = xnp.matmul(xnp.take(w1t.reshape(-1, d), rows, axis=0, mode='clip'),
-                     tokens[:, :, None])[..., 0]                          # [T, nb]
+    mid = fastmath.take_rows_dot(w1t.reshape(-1, d), rows, tokens)            # [T, nb]
     if b1 is not None:
         mid = mid + xnp.take(b1.reshape(-1), rows, mode='clip')
-    y = xnp.matmul(act(mid)[:, None, :],
-                   xnp.take(w2.reshape(-1, d), rows, axis=0, mode='clip'))[:, 0, :]  # [T, d]
+    y = fastmath.take_rows_weighted_sum(w2.reshape(-1, d), rows, act(mid))    # [T, d]
     return (y + b2).reshape(x.shape)
 
 
