@@ -2,7 +2,8 @@
 
 Batch 1, float32, predict mode, one token per step; median of repeated steps after
 warm-up. JAX steps are jitted with the state donated (the K/V cache is updated in
-place). Sizes (docs/architecture.md, paper Table 1):
+place), --jax_steps_per_call of them (default 8) in one call, as a layer runs inside a
+jitted model step: the dispatch of a call is paid once per token for all layers. Sizes (docs/architecture.md, paper Table 1):
   800M: d 1024; dense FF d_ff 4096; SparseFF d_ff 6144, N 64 (rank 96); 16 heads, S 16
   17B:  d 9216; dense FF d_ff 65536; SparseFF d_ff 65536, N 256, rank 32; 96 heads, S 64
 Attention is timed at cache position --position (after a prefix of that many tokens).
@@ -126,8 +127,25 @@ def flat_step(layer: tl.Layer) -> Callable:
     return lambda x, weights, state, rng=None: program(x, weights, state, rng, memo)
 
 
+def jax_steps(layer: tl.Layer, steps: int) -> Callable:
+    """`steps` decoding steps of `layer` in one jitted call (state donated).
+
+    Step i's input is the token plus 1e-3 times step i-1's output: a real dependency, so
+    XLA cannot merge the steps. A model pays the dispatch of a jitted call once per token
+    for all its layers; timing one small layer per call would charge it all to that layer.
+    """
+    import jax
+
+    def run(x, weights, state, rng):
+        y = x
+        for _ in range(steps):
+            y, state = layer.pure_fn(x + 1e-3 * y, weights, state, rng)
+        return y, state
+    return jax.jit(run, donate_argnums=(2,))
+
+
 def measure(make: Callable[[], tl.Layer], cfg: dict, backends: list[str], prefix: int,
-            warmup: int, repeats: int, seed: int) -> dict:
+            warmup: int, repeats: int, seed: int, jax_steps_per_call: int = 1) -> dict:
     """Per-token seconds on each backend, plus bytes of weights read and MACs per token."""
     layer = make()
     token_sig = shapes.ShapeDtype((1, 1, cfg['d']))
@@ -146,16 +164,18 @@ def measure(make: Callable[[], tl.Layer], cfg: dict, backends: list[str], prefix
                 import jax
                 weights = jax.device_put(weights)
                 gc.collect()
-                step = jax.jit(layer.pure_fn, donate_argnums=(2,))
+                prefix_step = jax.jit(layer.pure_fn, donate_argnums=(2,))
+                step, steps_per_call = jax_steps(layer, jax_steps_per_call), jax_steps_per_call
                 block = jax.block_until_ready
                 x = jax.device_put(token)   # a decoder's next input is already on the device
             else:                       # the NumPy decoding path: the flat program
-                step, block = flat_step(layer), lambda y: y
+                step, block, steps_per_call = flat_step(layer), lambda y: y, 1
+                prefix_step = step
             state = zeros_state(state_sigs)
             if prefix_x is not None:
-                _, state = step(prefix_x, weights, state, rng)
-            result[backend], state = time_steps(step, x, weights, state, rng, block,
-                                                warmup, repeats)
+                _, state = prefix_step(prefix_x, weights, state, rng)
+            per_call, state = time_steps(step, x, weights, state, rng, block, warmup, repeats)
+            result[backend] = per_call / steps_per_call
             del state
         print(f'  {layer.name} {backend}: {result[backend] * 1e3:.3f} ms', flush=True)
     del weights
@@ -173,6 +193,8 @@ def main() -> None:
     parser.add_argument('--max_len', type=int, default=1024, help='K/V cache slots')
     parser.add_argument('--warmup', type=int, default=3)
     parser.add_argument('--repeats', type=int, default=15)
+    parser.add_argument('--jax_steps_per_call', type=int, default=8,
+                        help='JAX: decoding steps per jitted call (time / steps = per step)')
     args = parser.parse_args()
     warnings.filterwarnings('ignore', message='Some donated buffers were not usable')
     backends = args.backends.split(',')
@@ -191,7 +213,7 @@ def main() -> None:
                 prefix, kv_bytes = args.position, 2 * args.position * cfg['d'] * F32
             for kind, make in zip(('dense', 'sparse'), makers):
                 result = measure(make, cfg, backends, prefix, args.warmup, args.repeats,
-                                 seed=len(rows))
+                                 seed=len(rows), jax_steps_per_call=args.jax_steps_per_call)
                 result['bytes'] += kv_bytes
                 rows.append((size, block, kind, result))
     rates = measure_rates(rates)
