@@ -1,7 +1,10 @@
 """Per-token decode time of one FF block and one attention block, dense vs sparse.
 
 Batch 1, float32, predict mode, one token per step; median of repeated steps after
-warm-up. JAX steps are jitted with the state donated (the K/V cache is updated in
+warm-up. A block whose weights are small is timed as a stack of up to 8 residual copies
+(each with its own weights and cache; --stack_mb of weights in all) and the time divided
+by the copies: a single 800M block's 3.6-34 MB stay partly in the 32 MB L3 between
+repeated steps, so alone it could beat the memory bound. JAX steps are jitted with the state donated (the K/V cache is updated in
 place), --jax_steps_per_call of them (default 8) in one call, as a layer runs inside a
 jitted model step: the dispatch of a call is paid once per token for all layers. Sizes (docs/architecture.md, paper Table 1):
   800M: d 1024; dense FF d_ff 4096; SparseFF d_ff 6144, N 64 (rank 96); 16 heads, S 16
@@ -144,15 +147,33 @@ def jax_steps(layer: tl.Layer, steps: int) -> Callable:
     return jax.jit(run, donate_argnums=(2,))
 
 
-def measure(make: Callable[[], tl.Layer], cfg: dict, backends: list[str], prefix: int,
-            warmup: int, repeats: int, seed: int, jax_steps_per_call: int = 1) -> dict:
-    """Per-token seconds on each backend, plus bytes of weights read and MACs per token."""
+def n_copies(make: Callable[[], tl.Layer], cfg: dict, stack_bytes: int) -> int:
+    """How many copies of the block fill `stack_bytes` (at least 1, at most 8)."""
     layer = make()
+    weight_sigs, _ = abstract_weights_and_state(layer, shapes.ShapeDtype((1, 1, cfg['d'])))
+    n_bytes = sum(int(np.prod(s.shape)) for s in fastmath.tree_leaves(weight_sigs)) * F32
+    return max(1, min(8, stack_bytes // max(n_bytes, 1)))
+
+
+def measure(make: Callable[[], tl.Layer], cfg: dict, backends: list[str], prefix: int,
+            warmup: int, repeats: int, seed: int, jax_steps_per_call: int = 1,
+            copies: int = 1) -> dict:
+    """Per-token seconds of one block on each backend, plus its bytes read and MACs per token.
+
+    copies > 1: a stack of that many residual copies of the block (each its own weights and
+    cache) is timed and the time divided by `copies`, so a block's weights are not still in
+    the CPU caches from its previous step, as in a model of many layers.
+    """
+    one = make()
     token_sig = shapes.ShapeDtype((1, 1, cfg['d']))
+    one_sigs, _ = abstract_weights_and_state(one, token_sig)
+    one_weights = random_weights(one_sigs, seed)
+    result = {'bytes': weight_bytes_read(one, one_weights, cfg),
+              'macs': macs_per_token(one, one_weights, keys=prefix + 1, kv_width=cfg['d'])}
+    del one_weights
+    layer = one if copies == 1 else tl.Serial([tl.Residual(make()) for _ in range(copies)])
     weight_sigs, state_sigs = abstract_weights_and_state(layer, token_sig)
     weights = random_weights(weight_sigs, seed)
-    result = {'bytes': weight_bytes_read(layer, weights, cfg),
-              'macs': macs_per_token(layer, weights, keys=prefix + 1, kv_width=cfg['d'])}
     gen = np.random.default_rng(seed + 1)
     token = gen.normal(size=(1, 1, cfg['d'])).astype(np.float32)
     prefix_x = gen.normal(size=(1, prefix, cfg['d'])).astype(np.float32) if prefix else None
@@ -175,9 +196,10 @@ def measure(make: Callable[[], tl.Layer], cfg: dict, backends: list[str], prefix
             if prefix_x is not None:
                 _, state = prefix_step(prefix_x, weights, state, rng)
             per_call, state = time_steps(step, x, weights, state, rng, block, warmup, repeats)
-            result[backend] = per_call / steps_per_call
+            result[backend] = per_call / steps_per_call / copies
             del state
-        print(f'  {layer.name} {backend}: {result[backend] * 1e3:.3f} ms', flush=True)
+        print(f'  {one.name} {backend}: {result[backend] * 1e3:.3f} ms'
+              f'{f" (per copy of {copies})" if copies > 1 else ""}', flush=True)
     del weights
     gc.collect()
     return result
@@ -195,6 +217,9 @@ def main() -> None:
     parser.add_argument('--repeats', type=int, default=15)
     parser.add_argument('--jax_steps_per_call', type=int, default=8,
                         help='JAX: decoding steps per jitted call (time / steps = per step)')
+    parser.add_argument('--stack_mb', type=int, default=256,
+                        help='time a stack of copies of a block with up to this many MB of '
+                        'weights (at most 8 copies), so its weights are not in the CPU caches')
     args = parser.parse_args()
     warnings.filterwarnings('ignore', message='Some donated buffers were not usable')
     backends = args.backends.split(',')
@@ -212,8 +237,10 @@ def main() -> None:
                           lambda: sparse_attention(cfg, args.max_len))
                 prefix, kv_bytes = args.position, 2 * args.position * cfg['d'] * F32
             for kind, make in zip(('dense', 'sparse'), makers):
+                copies = n_copies(make, cfg, args.stack_mb << 20)
                 result = measure(make, cfg, backends, prefix, args.warmup, args.repeats,
-                                 seed=len(rows), jax_steps_per_call=args.jax_steps_per_call)
+                                 seed=len(rows), jax_steps_per_call=args.jax_steps_per_call,
+                                 copies=copies)
                 result['bytes'] += kv_bytes
                 rows.append((size, block, kind, result))
     rates = measure_rates(rates)
