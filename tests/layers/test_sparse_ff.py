@@ -88,6 +88,25 @@ def test_eval_mask_is_one_hot_per_block(backend_name):
     np.testing.assert_array_equal(mask.sum(axis=-1), np.ones((2, 5, D_FF // N)))
 
 
+@pytest.mark.parametrize('quant_prob', [0.0, 1.0], ids=['soft', 'hard'])
+def test_train_draws_choices_only_on_hard_calls(backend_name, quant_prob):
+    x = floats(2, 5, D, seed=6)
+    layer = tl.SparseFF(D_FF, n_elements_in_block=N, quant_prob=quant_prob)
+    weights, state = _init(layer, x)
+    with fastmath.use_backend(backend_name):
+        y, (choices, hard) = layer.pure_fn(x, weights, state, fastmath.random.get_prng(5))
+    assert bool(hard) == (quant_prob == 1.0) and np.shape(choices) == (2, 5, D_FF // N)
+    if not hard:         # the soft mask p: no draw, zeros recorded, the soft formula
+        np.testing.assert_array_equal(choices, 0)
+        (w_c1, w_c2, b_c), (w1t, w2, b2) = helpers.to_numpy(weights)
+        logits = ((x @ w_c1) @ w_c2 + b_c).reshape(2, 5, D_FF // N, N)
+        p = np.exp(logits - logits.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        hidden = np.maximum((x @ w1t.reshape(-1, D).T).reshape(p.shape) * p, 0)
+        np.testing.assert_allclose(y, hidden.reshape(2, 5, -1) @ w2.reshape(-1, D) + b2,
+                                   atol=1e-5, rtol=1e-4)
+
+
 def _train_loss(layer, x, state, rng, projection):
     def loss(weights):
         y, new_state = layer.pure_fn(x, weights, state, rng)

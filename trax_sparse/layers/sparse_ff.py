@@ -164,7 +164,8 @@ class SparseFF(Layer):
     N or more tokens reads W1 and W2 once with the masked dense path instead).
     kernel_scaling (Trax's option): W2 is initialized sqrt(N) larger, so with one
     active unit per block the output starts at the scale of a dense FF's.
-    State: in train/eval (choices int32 [..., d_ff/N], hard bool); inside
+    State: in train/eval (choices int32 [..., d_ff/N], hard bool; a soft training call
+    draws no choices and records zeros); inside
     `base.replay_context()` these are reused instead of drawn again. In predict
     the state is () (the layer is position-wise, nothing is cached).
 
@@ -254,8 +255,12 @@ class SparseFF(Layer):
         if is_replaying():
             choices, hard = self._recorded_choices(lead)
         elif self._mode == 'train':
-            choices = gumbel_choices(logits, self._temperature, rng_noise)
             hard = fastmath.random.uniform(rng_coin, ()) < self._quant_prob
+            # The soft mask needs no draw: only a hard call samples (the state then holds
+            # zeros), which spares the sampling in 1 - quant_prob of the training calls.
+            choices = fastmath.cond(
+                hard, lambda logits: gumbel_choices(logits, self._temperature, rng_noise),
+                lambda logits: xnp.zeros(logits.shape[:-1], xnp.int32), logits)
         else:
             choices, hard = xnp.argmax(logits, axis=-1).astype(xnp.int32), xnp.ones((), xnp.bool_)
         self.state = (choices.reshape(lead + (self.n_blocks,)), hard)
