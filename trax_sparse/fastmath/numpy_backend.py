@@ -167,7 +167,8 @@ def take_rows_dot(table, rows, x):
     def part(columns):
         chosen = np.take(table, rows[:, columns], axis=0, mode='clip')   # [T, k', d]
         return np.matmul(chosen, x[:, :, None])[..., 0]                  # [T, k']
-    return np.concatenate(_by_column_parts(part, rows, table), axis=1)
+    parts = _by_column_parts(part, rows, table)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
 
 def take_rows_weighted_sum(table, rows, h):
@@ -178,7 +179,8 @@ def take_rows_weighted_sum(table, rows, h):
     def part(columns):
         chosen = np.take(table, rows[:, columns], axis=0, mode='clip')   # [T, k', d]
         return np.matmul(h[:, None, columns], chosen)[:, 0, :]           # [T, d]
-    return sum(_by_column_parts(part, rows, table))
+    parts = _by_column_parts(part, rows, table)
+    return parts[0] if len(parts) == 1 else sum(parts[1:], parts[0])
 
 
 def after_cotangent(tree, ct):

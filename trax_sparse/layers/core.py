@@ -153,7 +153,7 @@ class LayerNorm(Layer):
 
 
 def Relu() -> Layer:  # noqa: N802
-    return Fn('Relu', lambda x: xnp.maximum(x, xnp.zeros_like(x)))
+    return Fn('Relu', lambda x: xnp.maximum(x, 0))           # one op (0 keeps x's dtype)
 
 
 def Gelu() -> Layer:  # noqa: N802

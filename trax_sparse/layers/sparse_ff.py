@@ -20,6 +20,7 @@ Example:
     >>> y.shape, ff.state[0].shape     # output, and the unit chosen in each of the 4 blocks
     ((2, 3, 8), (2, 3, 4))
 """
+import functools
 import inspect
 from typing import Any, Callable
 
@@ -136,6 +137,12 @@ def dense_output(hidden: Any, main: tuple) -> Any:
     return xnp.matmul(hidden, w2.reshape(n_blocks * block_size, d)) + b2
 
 
+@functools.lru_cache(maxsize=64)
+def _block_starts(n_blocks: int, block_size: int) -> onp.ndarray:
+    """The flat row of each block's first unit: [0, N, 2N, ...] (int32, a constant)."""
+    return onp.arange(n_blocks, dtype=onp.int32) * onp.int32(block_size)
+
+
 def gathered_ff(x: Any, choices: Any, main: tuple, act: ArrayFn) -> Any:
     """The predict path: reads only the chosen row of W1ᵀ and of W2 in each block.
 
@@ -145,7 +152,7 @@ def gathered_ff(x: Any, choices: Any, main: tuple, act: ArrayFn) -> Any:
     w1t, b1, w2, b2 = split_main(main)
     n_blocks, block_size, d = w1t.shape
     tokens = x.reshape(-1, d)                                             # [T, d]
-    rows = choices.reshape(-1, n_blocks) + xnp.arange(n_blocks) * block_size  # [T, nb]
+    rows = choices.reshape(-1, n_blocks) + _block_starts(n_blocks, block_size)  # [T, nb]
     mid = fastmath.take_rows_dot(w1t.reshape(-1, d), rows, tokens)            # [T, nb]
     if b1 is not None:
         mid = mid + xnp.take(b1.reshape(-1), rows, mode='clip')
