@@ -130,3 +130,28 @@ def test_take_rows_dot_and_weighted_sum_equal_their_formulas(backend_name, split
         np.testing.assert_allclose(fastmath.take_rows_weighted_sum(table, rows, h), sums,
                                    rtol=1e-5, atol=1e-5)
     assert len(numpy_backend.column_slices(7, 10 ** 9 if split else 0, 4)) == (4 if split else 1)
+
+
+def test_take_rows_parts_work_in_a_forked_child():
+    # The worker pool is per process: a child forked after the parent used it builds its own
+    # (a pool inherited through fork has no threads). In a fresh interpreter without JAX,
+    # whose threads make fork unsafe.
+    import subprocess
+    import sys
+    code = """
+import multiprocessing, sys
+import numpy as np
+from trax_sparse.fastmath import numpy_backend
+numpy_backend.PARALLEL_GATHER_MIN_BYTES = 0
+table = np.arange(24, dtype=np.float32).reshape(6, 4)
+rows, x = np.array([[0, 5, 2, 3]], np.int32), np.ones((1, 4), np.float32)
+expected = table[rows[0]].sum(-1)[None]
+assert np.allclose(numpy_backend.take_rows_dot(table, rows, x), expected)
+with multiprocessing.get_context('fork').Pool(1) as pool:
+    result = pool.apply_async(numpy_backend.take_rows_dot, (table, rows, x)).get(timeout=60)
+assert np.allclose(result, expected) and 'jax' not in sys.modules
+print('ok')
+"""
+    done = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == 'ok', done.stderr

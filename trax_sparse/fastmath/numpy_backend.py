@@ -135,7 +135,7 @@ def take_permutation(x, perm, inverse, axis: int):
 # dimensions (2 x 9.4 MB of SparseFF rows per token) 2 threads took ~0.8 of one's time.
 PARALLEL_GATHER_MIN_BYTES = 8 << 20
 _GATHER_WORKERS = max(1, min(4, os.cpu_count() or 1))
-_gather_pool: concurrent.futures.ThreadPoolExecutor | None = None
+_gather_pool: tuple[int, concurrent.futures.ThreadPoolExecutor] | None = None   # (pid, pool)
 
 
 def column_slices(n_columns: int, n_bytes: int, max_parts: int) -> list[slice]:
@@ -152,10 +152,10 @@ def _by_column_parts(fn: Callable, rows, table) -> list:
                            _GATHER_WORKERS)
     if len(slices) == 1:
         return [fn(slices[0])]
-    if _gather_pool is None:
-        _gather_pool = concurrent.futures.ThreadPoolExecutor(_GATHER_WORKERS,
-                                                             thread_name_prefix='gather')
-    futures = [_gather_pool.submit(fn, columns) for columns in slices[1:]]
+    if _gather_pool is None or _gather_pool[0] != os.getpid():   # none yet, or a forked child
+        _gather_pool = (os.getpid(), concurrent.futures.ThreadPoolExecutor(
+            _GATHER_WORKERS, thread_name_prefix='gather'))
+    futures = [_gather_pool[1].submit(fn, columns) for columns in slices[1:]]
     return [fn(slices[0])] + [future.result() for future in futures]
 
 
