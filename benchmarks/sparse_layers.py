@@ -147,33 +147,30 @@ def jax_steps(layer: tl.Layer, steps: int) -> Callable:
     return jax.jit(run, donate_argnums=(2,))
 
 
-def n_copies(make: Callable[[], tl.Layer], cfg: dict, stack_bytes: int) -> int:
-    """How many copies of the block fill `stack_bytes` (at least 1, at most 8)."""
-    layer = make()
-    weight_sigs, _ = abstract_weights_and_state(layer, shapes.ShapeDtype((1, 1, cfg['d'])))
-    n_bytes = sum(int(np.prod(s.shape)) for s in fastmath.tree_leaves(weight_sigs)) * F32
-    return max(1, min(8, stack_bytes // max(n_bytes, 1)))
-
-
 def measure(make: Callable[[], tl.Layer], cfg: dict, backends: list[str], prefix: int,
             warmup: int, repeats: int, seed: int, jax_steps_per_call: int = 1,
-            copies: int = 1) -> dict:
+            stack_bytes: int = 0) -> dict:
     """Per-token seconds of one block on each backend, plus its bytes read and MACs per token.
 
-    copies > 1: a stack of that many residual copies of the block (each its own weights and
-    cache) is timed and the time divided by `copies`, so a block's weights are not still in
+    A block with fewer weights than `stack_bytes` is timed as a stack of residual copies
+    (at most 8, each with its own weights and cache; the time divided by their number)
+    with up to `stack_bytes` of weights in all, so a block's weights are not still in
     the CPU caches from its previous step, as in a model of many layers.
     """
     one = make()
     token_sig = shapes.ShapeDtype((1, 1, cfg['d']))
-    one_sigs, _ = abstract_weights_and_state(one, token_sig)
-    one_weights = random_weights(one_sigs, seed)
-    result = {'bytes': weight_bytes_read(one, one_weights, cfg),
-              'macs': macs_per_token(one, one_weights, keys=prefix + 1, kv_width=cfg['d'])}
-    del one_weights
-    layer = one if copies == 1 else tl.Serial([tl.Residual(make()) for _ in range(copies)])
-    weight_sigs, state_sigs = abstract_weights_and_state(layer, token_sig)
+    weight_sigs, state_sigs = abstract_weights_and_state(one, token_sig)
     weights = random_weights(weight_sigs, seed)
+    result = {'bytes': weight_bytes_read(one, weights, cfg),
+              'macs': macs_per_token(one, weights, keys=prefix + 1, kv_width=cfg['d'])}
+    one_bytes = sum(np.size(w) for w in fastmath.tree_leaves(weights)) * F32
+    copies = max(1, min(8, stack_bytes // one_bytes))
+    layer = one
+    if copies > 1:                  # small weights: a stack of copies, each its own weights
+        del weights
+        layer = tl.Serial([tl.Residual(make()) for _ in range(copies)])
+        weight_sigs, state_sigs = abstract_weights_and_state(layer, token_sig)
+        weights = random_weights(weight_sigs, seed)
     gen = np.random.default_rng(seed + 1)
     token = gen.normal(size=(1, 1, cfg['d'])).astype(np.float32)
     prefix_x = gen.normal(size=(1, prefix, cfg['d'])).astype(np.float32) if prefix else None
@@ -237,10 +234,9 @@ def main() -> None:
                           lambda: sparse_attention(cfg, args.max_len))
                 prefix, kv_bytes = args.position, 2 * args.position * cfg['d'] * F32
             for kind, make in zip(('dense', 'sparse'), makers):
-                copies = n_copies(make, cfg, args.stack_mb << 20)
                 result = measure(make, cfg, backends, prefix, args.warmup, args.repeats,
                                  seed=len(rows), jax_steps_per_call=args.jax_steps_per_call,
-                                 copies=copies)
+                                 stack_bytes=args.stack_mb << 20)
                 result['bytes'] += kv_bytes
                 rows.append((size, block, kind, result))
     rates = measure_rates(rates)

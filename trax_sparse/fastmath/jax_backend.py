@@ -74,19 +74,15 @@ GATHER_PARTS = 4
 
 def take_rows_dot(table, rows, x):
     """out[t, j] = table[rows[t, j]] · x[t] (see numpy_backend); large calls as 4 gathers."""
-    slices = numpy_backend.column_slices(
-        rows.shape[-1], rows.size * table.shape[-1] * table.dtype.itemsize, GATHER_PARTS)
-    return np.concatenate([np.matmul(np.take(table, rows[:, columns], axis=0, mode='clip'),
-                                     x[:, :, None])[..., 0] for columns in slices], axis=1)
+    return np.concatenate([numpy_backend.rows_dot_part(np, table, rows, x, columns)
+                           for columns in numpy_backend.row_slices(rows, table, GATHER_PARTS)],
+                          axis=1)
 
 
 def take_rows_weighted_sum(table, rows, h):
     """out[t] = Σ_j h[t, j] · table[rows[t, j]] (see numpy_backend); large calls in 4 parts."""
-    slices = numpy_backend.column_slices(
-        rows.shape[-1], rows.size * table.shape[-1] * table.dtype.itemsize, GATHER_PARTS)
-    return sum(np.matmul(h[:, None, columns], np.take(table, rows[:, columns], axis=0,
-                                                      mode='clip'))[:, 0, :]
-               for columns in slices)
+    return sum(numpy_backend.rows_weighted_sum_part(np, table, rows, h, columns)
+               for columns in numpy_backend.row_slices(rows, table, GATHER_PARTS))
 
 
 def _first_float(tree_):

@@ -145,11 +145,28 @@ def column_slices(n_columns: int, n_bytes: int, max_parts: int) -> list[slice]:
     return [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
 
 
+def row_slices(rows, table, max_parts: int) -> list[slice]:
+    """`column_slices` of rows [T, k] for gathering from table [R, d] (bytes: T·k·d)."""
+    return column_slices(rows.shape[-1], rows.size * table.shape[-1] * table.dtype.itemsize,
+                         max_parts)
+
+
+def rows_dot_part(xp: Any, table, rows, x, columns: slice):
+    """take_rows_dot over `columns` of rows, in array module `xp`: [T, k']."""
+    chosen = xp.take(table, rows[:, columns], axis=0, mode='clip')       # [T, k', d]
+    return xp.matmul(chosen, x[:, :, None])[..., 0]
+
+
+def rows_weighted_sum_part(xp: Any, table, rows, h, columns: slice):
+    """take_rows_weighted_sum over `columns` of rows, in array module `xp`: [T, d]."""
+    chosen = xp.take(table, rows[:, columns], axis=0, mode='clip')       # [T, k', d]
+    return xp.matmul(h[:, None, columns], chosen)[:, 0, :]
+
+
 def _by_column_parts(fn: Callable, rows, table) -> list:
     """[fn(columns) for each column range of rows [T, k]], large calls on worker threads."""
     global _gather_pool
-    slices = column_slices(rows.shape[-1], rows.size * table.shape[-1] * table.itemsize,
-                           _GATHER_WORKERS)
+    slices = row_slices(rows, table, _GATHER_WORKERS)
     if len(slices) == 1:
         return [fn(slices[0])]
     if _gather_pool is None or _gather_pool[0] != os.getpid():   # none yet, or a forked child
@@ -164,10 +181,8 @@ def take_rows_dot(table, rows, x):
 
     Reads only the chosen rows (clipped into range). Sparse FF's predict path, step 1.
     """
-    def part(columns):
-        chosen = np.take(table, rows[:, columns], axis=0, mode='clip')   # [T, k', d]
-        return np.matmul(chosen, x[:, :, None])[..., 0]                  # [T, k']
-    parts = _by_column_parts(part, rows, table)
+    parts = _by_column_parts(lambda columns: rows_dot_part(np, table, rows, x, columns),
+                             rows, table)
     return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
 
@@ -176,10 +191,8 @@ def take_rows_weighted_sum(table, rows, h):
 
     Reads only the chosen rows (clipped into range). Sparse FF's predict path, step 2.
     """
-    def part(columns):
-        chosen = np.take(table, rows[:, columns], axis=0, mode='clip')   # [T, k', d]
-        return np.matmul(h[:, None, columns], chosen)[:, 0, :]           # [T, d]
-    parts = _by_column_parts(part, rows, table)
+    parts = _by_column_parts(
+        lambda columns: rows_weighted_sum_part(np, table, rows, h, columns), rows, table)
     return parts[0] if len(parts) == 1 else sum(parts[1:], parts[0])
 
 

@@ -204,9 +204,9 @@ def local_convolutions(window: Any, kernels: Sequence[Any]) -> list:
         return [xnp.matmul(patches[kernel.shape[1]], kernel.reshape(-1, kernel.shape[-1]))
                 for kernel in kernels]
     if c < STACKED_TAPS_MIN_WIDTH:
-        return [fastmath.conv(zero_pad(window, axis=2, before=(kernel.shape[1] - 1) // 2,
-                                       after=(kernel.shape[1] - 1) // 2),
-                              kernel, padding='VALID')                    # [B, L, S, u]
+        padded = {k: zero_pad(window, axis=2, before=(k - 1) // 2, after=(k - 1) // 2)
+                  for k in {kernel.shape[1] for kernel in kernels}}       # [B, ., S+k-1, c]
+        return [fastmath.conv(padded[kernel.shape[1]], kernel, padding='VALID')   # [B, L, S, u]
                 for kernel in kernels]
     k = max(kernel.shape[1] for kernel in kernels)
     combined = xnp.concatenate([zero_pad(kernel, axis=1, before=(k - kernel.shape[1]) // 2,
