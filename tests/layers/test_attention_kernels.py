@@ -137,3 +137,17 @@ def test_traced_step_takes_the_whole_buffer_only_when_full_enough(monkeypatch):
             step = jax.jit(lambda start: core.traced_attention_step(q, k_cache, v_cache, start,
                                                                     3))
             assert np.isfinite(step(np.int32(4))).all() == finite
+
+
+
+def test_traced_step_reads_a_one_block_cache_whole():
+    # Blockwise would loop over one block (the whole buffer, copied out first): no loop.
+    k_cache, v_cache, _ = _cache_and_mask(masked=False)
+    q = _floats(BATCH, HEADS, 1, D_HEAD)
+    with fastmath.use_backend('jax'):
+        for block, loops in ((SLOTS, False), (SLOTS + 5, False), (5, True)):
+            step = jax.jit(lambda start: core.traced_attention_step(q, k_cache, v_cache, start,
+                                                                    block))
+            assert ('while' in step.lower(np.int32(0)).as_text()) == loops, block
+            np.testing.assert_allclose(step(np.int32(3)),
+                                       _reference(q, k_cache, v_cache, 3, None), atol=1e-5)

@@ -159,13 +159,17 @@ def traced_attention_step(q: Any, k_cache: Any, v_cache: Any, start: Any, block_
     """`cached_attention_step` for a traced `start`: blockwise while the cache is less than
     WHOLE_BUFFER_FILL full, else the whole buffer (`whole_buffer_attention`), chosen by
     fastmath.cond. A long prefix (B·H·Lq·N > TWO_PASS_MAX_SCORES) always goes blockwise
-    with the online softmax. The whole-buffer pass multiplies the unfilled slots by zero
-    probabilities, so they must hold finite values (predict states start as zeros)."""
+    with the online softmax. A cache of at most one block is always read whole: its one
+    block would be the whole buffer, copied out first. The whole-buffer pass multiplies
+    the unfilled slots by zero probabilities, so they must hold finite values (predict
+    states start as zeros)."""
     batch, n_heads, n_queries, _ = q.shape
     n_slots = k_cache.shape[2]
     if batch * n_heads * n_queries * n_slots > TWO_PASS_MAX_SCORES:
         return blockwise_cached_causal_attention(q, k_cache, v_cache, start, block_size,
                                                  key_mask, two_pass=False)
+    if n_slots <= block_size:
+        return whole_buffer_attention(q, k_cache, v_cache, start, key_mask)
 
     def blockwise(q, k_cache, v_cache, start, key_mask):
         return blockwise_cached_causal_attention(q, k_cache, v_cache, start, block_size,
