@@ -132,6 +132,24 @@ def test_take_rows_dot_and_weighted_sum_equal_their_formulas(backend_name, split
     assert len(numpy_backend.column_slices(7, 10 ** 9 if split else 0, 4)) == (4 if split else 1)
 
 
+@pytest.mark.parametrize('split', [False, True])
+def test_parallel_matmul_equals_matmul(backend_name, split, monkeypatch):
+    # split: the product counts as large, so NumPy sums per-thread products over ranges of the
+    # contraction; the result is a @ b either way, with a's leading axes kept.
+    if split:
+        monkeypatch.setattr(numpy_backend, 'PARALLEL_MATMUL_MIN_MACS', 0)
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(2, 1, 3, 7)).astype(np.float32)                 # [..., m, k]
+    b = rng.normal(size=(7, 5)).astype(np.float32)                       # [k, n]
+    with fastmath.use_backend(backend_name):
+        got = fastmath.parallel_matmul(a, b)
+        assert got.shape == (2, 1, 3, 5)
+        np.testing.assert_allclose(got, a @ b, rtol=1e-5, atol=1e-5)
+        # A strided view (as sliced caches and gated inputs are) works as well.
+        np.testing.assert_allclose(fastmath.parallel_matmul(a[..., ::2, :], b),
+                                   a[..., ::2, :] @ b, rtol=1e-5, atol=1e-5)
+
+
 def test_take_rows_parts_work_in_a_forked_child():
     # The worker pool is per process: a child forked after the parent used it builds its own
     # (a pool inherited through fork has no threads). In a fresh interpreter without JAX,

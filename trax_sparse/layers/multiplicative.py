@@ -16,6 +16,7 @@ Example:
 """
 from typing import Any
 
+from trax_sparse import fastmath
 from trax_sparse.fastmath import numpy as xnp
 from trax_sparse.layers import initializers as init
 from trax_sparse.layers.base import Layer, check_mode, check_positive_int, split_rngs
@@ -70,7 +71,7 @@ class MultiplicativeDense(Layer):
         if n_tokens * self._n_modules < self._d_out:
             # Few tokens (decoding): read only D and E; the gated copies are small.
             gated = x[..., None, :] * gate                 # [..., S, d_in]
-            y = xnp.matmul(gated, proj)                    # [..., S, M]
+            y = fastmath.parallel_matmul(gated, proj)      # [..., S, M] (S·d_in·M MACs)
             y = y.reshape(x.shape[:-1] + (self._d_out,))   # index s·M + m
         else:
             # Many tokens (training): the [d_in, d_out] product is smaller than T·S·d_in.
