@@ -150,6 +150,22 @@ def test_parallel_matmul_equals_matmul(backend_name, split, monkeypatch):
                                    a[..., ::2, :] @ b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('split', [False, True])
+def test_parallel_matmuls_equal_matmuls(backend_name, split, monkeypatch):
+    # split: the total counts as large, so NumPy shares whole products among its threads
+    # (largest first, to the least loaded); the results come back in the given order.
+    if split:
+        monkeypatch.setattr(numpy_backend, 'PARALLEL_MATMULS_MIN_MACS', 0)
+    rng = np.random.default_rng(0)
+    pairs = [(rng.normal(size=(1, 2, k)).astype(np.float32),
+              rng.normal(size=(k, n)).astype(np.float32)) for k, n in ((9, 4), (3, 5), (7, 2))]
+    with fastmath.use_backend(backend_name):
+        got = fastmath.parallel_matmuls(pairs)
+    assert [g.shape for g in got] == [(1, 2, 4), (1, 2, 5), (1, 2, 2)]
+    for (a, b), product in zip(pairs, got):
+        np.testing.assert_allclose(product, a @ b, rtol=1e-5, atol=1e-5)
+
+
 def test_take_rows_parts_work_in_a_forked_child():
     # The worker pool is per process: a child forked after the parent used it builds its own
     # (a pool inherited through fork has no threads). In a fresh interpreter without JAX,

@@ -154,6 +154,7 @@ take_permutation = _dispatched('take_permutation')
 take_rows_dot = _dispatched('take_rows_dot')
 take_rows_weighted_sum = _dispatched('take_rows_weighted_sum')
 parallel_matmul = _dispatched('parallel_matmul')
+parallel_matmuls = _dispatched('parallel_matmuls')
 after_cotangent = _dispatched('after_cotangent')
 
 
@@ -202,7 +203,7 @@ __all__ = [
     'grad', 'is_concrete', 'is_jax', 'jax_available', 'jit', 'logsumexp', 'numpy',
     'optimization_barrier', 'random',
     'remat', 'scan', 'set_backend', 'sort_key_val', 'stop_gradient', 'take_permutation',
-    'parallel_matmul', 'take_rows_dot', 'take_rows_weighted_sum', 'to_numpy', 'top_k',
+    'parallel_matmul', 'parallel_matmuls', 'take_rows_dot', 'take_rows_weighted_sum', 'to_numpy', 'top_k',
     'to_backend', 'tree_leaves', 'tree_map', 'tree_structure', 'tree_unflatten_like',
     'update_cache', 'use_backend',
     'value_and_grad', 'vjp',

@@ -191,8 +191,9 @@ class LocallyConvDenseBranch(_LocalConvBase):
 def local_convolutions(window: Any, kernels: Sequence[Any]) -> list:
     """window [B, lk-1+L, S, c], kernels [lk, k_i, c, u_i] -> [B, L, S, u_i] per kernel.
 
-    Few tokens: one gathered-patches matmul per kernel. Many tokens and modules of at
-    least STACKED_TAPS_MIN_WIDTH features: one matmul of the stacked taps with the kernels
+    Few tokens: one gathered-patches matmul per kernel (large ones shared among NumPy's
+    threads: `fastmath.parallel_matmuls`). Many tokens and modules of at least
+    STACKED_TAPS_MIN_WIDTH features: one matmul of the stacked taps with the kernels
     zero-padded to the widest k and concatenated along the units (then split). Narrower
     modules: the convolution op, once per kernel.
     """
@@ -201,8 +202,9 @@ def local_convolutions(window: Any, kernels: Sequence[Any]) -> list:
     if batch * (steps - (lk - 1)) <= SMALL_CALL_TOKENS:
         patches = {k: local_patches(window, lk, k)                         # [B, L, S, lk·k·c]
                    for k in sorted({kernel.shape[1] for kernel in kernels})}
-        return [xnp.matmul(patches[kernel.shape[1]], kernel.reshape(-1, kernel.shape[-1]))
-                for kernel in kernels]
+        return fastmath.parallel_matmuls([(patches[kernel.shape[1]],
+                                           kernel.reshape(-1, kernel.shape[-1]))
+                                          for kernel in kernels])
     if c < STACKED_TAPS_MIN_WIDTH:
         padded = {k: zero_pad(window, axis=2, before=(k - 1) // 2, after=(k - 1) // 2)
                   for k in {kernel.shape[1] for kernel in kernels}}       # [B, ., S+k-1, c]
