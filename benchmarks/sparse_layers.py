@@ -1,12 +1,13 @@
 """Per-token decode time of one FF block and one attention block, dense vs sparse.
 
-Batch 1, float32, predict mode, one token per step; median of repeated steps after
-warm-up. A block whose weights are small is timed as a stack of up to 8 residual copies
+Batch 1, float32, predict mode, one token per step, a different random token each step
+(SparseFF then reads new rows each step); median of repeated steps after warm-up. A block whose weights are small is timed as a stack of up to 8 residual copies
 (each with its own weights and cache; --stack_mb of weights in all) and the time divided
 by the copies: a single 800M block's 3.6-34 MB stay partly in the 32 MB L3 between
-repeated steps, so alone it could beat the memory bound. JAX steps are jitted with the state donated (the K/V cache is updated in
-place), --jax_steps_per_call of them (default 8) in one call, as a layer runs inside a
-jitted model step: the dispatch of a call is paid once per token for all layers. Sizes (docs/architecture.md, paper Table 1):
+repeated steps, so alone it could beat the memory bound. JAX steps are jitted with the state donated
+(the K/V cache is updated in place), --jax_steps_per_call of them (default 8) in one
+call, as a layer runs inside a jitted model step: the dispatch of a call is paid once
+per token for all layers. Sizes (docs/architecture.md, paper Table 1):
   800M: d 1024; dense FF d_ff 4096; SparseFF d_ff 6144, N 64 (rank 96); 16 heads, S 16
   17B:  d 9216; dense FF d_ff 65536; SparseFF d_ff 65536, N 256, rank 32; 96 heads, S 64
 Attention is timed at cache position --position (after a prefix of that many tokens).
@@ -52,6 +53,9 @@ SIZES = {
                 modules=64),
 }
 F32 = 4
+# Distinct input tokens the timed steps cycle through (NumPy: one per step; JAX: blocks of
+# --jax_steps_per_call of them, one block per call).
+N_TOKENS = 64
 
 
 def dense_ff(cfg: dict) -> tl.Layer:
@@ -110,13 +114,15 @@ def zeros_state(state_sigs: Any) -> Any:
     return fastmath.tree_map(lambda s: np.zeros(s.shape, s.dtype), state_sigs)
 
 
-def time_steps(step: Callable, x: Any, weights: Any, state: Any, rng: Any, block: Callable,
-               warmup: int, repeats: int) -> tuple[float, Any]:
-    for _ in range(warmup):
-        y, state = step(x, weights, state, rng)
+def time_steps(step: Callable, inputs: list, weights: Any, state: Any, rng: Any,
+               block: Callable, warmup: int, repeats: int) -> tuple[float, Any]:
+    """Median seconds of `step` after `warmup` calls; call i gets inputs[i % len(inputs)]."""
+    for i in range(warmup):
+        y, state = step(inputs[i % len(inputs)], weights, state, rng)
         block(y)
     times = []
-    for _ in range(repeats):
+    for i in range(repeats):
+        x = inputs[(warmup + i) % len(inputs)]
         t0 = time.perf_counter()
         y, state = step(x, weights, state, rng)
         block(y)
@@ -133,16 +139,17 @@ def flat_step(layer: tl.Layer) -> Callable:
 def jax_steps(layer: tl.Layer, steps: int) -> Callable:
     """`steps` decoding steps of `layer` in one jitted call (state donated).
 
-    Step i's input is the token plus 1e-3 times step i-1's output: a real dependency, so
-    XLA cannot merge the steps. A model pays the dispatch of a jitted call once per token
-    for all its layers; timing one small layer per call would charge it all to that layer.
+    Takes tokens [steps, 1, 1, d]: step i's input is token i plus 1e-3 times step i-1's
+    output, a real dependency, so XLA cannot merge the steps. A model pays the dispatch
+    of a jitted call once per token for all its layers; timing one small layer per call
+    would charge it all to that layer.
     """
     import jax
 
-    def run(x, weights, state, rng):
-        y = x
-        for _ in range(steps):
-            y, state = layer.pure_fn(x + 1e-3 * y, weights, state, rng)
+    def run(tokens, weights, state, rng):
+        y = tokens[0]
+        for i in range(steps):
+            y, state = layer.pure_fn(tokens[i] + 1e-3 * y, weights, state, rng)
         return y, state
     return jax.jit(run, donate_argnums=(2,))
 
@@ -172,12 +179,15 @@ def measure(make: Callable[[], tl.Layer], cfg: dict, backends: list[str], prefix
         weight_sigs, state_sigs = abstract_weights_and_state(layer, token_sig)
         weights = random_weights(weight_sigs, seed)
     gen = np.random.default_rng(seed + 1)
-    token = gen.normal(size=(1, 1, cfg['d'])).astype(np.float32)
+    # A different token every step, as in decoding: SparseFF then reads other rows each
+    # step (the same token would find the rows of its last step still in the L3 cache).
+    n_tokens = max(N_TOKENS, jax_steps_per_call)
+    tokens = gen.normal(size=(n_tokens, 1, 1, cfg['d'])).astype(np.float32)
     prefix_x = gen.normal(size=(1, prefix, cfg['d'])).astype(np.float32) if prefix else None
     for backend in backends:
         with fastmath.use_backend(backend):
             rng = fastmath.random.get_prng(0)
-            x = token
+            inputs = list(tokens)
             if backend == 'jax':
                 import jax
                 weights = jax.device_put(weights)
@@ -185,14 +195,17 @@ def measure(make: Callable[[], tl.Layer], cfg: dict, backends: list[str], prefix
                 prefix_step = jax.jit(layer.pure_fn, donate_argnums=(2,))
                 step, steps_per_call = jax_steps(layer, jax_steps_per_call), jax_steps_per_call
                 block = jax.block_until_ready
-                x = jax.device_put(token)   # a decoder's next input is already on the device
+                # One call's tokens (a decoder's next input is already on the device).
+                inputs = [jax.device_put(tokens[i:i + steps_per_call])
+                          for i in range(0, n_tokens - steps_per_call + 1, steps_per_call)]
             else:                       # the NumPy decoding path: the flat program
                 step, block, steps_per_call = flat_step(layer), lambda y: y, 1
                 prefix_step = step
             state = zeros_state(state_sigs)
             if prefix_x is not None:
                 _, state = prefix_step(prefix_x, weights, state, rng)
-            per_call, state = time_steps(step, x, weights, state, rng, block, warmup, repeats)
+            per_call, state = time_steps(step, inputs, weights, state, rng, block, warmup,
+                                          repeats)
             result[backend] = per_call / steps_per_call / copies
             del state
         print(f'  {one.name} {backend}: {result[backend] * 1e3:.3f} ms'
