@@ -114,8 +114,7 @@ def test_abstract_eval_both_backends():
 
 @pytest.mark.parametrize('split', [False, True], ids=['one_part', 'column_parts'])
 def test_take_rows_dot_and_weighted_sum_equal_their_formulas(backend_name, split, monkeypatch):
-    # split: the gathered rows count as large, so they go in column parts (threads on
-    # NumPy, separate gathers on JAX); the result is the same.
+    # split: the gathered rows count as large (JAX: 4 separate gathers); the same result.
     if split:
         monkeypatch.setattr(numpy_backend, 'PARALLEL_GATHER_MIN_BYTES', 0)
     rng = np.random.default_rng(0)
@@ -129,6 +128,35 @@ def test_take_rows_dot_and_weighted_sum_equal_their_formulas(backend_name, split
                                    atol=1e-5)
         np.testing.assert_allclose(fastmath.take_rows_weighted_sum(table, rows, h), sums,
                                    rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('split', [False, True], ids=['one_part', 'column_parts'])
+def test_sum_of_parts_equals_the_whole(backend_name, split, monkeypatch):
+    # split: the parts count as large, so NumPy runs column ranges on its threads (on the
+    # caller's backend; nested calls never wait for the pool); JAX calls fn once (XLA runs
+    # the gathers inside concurrently). The sum is the same.
+    if split:
+        monkeypatch.setattr(numpy_backend, 'PARALLEL_GATHER_MIN_BYTES', 0)
+    rng = np.random.default_rng(0)
+    table = rng.normal(size=(40, 6)).astype(np.float32)                # [R, d]
+    rows = rng.integers(0, 40, size=(3, 7)).astype(np.int32)           # [T, k]
+    h = rng.normal(size=(3, 7)).astype(np.float32)
+    seen = []
+
+    def part(columns):
+        seen.append((columns, fastmath.backend_name()))   # worker threads too: the caller's
+        inner = lambda c: fastmath.take_rows_weighted_sum(table, rows[:, columns][:, c],
+                                                          h[:, columns][:, c])
+        width = columns.stop - columns.start
+        return fastmath.sum_of_parts(inner, width, 1)                  # nested: never waits
+
+    with fastmath.use_backend(backend_name):
+        got = fastmath.sum_of_parts(part, 7, 1)      # 1 byte: large only when split
+    np.testing.assert_allclose(got, np.einsum('tk,tkd->td', h, table[rows]), rtol=1e-5,
+                               atol=1e-5)
+    expected_parts = min(7, numpy_backend._WORKERS) if backend_name == 'numpy' else 1
+    assert len(seen) == (expected_parts if split else 1)
+    assert {name for _, name in seen} == {backend_name}
     assert len(numpy_backend.column_slices(7, 10 ** 9 if split else 0, 4)) == (4 if split else 1)
 
 
@@ -166,7 +194,7 @@ def test_parallel_matmuls_equal_matmuls(backend_name, split, monkeypatch):
         np.testing.assert_allclose(product, a @ b, rtol=1e-5, atol=1e-5)
 
 
-def test_take_rows_parts_work_in_a_forked_child():
+def test_sum_of_parts_works_in_a_forked_child():
     # The worker pool is per process: a child forked after the parent used it builds its own
     # (a pool inherited through fork has no threads). In a fresh interpreter without JAX,
     # whose threads make fork unsafe.
@@ -179,10 +207,15 @@ from trax_sparse.fastmath import numpy_backend
 numpy_backend.PARALLEL_GATHER_MIN_BYTES = 0
 table = np.arange(24, dtype=np.float32).reshape(6, 4)
 rows, x = np.array([[0, 5, 2, 3]], np.int32), np.ones((1, 4), np.float32)
-expected = table[rows[0]].sum(-1)[None]
-assert np.allclose(numpy_backend.take_rows_dot(table, rows, x), expected)
+expected = table[rows[0]].sum(-1).sum()
+
+def dots(rows, x):
+    part = lambda columns: numpy_backend.take_rows_dot(table, rows[:, columns], x).sum()
+    return numpy_backend.sum_of_parts(part, rows.shape[1], 10 ** 9)
+
+assert np.allclose(dots(rows, x), expected)
 with multiprocessing.get_context('fork').Pool(1) as pool:
-    result = pool.apply_async(numpy_backend.take_rows_dot, (table, rows, x)).get(timeout=60)
+    result = pool.apply_async(dots, (rows, x)).get(timeout=60)
 assert np.allclose(result, expected) and 'jax' not in sys.modules
 print('ok')
 """

@@ -68,21 +68,32 @@ def take_permutation(x, perm, inverse, axis: int):
 
 
 # XLA:CPU runs independent gathers concurrently: at the 17B dimensions four gathers of a
-# quarter of SparseFF's rows each took ~0.8 of one gather's time.
+# quarter of SparseFF's rows each took ~0.8 of one gather's time (and 0.7-0.8 of four
+# parts that each gather and finish their blocks, as NumPy's threads do).
 GATHER_PARTS = 4
+
+
+def _row_parts(rows, table) -> list:
+    """Column ranges of rows [T, k] gathered from table [R, d]: GATHER_PARTS if large."""
+    n_bytes = rows.size * table.shape[-1] * table.dtype.itemsize
+    return numpy_backend.column_slices(rows.shape[-1], n_bytes, GATHER_PARTS)
 
 
 def take_rows_dot(table, rows, x):
     """out[t, j] = table[rows[t, j]] · x[t] (see numpy_backend); large calls as 4 gathers."""
-    return np.concatenate([numpy_backend.rows_dot_part(np, table, rows, x, columns)
-                           for columns in numpy_backend.row_slices(rows, table, GATHER_PARTS)],
-                          axis=1)
+    return np.concatenate([numpy_backend.rows_dot(np, table, rows[:, columns], x)
+                           for columns in _row_parts(rows, table)], axis=1)
 
 
 def take_rows_weighted_sum(table, rows, h):
     """out[t] = Σ_j h[t, j] · table[rows[t, j]] (see numpy_backend); large calls in 4 parts."""
-    return sum(numpy_backend.rows_weighted_sum_part(np, table, rows, h, columns)
-               for columns in numpy_backend.row_slices(rows, table, GATHER_PARTS))
+    return sum(numpy_backend.rows_weighted_sum(np, table, rows[:, columns], h[:, columns])
+               for columns in _row_parts(rows, table))
+
+
+def sum_of_parts(fn, n_columns: int, n_bytes: int):
+    """fn(all columns) (see numpy_backend): XLA runs the gathers inside concurrently."""
+    return fn(slice(0, n_columns))
 
 
 def parallel_matmul(a, b):

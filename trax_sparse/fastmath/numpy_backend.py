@@ -5,8 +5,10 @@ It is the reference for the JAX backend: same signatures, same numbers
 not available here and raise a clear error.
 """
 import concurrent.futures
+import contextvars
 import math
 import os
+import threading
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -130,11 +132,13 @@ def take_permutation(x, perm, inverse, axis: int):
     return np.take_along_axis(x, permutation_index(perm, x.ndim), axis)
 
 
-# Gathered rows beyond this many bytes per call are split among threads (NumPy's take and
-# BLAS release the GIL): one core's reads do not reach the memory bandwidth. At the 17B
-# dimensions (2 x 9.4 MB of SparseFF rows per token) 2 threads took ~0.8 of one's time.
+# Sums of parts that gather more than this many bytes (`sum_of_parts`) are split among
+# threads (NumPy's take and BLAS release the GIL): one core's reads of scattered rows do
+# not reach the memory bandwidth. At the 17B dimensions (2 x 9.4 MB of SparseFF rows per
+# token) the gathered FF in 2 parts took 0.65-0.87 of its time in one.
 PARALLEL_GATHER_MIN_BYTES = 8 << 20
 _WORKERS = max(1, min(4, os.cpu_count() or 1))
+_POOL_THREAD_PREFIX = 'fastmath'
 _pool_of_process: tuple[int, concurrent.futures.ThreadPoolExecutor] | None = None   # (pid, pool)
 
 
@@ -145,44 +149,49 @@ def column_slices(n_columns: int, n_bytes: int, max_parts: int) -> list[slice]:
     return [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
 
 
-def row_slices(rows, table, max_parts: int) -> list[slice]:
-    """`column_slices` of rows [T, k] for gathering from table [R, d] (bytes: T·k·d)."""
-    return column_slices(rows.shape[-1], rows.size * table.shape[-1] * table.dtype.itemsize,
-                         max_parts)
-
-
-def rows_dot_part(xp: Any, table, rows, x, columns: slice):
-    """take_rows_dot over `columns` of rows, in array module `xp`: [T, k']."""
-    chosen = xp.take(table, rows[:, columns], axis=0, mode='clip')       # [T, k', d]
+def rows_dot(xp: Any, table, rows, x):
+    """take_rows_dot in array module `xp`: table [R, d], rows [T, k], x [T, d] -> [T, k]."""
+    chosen = xp.take(table, rows, axis=0, mode='clip')                  # [T, k, d]
     return xp.matmul(chosen, x[:, :, None])[..., 0]
 
 
-def rows_weighted_sum_part(xp: Any, table, rows, h, columns: slice):
-    """take_rows_weighted_sum over `columns` of rows, in array module `xp`: [T, d]."""
-    chosen = xp.take(table, rows[:, columns], axis=0, mode='clip')       # [T, k', d]
-    return xp.matmul(h[:, None, columns], chosen)[:, 0, :]
+def rows_weighted_sum(xp: Any, table, rows, h):
+    """take_rows_weighted_sum in array module `xp`: rows, h [T, k] -> [T, d]."""
+    chosen = xp.take(table, rows, axis=0, mode='clip')                  # [T, k, d]
+    return xp.matmul(h[:, None, :], chosen)[:, 0, :]
 
 
 def _worker_pool() -> concurrent.futures.ThreadPoolExecutor:
     """The process's worker threads (made on first use, again in a forked child)."""
     global _pool_of_process
-    if _pool_of_process is None or _pool_of_process[0] != os.getpid():   # none yet, or a forked child
+    if _pool_of_process is None or _pool_of_process[0] != os.getpid():   # none yet, or forked
         _pool_of_process = (os.getpid(), concurrent.futures.ThreadPoolExecutor(
-            _WORKERS, thread_name_prefix='fastmath'))
+            _WORKERS, thread_name_prefix=_POOL_THREAD_PREFIX))
     return _pool_of_process[1]
 
 
 def _in_parallel(fn: Callable, parts: Sequence[Any]) -> list:
-    """[fn(part) for part in parts]: the first on this thread, the others on worker threads."""
-    if len(parts) == 1:
-        return [fn(parts[0])]
-    futures = [_worker_pool().submit(fn, part) for part in parts[1:]]
+    """[fn(part) for part in parts]: the first on this thread, the others on worker threads.
+
+    Each worker runs in a copy of the caller's context, so fastmath.use_backend('numpy')
+    holds there too. On a worker thread all run there: a worker never waits for the pool
+    (no deadlock).
+    """
+    if len(parts) == 1 or threading.current_thread().name.startswith(_POOL_THREAD_PREFIX):
+        return [fn(part) for part in parts]
+    futures = [_worker_pool().submit(contextvars.copy_context().run, fn, part)
+               for part in parts[1:]]
     return [fn(parts[0])] + [future.result() for future in futures]
 
 
-def _by_column_parts(fn: Callable, rows, table) -> list:
-    """[fn(columns) for each column range of rows [T, k]], large calls on worker threads."""
-    return _in_parallel(fn, row_slices(rows, table, _WORKERS))
+def sum_of_parts(fn: Callable[[slice], Any], n_columns: int, n_bytes: int):
+    """Σ fn(columns) over contiguous ranges of [0, n_columns), one per thread if large.
+
+    `n_bytes` is what fn(slice(0, n_columns)) gathers: from PARALLEL_GATHER_MIN_BYTES on,
+    each worker thread computes one range. Example: sparse FF's gathered rows by blocks.
+    """
+    parts = _in_parallel(fn, column_slices(n_columns, n_bytes, _WORKERS))
+    return sum(parts[1:], parts[0])
 
 
 # Products of at least this many multiply-adds are split along the contraction among the
@@ -215,9 +224,7 @@ def take_rows_dot(table, rows, x):
 
     Reads only the chosen rows (clipped into range). Sparse FF's predict path, step 1.
     """
-    parts = _by_column_parts(lambda columns: rows_dot_part(np, table, rows, x, columns),
-                             rows, table)
-    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+    return rows_dot(np, table, rows, x)
 
 
 def take_rows_weighted_sum(table, rows, h):
@@ -225,9 +232,7 @@ def take_rows_weighted_sum(table, rows, h):
 
     Reads only the chosen rows (clipped into range). Sparse FF's predict path, step 2.
     """
-    parts = _by_column_parts(
-        lambda columns: rows_weighted_sum_part(np, table, rows, h, columns), rows, table)
-    return parts[0] if len(parts) == 1 else sum(parts[1:], parts[0])
+    return rows_weighted_sum(np, table, rows, h)
 
 
 # A list of products with at least this many multiply-adds in all is shared among the

@@ -148,15 +148,25 @@ def gathered_ff(x: Any, choices: Any, main: tuple, act: ArrayFn) -> Any:
 
     x [..., d], choices [..., d_ff/N] -> [..., d]; per token it reads
     2·d·d_ff/N main weights (one contiguous row of d floats per block and matrix).
+    The blocks are independent, so large reads go in parts of the blocks, each read
+    and finished in one go (`fastmath.sum_of_parts`: threads on NumPy).
     """
     w1t, b1, w2, b2 = split_main(main)
     n_blocks, block_size, d = w1t.shape
     tokens = x.reshape(-1, d)                                             # [T, d]
     rows = choices.reshape(-1, n_blocks) + _block_starts(n_blocks, block_size)  # [T, nb]
-    mid = fastmath.take_rows_dot(w1t.reshape(-1, d), rows, tokens)            # [T, nb]
-    if b1 is not None:
-        mid = mid + xnp.take(b1.reshape(-1), rows, mode='clip')
-    y = fastmath.take_rows_weighted_sum(w2.reshape(-1, d), rows, act(mid))    # [T, d]
+    w1_rows, w2_rows = w1t.reshape(-1, d), w2.reshape(-1, d)
+
+    def blocks_output(blocks: slice) -> Any:
+        """The chosen units of `blocks`: their share of the output [T, d]."""
+        chosen = rows[:, blocks]                                          # [T, nb']
+        mid = fastmath.take_rows_dot(w1_rows, chosen, tokens)             # [T, nb']
+        if b1 is not None:
+            mid = mid + xnp.take(b1.reshape(-1), chosen, mode='clip')
+        return fastmath.take_rows_weighted_sum(w2_rows, chosen, act(mid))  # [T, d]
+
+    n_bytes = 2 * rows.size * d * w1t.dtype.itemsize
+    y = fastmath.sum_of_parts(blocks_output, n_blocks, n_bytes)            # [T, d]
     return (y + b2).reshape(x.shape)
 
 
