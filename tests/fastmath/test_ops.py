@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from trax_sparse import fastmath
-from trax_sparse.fastmath import numpy_backend
+from trax_sparse.fastmath import numpy_backend, numpy_parallel
 
 rng = np.random.default_rng(0)
 
@@ -116,7 +116,7 @@ def test_abstract_eval_both_backends():
 def test_take_rows_dot_and_weighted_sum_equal_their_formulas(backend_name, split, monkeypatch):
     # split: the gathered rows count as large (JAX: 4 separate gathers); the same result.
     if split:
-        monkeypatch.setattr(numpy_backend, 'PARALLEL_GATHER_MIN_BYTES', 0)
+        monkeypatch.setattr(numpy_parallel, 'PARALLEL_GATHER_MIN_BYTES', 0)
     rng = np.random.default_rng(0)
     table = rng.normal(size=(40, 6)).astype(np.float32)                # [R, d]
     rows = rng.integers(0, 40, size=(3, 7)).astype(np.int32)           # [T, k]
@@ -131,12 +131,12 @@ def test_take_rows_dot_and_weighted_sum_equal_their_formulas(backend_name, split
 
 
 @pytest.mark.parametrize('split', [False, True], ids=['one_part', 'column_parts'])
-def test_sum_of_parts_equals_the_whole(backend_name, split, monkeypatch):
+def test_in_parts_sum_to_the_whole(backend_name, split, monkeypatch):
     # split: the parts count as large, so NumPy runs column ranges on its threads (on the
     # caller's backend; nested calls never wait for the pool); JAX calls fn once (XLA runs
     # the gathers inside concurrently). The sum is the same.
     if split:
-        monkeypatch.setattr(numpy_backend, 'PARALLEL_GATHER_MIN_BYTES', 0)
+        monkeypatch.setattr(numpy_parallel, 'PARALLEL_GATHER_MIN_BYTES', 0)
     rng = np.random.default_rng(0)
     table = rng.normal(size=(40, 6)).astype(np.float32)                # [R, d]
     rows = rng.integers(0, 40, size=(3, 7)).astype(np.int32)           # [T, k]
@@ -148,16 +148,16 @@ def test_sum_of_parts_equals_the_whole(backend_name, split, monkeypatch):
         inner = lambda c: fastmath.take_rows_weighted_sum(table, rows[:, columns][:, c],
                                                           h[:, columns][:, c])
         width = columns.stop - columns.start
-        return fastmath.sum_of_parts(inner, width, 1)                  # nested: never waits
+        return sum(fastmath.in_parts(inner, width, 1))                 # nested: never waits
 
     with fastmath.use_backend(backend_name):
-        got = fastmath.sum_of_parts(part, 7, 1)      # 1 byte: large only when split
+        got = sum(fastmath.in_parts(part, 7, 1))     # 1 byte: large only when split
     np.testing.assert_allclose(got, np.einsum('tk,tkd->td', h, table[rows]), rtol=1e-5,
                                atol=1e-5)
-    expected_parts = min(7, numpy_backend._WORKERS) if backend_name == 'numpy' else 1
+    expected_parts = min(7, numpy_parallel._WORKERS) if backend_name == 'numpy' else 1
     assert len(seen) == (expected_parts if split else 1)
     assert {name for _, name in seen} == {backend_name}
-    assert len(numpy_backend.column_slices(7, 10 ** 9 if split else 0, 4)) == (4 if split else 1)
+    assert len(numpy_parallel.column_slices(7, 10 ** 9 if split else 0, 4)) == (4 if split else 1)
 
 
 @pytest.mark.parametrize('split', [False, True])
@@ -165,7 +165,7 @@ def test_parallel_matmul_equals_matmul(backend_name, split, monkeypatch):
     # split: the product counts as large, so NumPy sums per-thread products over ranges of the
     # contraction; the result is a @ b either way, with a's leading axes kept.
     if split:
-        monkeypatch.setattr(numpy_backend, 'PARALLEL_MATMUL_MIN_MACS', 0)
+        monkeypatch.setattr(numpy_parallel, 'PARALLEL_MATMUL_MIN_MACS', 0)
     rng = np.random.default_rng(0)
     a = rng.normal(size=(2, 1, 3, 7)).astype(np.float32)                 # [..., m, k]
     b = rng.normal(size=(7, 5)).astype(np.float32)                       # [k, n]
@@ -183,7 +183,7 @@ def test_parallel_matmuls_equal_matmuls(backend_name, split, monkeypatch):
     # split: the total counts as large, so NumPy shares whole products among its threads
     # (largest first, to the least loaded); the results come back in the given order.
     if split:
-        monkeypatch.setattr(numpy_backend, 'PARALLEL_MATMULS_MIN_MACS', 0)
+        monkeypatch.setattr(numpy_parallel, 'PARALLEL_MATMULS_MIN_MACS', 0)
     rng = np.random.default_rng(0)
     pairs = [(rng.normal(size=(1, 2, k)).astype(np.float32),
               rng.normal(size=(k, n)).astype(np.float32)) for k, n in ((9, 4), (3, 5), (7, 2))]
@@ -194,7 +194,7 @@ def test_parallel_matmuls_equal_matmuls(backend_name, split, monkeypatch):
         np.testing.assert_allclose(product, a @ b, rtol=1e-5, atol=1e-5)
 
 
-def test_sum_of_parts_works_in_a_forked_child():
+def test_in_parts_work_in_a_forked_child():
     # The worker pool is per process: a child forked after the parent used it builds its own
     # (a pool inherited through fork has no threads). In a fresh interpreter without JAX,
     # whose threads make fork unsafe.
@@ -203,15 +203,15 @@ def test_sum_of_parts_works_in_a_forked_child():
     code = """
 import multiprocessing, sys
 import numpy as np
-from trax_sparse.fastmath import numpy_backend
-numpy_backend.PARALLEL_GATHER_MIN_BYTES = 0
+from trax_sparse.fastmath import numpy_backend, numpy_parallel
+numpy_parallel.PARALLEL_GATHER_MIN_BYTES = 0
 table = np.arange(24, dtype=np.float32).reshape(6, 4)
 rows, x = np.array([[0, 5, 2, 3]], np.int32), np.ones((1, 4), np.float32)
 expected = table[rows[0]].sum(-1).sum()
 
 def dots(rows, x):
     part = lambda columns: numpy_backend.take_rows_dot(table, rows[:, columns], x).sum()
-    return numpy_backend.sum_of_parts(part, rows.shape[1], 10 ** 9)
+    return sum(numpy_backend.in_parts(part, rows.shape[1], 10 ** 9))
 
 assert np.allclose(dots(rows, x), expected)
 with multiprocessing.get_context('fork').Pool(1) as pool:

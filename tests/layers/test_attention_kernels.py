@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from trax_sparse import fastmath
+from trax_sparse.fastmath import numpy_parallel
 from trax_sparse.layers import attention_core as core
 
 BATCH, HEADS, SLOTS, D_HEAD, D_VALUE = 2, 3, 11, 4, 5
@@ -115,6 +116,20 @@ def test_cached_attention_step_concrete_and_traced_agree(n_queries, masked):
     with fastmath.use_backend('numpy'):
         got = core.cached_attention_step(q, k_cache, v_cache, 7, 4, key_mask)
     np.testing.assert_allclose(got, _reference(q, k_cache, v_cache, 7, key_mask), atol=1e-5)
+
+
+@pytest.mark.parametrize('masked', [False, True])
+@pytest.mark.parametrize('n_queries', [1, 3])
+def test_attend_filled_by_heads_on_threads_equals_reference(n_queries, masked, monkeypatch):
+    # A cache counted as large is read by heads on NumPy's worker threads: the same numbers.
+    monkeypatch.setattr(numpy_parallel, 'PARALLEL_GATHER_MIN_BYTES', 0)
+    k_cache, v_cache, key_mask = _cache_and_mask(masked)
+    q = _floats(BATCH, HEADS, n_queries, D_HEAD)
+    with fastmath.use_backend('numpy'):
+        for start in (0, 4, SLOTS - n_queries):
+            got = core.cached_attention_step(q, k_cache, v_cache, start, 4, key_mask)
+            np.testing.assert_allclose(got, _reference(q, k_cache, v_cache, start, key_mask),
+                                       atol=1e-5, err_msg=f'start={start}')
 
 
 @pytest.mark.parametrize('masked', [False, True])

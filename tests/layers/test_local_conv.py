@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from trax_sparse import fastmath, shapes
-from trax_sparse.fastmath import numpy_backend
+from trax_sparse.fastmath import numpy_parallel
 from trax_sparse import layers as tl
 from trax_sparse.layers import local_conv as tlm
 from tests.layers.cases import floats
@@ -173,7 +173,7 @@ def test_locally_conv_dense_branch_predict_equals_eval_token_by_token(backend_na
                                                                       monkeypatch):
     # shared: the steps' products count as large (NumPy shares them among its threads).
     if shared:
-        monkeypatch.setattr(numpy_backend, 'PARALLEL_MATMULS_MIN_MACS', 0)
+        monkeypatch.setattr(numpy_parallel, 'PARALLEL_MATMULS_MIN_MACS', 0)
     x = floats(2, 9, 8, seed=11)
     fused, _ = _branch_pair('eval', n_units=3)
     weights, state = _init(fused, x)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from trax_sparse import fastmath, shapes
-from trax_sparse.fastmath import numpy_backend
+from trax_sparse.fastmath import numpy_parallel
 from trax_sparse import layers as tl
 from tests.layers.cases import floats
 
@@ -26,7 +26,7 @@ def test_multiplicative_dense_equals_its_formula(backend_name, lead, monkeypatch
     # 8 tokens >= M = 3 build the d_in x d_out product; 1 token gates the input per module
     # ('split': as a product large enough for NumPy to split it among threads).
     if lead == 'split':
-        monkeypatch.setattr(numpy_backend, 'PARALLEL_MATMUL_MIN_MACS', 0)
+        monkeypatch.setattr(numpy_parallel, 'PARALLEL_MATMUL_MIN_MACS', 0)
         lead = (1, 1)
     s, d_in, d_out = 3, 5, 9
     x = floats(*lead, d_in, seed=1)

@@ -155,7 +155,7 @@ take_rows_dot = _dispatched('take_rows_dot')
 take_rows_weighted_sum = _dispatched('take_rows_weighted_sum')
 parallel_matmul = _dispatched('parallel_matmul')
 parallel_matmuls = _dispatched('parallel_matmuls')
-sum_of_parts = _dispatched('sum_of_parts')
+in_parts = _dispatched('in_parts')
 after_cotangent = _dispatched('after_cotangent')
 
 
@@ -199,10 +199,10 @@ def to_numpy(tree: Any) -> Any:
 __all__ = [
     'BACKENDS', 'BackendError', 'abstract_eval', 'after_cotangent', 'backend', 'backend_name',
     'cached_jit', 'cond', 'conv', 'custom_vjp', 'device_count', 'dynamic_slice',
-    'dynamic_update_slice', 'erf', 'fori_loop', 'grad', 'is_concrete', 'is_jax',
+    'dynamic_update_slice', 'erf', 'fori_loop', 'grad', 'in_parts', 'is_concrete', 'is_jax',
     'jax_available', 'jit', 'logsumexp', 'numpy', 'optimization_barrier', 'parallel_matmul',
     'parallel_matmuls', 'random', 'remat', 'scan', 'set_backend', 'sort_key_val',
-    'stop_gradient', 'sum_of_parts', 'take_permutation', 'take_rows_dot',
+    'stop_gradient', 'take_permutation', 'take_rows_dot',
     'take_rows_weighted_sum', 'to_backend', 'to_numpy', 'top_k', 'tree_leaves', 'tree_map',
     'tree_structure', 'tree_unflatten_like', 'update_cache', 'use_backend', 'value_and_grad',
     'vjp',

@@ -16,7 +16,7 @@ from jax.lax import (cond, dynamic_slice, dynamic_update_slice, fori_loop,  # no
 from jax.scipy.special import erf  # noqa: F401
 
 from trax_sparse import shapes
-from trax_sparse.fastmath import numpy_backend, tree
+from trax_sparse.fastmath import numpy_backend, numpy_parallel, tree
 from trax_sparse.fastmath.numpy_backend import same_padding  # noqa: F401
 
 name = 'jax'
@@ -76,24 +76,24 @@ GATHER_PARTS = 4
 def _row_parts(rows, table) -> list:
     """Column ranges of rows [T, k] gathered from table [R, d]: GATHER_PARTS if large."""
     n_bytes = rows.size * table.shape[-1] * table.dtype.itemsize
-    return numpy_backend.column_slices(rows.shape[-1], n_bytes, GATHER_PARTS)
+    return numpy_parallel.column_slices(rows.shape[-1], n_bytes, GATHER_PARTS)
 
 
 def take_rows_dot(table, rows, x):
-    """out[t, j] = table[rows[t, j]] · x[t] (see numpy_backend); large calls as 4 gathers."""
-    return np.concatenate([numpy_backend.rows_dot(np, table, rows[:, columns], x)
+    """out[t, j] = table[rows[t, j]] · x[t] (see numpy_parallel); large calls as 4 gathers."""
+    return np.concatenate([numpy_parallel.rows_dot(np, table, rows[:, columns], x)
                            for columns in _row_parts(rows, table)], axis=1)
 
 
 def take_rows_weighted_sum(table, rows, h):
-    """out[t] = Σ_j h[t, j] · table[rows[t, j]] (see numpy_backend); large calls in 4 parts."""
-    return sum(numpy_backend.rows_weighted_sum(np, table, rows[:, columns], h[:, columns])
+    """out[t] = Σ_j h[t, j] · table[rows[t, j]] (see numpy_parallel); large calls in 4 parts."""
+    return sum(numpy_parallel.rows_weighted_sum(np, table, rows[:, columns], h[:, columns])
                for columns in _row_parts(rows, table))
 
 
-def sum_of_parts(fn, n_columns: int, n_bytes: int):
-    """fn(all columns) (see numpy_backend): XLA runs the gathers inside concurrently."""
-    return fn(slice(0, n_columns))
+def in_parts(fn, n_columns: int, n_bytes: int) -> list:
+    """[fn(all columns)] (see numpy_parallel): XLA runs the work inside on its own threads."""
+    return [fn(slice(0, n_columns))]
 
 
 def parallel_matmul(a, b):

@@ -4,17 +4,17 @@ It is the reference for the JAX backend: same signatures, same numbers
 (up to float rounding) and a keyed RNG that honours its keys. Gradients are
 not available here and raise a clear error.
 """
-import concurrent.futures
-import contextvars
 import math
-import os
-import threading
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from trax_sparse import shapes
 from trax_sparse.fastmath import tree
+# Large work shared among worker threads: row gathers, cache reads by heads, big products.
+from trax_sparse.fastmath.numpy_parallel import (in_parts, parallel_matmul,  # noqa: F401
+                                                 parallel_matmuls, take_rows_dot,
+                                                 take_rows_weighted_sum)
 
 name = 'numpy'
 
@@ -130,137 +130,6 @@ def take_permutation(x, perm, inverse, axis: int):
     """
     del inverse  # Only the gradient (JAX) needs it.
     return np.take_along_axis(x, permutation_index(perm, x.ndim), axis)
-
-
-# Sums of parts that gather more than this many bytes (`sum_of_parts`) are split among
-# threads (NumPy's take and BLAS release the GIL): one core's reads of scattered rows do
-# not reach the memory bandwidth. At the 17B dimensions (2 x 9.4 MB of SparseFF rows per
-# token) the gathered FF in 2 parts took 0.65-0.87 of its time in one.
-PARALLEL_GATHER_MIN_BYTES = 8 << 20
-_WORKERS = max(1, min(4, os.cpu_count() or 1))
-_POOL_THREAD_PREFIX = 'fastmath'
-_pool_of_process: tuple[int, concurrent.futures.ThreadPoolExecutor] | None = None   # (pid, pool)
-
-
-def column_slices(n_columns: int, n_bytes: int, max_parts: int) -> list[slice]:
-    """Up to `max_parts` contiguous column ranges of [0, n_columns) when `n_bytes` is large."""
-    parts = min(max_parts, n_columns) if n_bytes >= PARALLEL_GATHER_MIN_BYTES else 1
-    edges = [n_columns * i // parts for i in range(parts + 1)]
-    return [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
-
-
-def rows_dot(xp: Any, table, rows, x):
-    """take_rows_dot in array module `xp`: table [R, d], rows [T, k], x [T, d] -> [T, k]."""
-    chosen = xp.take(table, rows, axis=0, mode='clip')                  # [T, k, d]
-    return xp.matmul(chosen, x[:, :, None])[..., 0]
-
-
-def rows_weighted_sum(xp: Any, table, rows, h):
-    """take_rows_weighted_sum in array module `xp`: rows, h [T, k] -> [T, d]."""
-    chosen = xp.take(table, rows, axis=0, mode='clip')                  # [T, k, d]
-    return xp.matmul(h[:, None, :], chosen)[:, 0, :]
-
-
-def _worker_pool() -> concurrent.futures.ThreadPoolExecutor:
-    """The process's worker threads (made on first use, again in a forked child)."""
-    global _pool_of_process
-    if _pool_of_process is None or _pool_of_process[0] != os.getpid():   # none yet, or forked
-        _pool_of_process = (os.getpid(), concurrent.futures.ThreadPoolExecutor(
-            _WORKERS, thread_name_prefix=_POOL_THREAD_PREFIX))
-    return _pool_of_process[1]
-
-
-def _in_parallel(fn: Callable, parts: Sequence[Any]) -> list:
-    """[fn(part) for part in parts]: the first on this thread, the others on worker threads.
-
-    Each worker runs in a copy of the caller's context, so fastmath.use_backend('numpy')
-    holds there too. On a worker thread all run there: a worker never waits for the pool
-    (no deadlock).
-    """
-    if len(parts) == 1 or threading.current_thread().name.startswith(_POOL_THREAD_PREFIX):
-        return [fn(part) for part in parts]
-    futures = [_worker_pool().submit(contextvars.copy_context().run, fn, part)
-               for part in parts[1:]]
-    return [fn(parts[0])] + [future.result() for future in futures]
-
-
-def sum_of_parts(fn: Callable[[slice], Any], n_columns: int, n_bytes: int):
-    """Σ fn(columns) over contiguous ranges of [0, n_columns), one per thread if large.
-
-    `n_bytes` is what fn(slice(0, n_columns)) gathers: from PARALLEL_GATHER_MIN_BYTES on,
-    each worker thread computes one range. Example: sparse FF's gathered rows by blocks.
-    """
-    parts = _in_parallel(fn, column_slices(n_columns, n_bytes, _WORKERS))
-    return sum(parts[1:], parts[0])
-
-
-# Products of at least this many multiply-adds are split along the contraction among the
-# worker threads: one core's BLAS is the limit of a compute-bound product. Sparse QKV's
-# MultiplicativeDense at d 9216 (64 x 9216 @ 9216 x 144 per token, 85M multiply-adds) took
-# 1.6-1.9 ms on 2 threads against 2.2-2.7 ms on one; its 12M-MAC convolutions took longer
-# split (0.93 against 0.69 ms for the three: handing work to a thread costs ~0.1 ms).
-PARALLEL_MATMUL_MIN_MACS = 32_000_000
-
-
-def parallel_matmul(a, b):
-    """a [..., m, k] @ b [k, n] -> [..., m, n]; large products split along k among threads.
-
-    For compute-bound products (several rows of a): each thread multiplies a range of
-    a's columns by the same range of b's rows, and the partial products are summed.
-    """
-    n_inner = b.shape[0]
-    parts = _WORKERS if a.size * b.shape[-1] >= PARALLEL_MATMUL_MIN_MACS else 1
-    if b.ndim != 2 or parts == 1 or n_inner < parts:
-        return np.matmul(a, b)
-    rows = a.reshape(-1, n_inner)                                        # [m', k]
-    edges = [n_inner * i // parts for i in range(parts + 1)]
-    products = _in_parallel(lambda inner: np.matmul(rows[:, inner], b[inner]),
-                            [slice(lo, hi) for lo, hi in zip(edges[:-1], edges[1:])])
-    return sum(products[1:], products[0]).reshape(a.shape[:-1] + (b.shape[1],))
-
-
-def take_rows_dot(table, rows, x):
-    """out[t, j] = table[rows[t, j]] · x[t]: table [R, d], rows [T, k] int, x [T, d] -> [T, k].
-
-    Reads only the chosen rows (clipped into range). Sparse FF's predict path, step 1.
-    """
-    return rows_dot(np, table, rows, x)
-
-
-def take_rows_weighted_sum(table, rows, h):
-    """out[t] = Σ_j h[t, j] · table[rows[t, j]]: table [R, d], rows, h [T, k] -> [T, d].
-
-    Reads only the chosen rows (clipped into range). Sparse FF's predict path, step 2.
-    """
-    return rows_weighted_sum(np, table, rows, h)
-
-
-# A list of products with at least this many multiply-adds in all is shared among the
-# worker threads, whole products per thread. Sparse QKV's three convolutions at d 9216
-# (2 x 12M + 4M multiply-adds per token) took 0.56 ms this way against 0.69 ms on one.
-PARALLEL_MATMULS_MIN_MACS = 16_000_000
-
-
-def parallel_matmuls(pairs: Sequence[tuple]) -> list:
-    """[a @ b for a, b in pairs]; a large total is shared among threads, whole products each.
-
-    The products go to the threads largest first, each to the least loaded one.
-    """
-    macs = [a.size * b.shape[-1] for a, b in pairs]
-    n_groups = min(_WORKERS, len(pairs)) if sum(macs) >= PARALLEL_MATMULS_MIN_MACS else 1
-    if n_groups == 1:
-        return [np.matmul(a, b) for a, b in pairs]
-    groups, loads = [[] for _ in range(n_groups)], [0] * n_groups
-    for i in sorted(range(len(pairs)), key=lambda i: -macs[i]):
-        lightest = loads.index(min(loads))
-        groups[lightest].append(i)
-        loads[lightest] += macs[i]
-    products = [None] * len(pairs)
-    for group, results in zip(groups, _in_parallel(
-            lambda group: [np.matmul(*pairs[i]) for i in group], groups)):
-        for i, product in zip(group, results):
-            products[i] = product
-    return products
 
 
 def after_cotangent(tree, ct):

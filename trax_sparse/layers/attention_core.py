@@ -215,8 +215,18 @@ def attend_filled(q: Any, keys: Any, values: Any, start: int, key_mask: Any = No
     The decoding fast path of `cached_causal_attention` (same result): one
     batched matmul per side over the heads' contiguous cache rows, and for a
     single query (Lq = 1, no key mask) no mask at all, since every filled key is
-    visible. values [B, H, start+Lq, d_vh] -> [B, H, Lq, d_vh].
+    visible. A cache of more than 8 MB is read by heads on NumPy's worker threads
+    (`fastmath.in_parts`). values [B, H, start+Lq, d_vh] -> [B, H, Lq, d_vh].
     """
+    n_bytes = (keys.size + values.size) * keys.dtype.itemsize      # a long cache: by heads
+    parts = fastmath.in_parts(
+        lambda heads: _attend_filled_heads(q[:, heads], keys[:, heads], values[:, heads],
+                                           start, key_mask), q.shape[1], n_bytes)
+    return parts[0] if len(parts) == 1 else xnp.concatenate(parts, axis=1)
+
+
+def _attend_filled_heads(q: Any, keys: Any, values: Any, start: int, key_mask: Any) -> Any:
+    """`attend_filled` for some of the heads."""
     n_queries, n_keys = q.shape[2], keys.shape[2]
     scores = xnp.matmul(q * (1.0 / math.sqrt(q.shape[-1])),
                         xnp.swapaxes(keys, -1, -2))                      # [B, H, Lq, Lk]

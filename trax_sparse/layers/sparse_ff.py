@@ -149,7 +149,7 @@ def gathered_ff(x: Any, choices: Any, main: tuple, act: ArrayFn) -> Any:
     x [..., d], choices [..., d_ff/N] -> [..., d]; per token it reads
     2·d·d_ff/N main weights (one contiguous row of d floats per block and matrix).
     The blocks are independent, so large reads go in parts of the blocks, each read
-    and finished in one go (`fastmath.sum_of_parts`: threads on NumPy).
+    and finished in one go (`fastmath.in_parts`: threads on NumPy).
     """
     w1t, b1, w2, b2 = split_main(main)
     n_blocks, block_size, d = w1t.shape
@@ -165,8 +165,8 @@ def gathered_ff(x: Any, choices: Any, main: tuple, act: ArrayFn) -> Any:
             mid = mid + xnp.take(b1.reshape(-1), chosen, mode='clip')
         return fastmath.take_rows_weighted_sum(w2_rows, chosen, act(mid))  # [T, d]
 
-    n_bytes = 2 * rows.size * d * w1t.dtype.itemsize
-    y = fastmath.sum_of_parts(blocks_output, n_blocks, n_bytes)            # [T, d]
+    parts = fastmath.in_parts(blocks_output, n_blocks, 2 * rows.size * d * w1t.dtype.itemsize)
+    y = sum(parts[1:], parts[0])                                          # [T, d]
     return (y + b2).reshape(x.shape)
 
 
