@@ -112,15 +112,21 @@ def test_abstract_eval_both_backends():
         assert out == (ShapeDtype((2, 4), np.float32), ShapeDtype((), np.float32))
 
 
-@pytest.mark.parametrize('split', [False, True], ids=['one_part', 'column_parts'])
-def test_take_rows_dot_and_weighted_sum_equal_their_formulas(backend_name, split, monkeypatch):
-    # split: the gathered rows count as large (JAX: 4 separate gathers); the same result.
+def _gather_case(split: bool, monkeypatch) -> tuple:
+    """table [R, d], rows [T, k], x [T, d], h [T, k]; with split, any gather counts as large."""
     if split:
         monkeypatch.setattr(numpy_parallel, 'PARALLEL_GATHER_MIN_BYTES', 0)
     rng = np.random.default_rng(0)
-    table = rng.normal(size=(40, 6)).astype(np.float32)                # [R, d]
-    rows = rng.integers(0, 40, size=(3, 7)).astype(np.int32)           # [T, k]
+    table = rng.normal(size=(40, 6)).astype(np.float32)
+    rows = rng.integers(0, 40, size=(3, 7)).astype(np.int32)
     x, h = rng.normal(size=(3, 6)).astype(np.float32), rng.normal(size=(3, 7)).astype(np.float32)
+    return table, rows, x, h
+
+
+@pytest.mark.parametrize('split', [False, True], ids=['one_part', 'column_parts'])
+def test_take_rows_dot_and_weighted_sum_equal_their_formulas(backend_name, split, monkeypatch):
+    # split: the gathered rows count as large (JAX: 4 separate gathers); the same result.
+    table, rows, x, h = _gather_case(split, monkeypatch)
     dots = np.einsum('tkd,td->tk', table[rows], x)
     sums = np.einsum('tk,tkd->td', h, table[rows])
     with fastmath.use_backend(backend_name):
@@ -135,12 +141,7 @@ def test_in_parts_sum_to_the_whole(backend_name, split, monkeypatch):
     # split: the parts count as large, so NumPy runs column ranges on its threads (on the
     # caller's backend; nested calls never wait for the pool); JAX calls fn once (XLA runs
     # the gathers inside concurrently). The sum is the same.
-    if split:
-        monkeypatch.setattr(numpy_parallel, 'PARALLEL_GATHER_MIN_BYTES', 0)
-    rng = np.random.default_rng(0)
-    table = rng.normal(size=(40, 6)).astype(np.float32)                # [R, d]
-    rows = rng.integers(0, 40, size=(3, 7)).astype(np.int32)           # [T, k]
-    h = rng.normal(size=(3, 7)).astype(np.float32)
+    table, rows, _, h = _gather_case(split, monkeypatch)
     seen = []
 
     def part(columns):
