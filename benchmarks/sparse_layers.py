@@ -1,13 +1,14 @@
 """Per-token decode time of one FF block and one attention block, dense vs sparse.
 
 Batch 1, float32, predict mode, one token per step, a different random token each step
-(SparseFF then reads new rows each step); median of repeated steps after warm-up. A block whose weights are small is timed as a stack of up to 8 residual copies
-(each with its own weights and cache; --stack_mb of weights in all) and the time divided
-by the copies: a single 800M block's 3.6-34 MB stay partly in the 32 MB L3 between
-repeated steps, so alone it could beat the memory bound. JAX steps are jitted with the state donated
-(the K/V cache is updated in place), --jax_steps_per_call of them (default 8) in one
-call, as a layer runs inside a jitted model step: the dispatch of a call is paid once
-per token for all layers. Sizes (docs/architecture.md, paper Table 1):
+(SparseFF then reads new rows each step); median of repeated steps after warm-up. A block
+whose weights are small is timed as a stack of up to 8 residual copies (each with its own
+weights and cache; --stack_mb of weights in all) and the time divided by the copies: a
+single 800M block's 3.6-34 MB stay partly in the 32 MB L3 between repeated steps, so alone
+it could beat the memory bound. JAX steps are jitted with the state donated (the K/V cache
+is updated in place), --jax_steps_per_call of them (default 8) in one call, as a layer runs
+inside a jitted model step: the dispatch of a call is paid once per token for all layers.
+Sizes (docs/architecture.md, paper Table 1):
   800M: d 1024; dense FF d_ff 4096; SparseFF d_ff 6144, N 64 (rank 96); 16 heads, S 16
   17B:  d 9216; dense FF d_ff 65536; SparseFF d_ff 65536, N 256, rank 32; 96 heads, S 64
 Attention is timed at cache position --position (after a prefix of that many tokens).

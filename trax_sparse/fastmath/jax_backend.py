@@ -80,14 +80,14 @@ def _row_parts(rows, table) -> list:
 
 
 def take_rows_dot(table, rows, x):
-    """out[t, j] = table[rows[t, j]] · x[t] (see numpy_parallel); large calls as 4 gathers."""
-    return np.concatenate([numpy_parallel.rows_dot(np, table, rows[:, columns], x)
+    """out[t, j] = table[rows[t, j]] · x[t] (see numpy_backend); large calls as 4 gathers."""
+    return np.concatenate([numpy_backend.rows_dot(np, table, rows[:, columns], x)
                            for columns in _row_parts(rows, table)], axis=1)
 
 
 def take_rows_weighted_sum(table, rows, h):
-    """out[t] = Σ_j h[t, j] · table[rows[t, j]] (see numpy_parallel); large calls in 4 parts."""
-    return sum(numpy_parallel.rows_weighted_sum(np, table, rows[:, columns], h[:, columns])
+    """out[t] = Σ_j h[t, j] · table[rows[t, j]] (see numpy_backend); large calls in 4 parts."""
+    return sum(numpy_backend.rows_weighted_sum(np, table, rows[:, columns], h[:, columns])
                for columns in _row_parts(rows, table))
 
 

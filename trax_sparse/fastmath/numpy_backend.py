@@ -13,8 +13,7 @@ from trax_sparse import shapes
 from trax_sparse.fastmath import tree
 # Large work shared among worker threads: row gathers, cache reads by heads, big products.
 from trax_sparse.fastmath.numpy_parallel import (in_parts, parallel_matmul,  # noqa: F401
-                                                 parallel_matmuls, take_rows_dot,
-                                                 take_rows_weighted_sum)
+                                                 parallel_matmuls)
 
 name = 'numpy'
 
@@ -130,6 +129,34 @@ def take_permutation(x, perm, inverse, axis: int):
     """
     del inverse  # Only the gradient (JAX) needs it.
     return np.take_along_axis(x, permutation_index(perm, x.ndim), axis)
+
+
+def rows_dot(xp: Any, table, rows, x):
+    """take_rows_dot in array module `xp` (shared with the JAX backend)."""
+    chosen = xp.take(table, rows, axis=0, mode='clip')                  # [T, k, d]
+    return xp.matmul(chosen, x[:, :, None])[..., 0]
+
+
+def rows_weighted_sum(xp: Any, table, rows, h):
+    """take_rows_weighted_sum in array module `xp` (shared with the JAX backend)."""
+    chosen = xp.take(table, rows, axis=0, mode='clip')                  # [T, k, d]
+    return xp.matmul(h[:, None, :], chosen)[:, 0, :]
+
+
+def take_rows_dot(table, rows, x):
+    """out[t, j] = table[rows[t, j]] · x[t]: table [R, d], rows [T, k] int, x [T, d] -> [T, k].
+
+    Reads only the chosen rows (clipped into range). Sparse FF's predict path, step 1.
+    """
+    return rows_dot(np, table, rows, x)
+
+
+def take_rows_weighted_sum(table, rows, h):
+    """out[t] = Σ_j h[t, j] · table[rows[t, j]]: table [R, d], rows, h [T, k] -> [T, d].
+
+    Reads only the chosen rows (clipped into range). Sparse FF's predict path, step 2.
+    """
+    return rows_weighted_sum(np, table, rows, h)
 
 
 def after_cotangent(tree, ct):

@@ -32,23 +32,16 @@ _POOL_THREAD_PREFIX = 'fastmath'
 _pool_of_process: tuple[int, concurrent.futures.ThreadPoolExecutor] | None = None   # (pid, pool)
 
 
-def column_slices(n_columns: int, n_bytes: int, max_parts: int) -> list[slice]:
-    """Up to `max_parts` contiguous column ranges of [0, n_columns) when `n_bytes` is large."""
-    parts = min(max_parts, n_columns) if n_bytes >= PARALLEL_GATHER_MIN_BYTES else 1
-    edges = [n_columns * i // parts for i in range(parts + 1)]
+def _even_slices(n: int, parts: int) -> list[slice]:
+    """`parts` contiguous ranges of [0, n), as even as integers allow."""
+    edges = [n * i // parts for i in range(parts + 1)]
     return [slice(a, b) for a, b in zip(edges[:-1], edges[1:])]
 
 
-def rows_dot(xp: Any, table, rows, x):
-    """take_rows_dot in array module `xp`: table [R, d], rows [T, k], x [T, d] -> [T, k]."""
-    chosen = xp.take(table, rows, axis=0, mode='clip')                  # [T, k, d]
-    return xp.matmul(chosen, x[:, :, None])[..., 0]
-
-
-def rows_weighted_sum(xp: Any, table, rows, h):
-    """take_rows_weighted_sum in array module `xp`: rows, h [T, k] -> [T, d]."""
-    chosen = xp.take(table, rows, axis=0, mode='clip')                  # [T, k, d]
-    return xp.matmul(h[:, None, :], chosen)[:, 0, :]
+def column_slices(n_columns: int, n_bytes: int, max_parts: int) -> list[slice]:
+    """Up to `max_parts` contiguous column ranges of [0, n_columns) when `n_bytes` is large."""
+    parts = min(max_parts, n_columns) if n_bytes >= PARALLEL_GATHER_MIN_BYTES else 1
+    return _even_slices(n_columns, parts)
 
 
 def _worker_pool() -> concurrent.futures.ThreadPoolExecutor:
@@ -103,26 +96,9 @@ def parallel_matmul(a, b):
     if b.ndim != 2 or parts == 1 or n_inner < parts:
         return np.matmul(a, b)
     rows = a.reshape(-1, n_inner)                                        # [m', k]
-    edges = [n_inner * i // parts for i in range(parts + 1)]
     products = _in_parallel(lambda inner: np.matmul(rows[:, inner], b[inner]),
-                            [slice(lo, hi) for lo, hi in zip(edges[:-1], edges[1:])])
+                            _even_slices(n_inner, parts))
     return sum(products[1:], products[0]).reshape(a.shape[:-1] + (b.shape[1],))
-
-
-def take_rows_dot(table, rows, x):
-    """out[t, j] = table[rows[t, j]] · x[t]: table [R, d], rows [T, k] int, x [T, d] -> [T, k].
-
-    Reads only the chosen rows (clipped into range). Sparse FF's predict path, step 1.
-    """
-    return rows_dot(np, table, rows, x)
-
-
-def take_rows_weighted_sum(table, rows, h):
-    """out[t] = Σ_j h[t, j] · table[rows[t, j]]: table [R, d], rows, h [T, k] -> [T, d].
-
-    Reads only the chosen rows (clipped into range). Sparse FF's predict path, step 2.
-    """
-    return rows_weighted_sum(np, table, rows, h)
 
 
 # A list of products with at least this many multiply-adds in all is shared among the
