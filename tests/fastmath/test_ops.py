@@ -112,6 +112,17 @@ def test_abstract_eval_both_backends():
         assert out == (ShapeDtype((2, 4), np.float32), ShapeDtype((), np.float32))
 
 
+def test_to_numpy_copies_jax_arrays_into_writable_numpy_memory():
+    with fastmath.use_backend('jax'):
+        tree = {'w': fastmath.numpy.arange(6.0).reshape(2, 3), 'n': (np.int32(4),)}
+        host = fastmath.to_numpy(tree)
+    w = host['w']
+    assert type(w) is np.ndarray and w.flags['OWNDATA'] and w.flags['WRITEABLE']
+    np.testing.assert_array_equal(w, np.arange(6.0).reshape(2, 3))
+    w[0, 0] = 7.0                                   # the JAX array is left as it was
+    assert float(tree['w'][0, 0]) == 0.0 and host['n'][0] == 4
+
+
 def _gather_case(split: bool, monkeypatch) -> tuple:
     """table [R, d], rows [T, k], x [T, d], h [T, k]; with split, any gather counts as large."""
     if split:
