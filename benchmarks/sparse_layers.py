@@ -2,10 +2,11 @@
 
 Batch 1, float32, predict mode, one token per step, a different random token each step
 (SparseFF then reads new rows each step); median of repeated steps after warm-up. A block
-whose weights are small is timed as a stack of up to 8 residual copies (each with its own
-weights and cache; --stack_mb of weights in all) and the time divided by the copies: a
-single 800M block's 3.6-34 MB stay partly in the 32 MB L3 between repeated steps, so alone
-it could beat the memory bound. JAX steps are jitted with the state donated (the K/V cache
+that reads little per step is timed as a stack of residual copies (each with its own
+weights and cache) that together read at least --stack_read_mb (default 64 MB, twice the
+32 MB L3) per step, at most 24 copies (a 24-layer model), and the time divided by the
+copies: a single 800M block's 3.6-34 MB would stay partly in the L3 between repeated
+steps (and 5 sparse FF copies' 18 MB did), so it could beat the memory bound. JAX steps are jitted with the state donated (the K/V cache
 is updated in place), --jax_steps_per_call of them (default 8) in one call, as a layer runs
 inside a jitted model step: the dispatch of a call is paid once per token for all layers.
 Sizes (docs/architecture.md, paper Table 1):
@@ -57,6 +58,8 @@ F32 = 4
 # Distinct input tokens the timed steps cycle through (NumPy: one per step; JAX: blocks of
 # --jax_steps_per_call of them, one block per call).
 N_TOKENS = 64
+# At most this many copies of a block in one timed stack (a 24-layer model).
+MAX_COPIES = 24
 
 
 def dense_ff(cfg: dict) -> tl.Layer:
@@ -157,22 +160,22 @@ def jax_steps(layer: tl.Layer, steps: int) -> Callable:
 
 def measure(make: Callable[[], tl.Layer], cfg: dict, backends: list[str], prefix: int,
             warmup: int, repeats: int, seed: int, jax_steps_per_call: int = 1,
-            stack_bytes: int = 0) -> dict:
+            stack_read_bytes: int = 0, kv_bytes: int = 0) -> dict:
     """Per-token seconds of one block on each backend, plus its bytes read and MACs per token.
 
-    A block with fewer weights than `stack_bytes` is timed as a stack of residual copies
-    (at most 8, each with its own weights and cache; the time divided by their number)
-    with up to `stack_bytes` of weights in all, so a block's weights are not still in
-    the CPU caches from its previous step, as in a model of many layers.
+    A block that reads fewer than `stack_read_bytes` per step (weights and `kv_bytes` of
+    K/V cache) is timed as a stack of residual copies that together read at least that
+    much (at most MAX_COPIES, each with its own weights and cache; the time divided by
+    their number), so what a block reads is not still in the CPU caches from its
+    previous step, as in a model of many layers.
     """
     one = make()
     token_sig = shapes.ShapeDtype((1, 1, cfg['d']))
     weight_sigs, state_sigs = abstract_weights_and_state(one, token_sig)
     weights = random_weights(weight_sigs, seed)
-    result = {'bytes': weight_bytes_read(one, weights, cfg),
+    result = {'bytes': weight_bytes_read(one, weights, cfg) + kv_bytes,
               'macs': macs_per_token(one, weights, keys=prefix + 1, kv_width=cfg['d'])}
-    one_bytes = sum(np.size(w) for w in fastmath.tree_leaves(weights)) * F32
-    copies = max(1, min(8, stack_bytes // one_bytes))
+    copies = max(1, min(MAX_COPIES, -(-stack_read_bytes // result['bytes'])))
     layer = one
     if copies > 1:                  # small weights: a stack of copies, each its own weights
         del weights
@@ -228,9 +231,10 @@ def main() -> None:
     parser.add_argument('--repeats', type=int, default=15)
     parser.add_argument('--jax_steps_per_call', type=int, default=8,
                         help='JAX: decoding steps per jitted call (time / steps = per step)')
-    parser.add_argument('--stack_mb', type=int, default=256,
-                        help='time a stack of copies of a block with up to this many MB of '
-                        'weights (at most 8 copies), so its weights are not in the CPU caches')
+    parser.add_argument('--stack_read_mb', type=int, default=64,
+                        help='time a stack of copies of a block that together read at least '
+                        f'this many MB per step (at most {MAX_COPIES} copies), so what a block '
+                        'reads is not still in the CPU caches from its last step')
     args = parser.parse_args()
     warnings.filterwarnings('ignore', message='Some donated buffers were not usable')
     backends = args.backends.split(',')
@@ -250,8 +254,7 @@ def main() -> None:
             for kind, make in zip(('dense', 'sparse'), makers):
                 result = measure(make, cfg, backends, prefix, args.warmup, args.repeats,
                                  seed=len(rows), jax_steps_per_call=args.jax_steps_per_call,
-                                 stack_bytes=args.stack_mb << 20)
-                result['bytes'] += kv_bytes
+                                 stack_read_bytes=args.stack_read_mb << 20, kv_bytes=kv_bytes)
                 rows.append((size, block, kind, result))
     rates = measure_rates(rates)
     print_blocks(rows, backends, rates)
