@@ -172,12 +172,17 @@ def test_in_parts_sum_to_the_whole(backend_name, split, monkeypatch):
     assert len(numpy_parallel.column_slices(7, 10 ** 9 if split else 0, 4)) == (4 if split else 1)
 
 
-@pytest.mark.parametrize('split', [False, True])
+@pytest.mark.parametrize('split', [None, 'PARALLEL_MATMUL_MIN_MACS', 'PARALLEL_MATVEC_MIN_BYTES'])
 def test_parallel_matmul_equals_matmul(backend_name, split, monkeypatch):
-    # split: the product counts as large, so NumPy sums per-thread products over ranges of the
-    # contraction; the result is a @ b either way, with a's leading axes kept.
+    # split: the product counts as large by its multiply-adds or by b's bytes, so NumPy sums
+    # per-thread products over ranges of the contraction; the result is a @ b either way,
+    # with a's leading axes kept.
     if split:
-        monkeypatch.setattr(numpy_parallel, 'PARALLEL_MATMUL_MIN_MACS', 0)
+        monkeypatch.setattr(numpy_parallel, split, 0)
+    n_parts = []
+    in_parallel = numpy_parallel._in_parallel
+    monkeypatch.setattr(numpy_parallel, '_in_parallel',
+                        lambda fn, parts: n_parts.append(len(parts)) or in_parallel(fn, parts))
     rng = np.random.default_rng(0)
     a = rng.normal(size=(2, 1, 3, 7)).astype(np.float32)                 # [..., m, k]
     b = rng.normal(size=(7, 5)).astype(np.float32)                       # [k, n]
@@ -188,6 +193,9 @@ def test_parallel_matmul_equals_matmul(backend_name, split, monkeypatch):
         # A strided view (as sliced caches and gated inputs are) works as well.
         np.testing.assert_allclose(fastmath.parallel_matmul(a[..., ::2, :], b),
                                    a[..., ::2, :] @ b, rtol=1e-5, atol=1e-5)
+    threaded = split and backend_name == 'numpy' and numpy_parallel._WORKERS > 1
+    expected = [numpy_parallel._WORKERS] * 2 if threaded else []
+    assert n_parts == expected
 
 
 @pytest.mark.parametrize('split', [False, True])

@@ -83,16 +83,25 @@ def in_parts(fn: Callable[[slice], Any], n_columns: int, n_bytes: int) -> list:
 # 1.6-1.9 ms on 2 threads against 2.2-2.7 ms on one; its 12M-MAC convolutions took longer
 # split (0.93 against 0.69 ms for the three: handing work to a thread costs ~0.1 ms).
 PARALLEL_MATMUL_MIN_MACS = 32_000_000
+# A product whose matrix b has at least this many bytes is split the same way even when it
+# is memory bound (a decoding step's matrix-vector product): each thread streams its own
+# contiguous range of b's rows. One core reads ~24 GB/s, two ~33-37: a dense 800M FF matrix
+# (16.8 MB) took 0.51-0.56 ms on 2 threads against 0.70-0.81 ms on one, the 131 MB output
+# layer 3.6 against 5.3 ms; at 4.2 MB (d 1024 attention) 2 threads were slower.
+PARALLEL_MATVEC_MIN_BYTES = 8 << 20
 
 
 def parallel_matmul(a, b):
     """a [..., m, k] @ b [k, n] -> [..., m, n]; large products split along k among threads.
 
-    For compute-bound products (several rows of a): each thread multiplies a range of
-    a's columns by the same range of b's rows, and the partial products are summed.
+    Large: PARALLEL_MATMUL_MIN_MACS multiply-adds (compute bound) or a matrix b of
+    PARALLEL_MATVEC_MIN_BYTES (memory bound). Each thread multiplies a range of a's
+    columns by the same range of b's rows, and the partial products are summed.
     """
     n_inner = b.shape[0]
-    parts = _WORKERS if a.size * b.shape[-1] >= PARALLEL_MATMUL_MIN_MACS else 1
+    large = (a.size * b.shape[-1] >= PARALLEL_MATMUL_MIN_MACS
+             or b.size * b.dtype.itemsize >= PARALLEL_MATVEC_MIN_BYTES)
+    parts = _WORKERS if large else 1
     if b.ndim != 2 or parts == 1 or n_inner < parts:
         return np.matmul(a, b)
     rows = a.reshape(-1, n_inner)                                        # [m', k]

@@ -55,7 +55,7 @@ class Dense(Layer):
     def forward(self, x: Any) -> Any:
         w = self.weights[0]
         check_last_axis(self, x, w.shape[0])
-        y = xnp.matmul(x, w)                       # [..., n_units]
+        y = fastmath.parallel_matmul(x, w)         # [..., n_units]; NumPy: large w on 2 threads
         return y + self.weights[1] if self._use_bias else y
 
 
