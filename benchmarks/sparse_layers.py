@@ -4,11 +4,12 @@ Batch 1, float32, predict mode, one token per step, a different random token eac
 (SparseFF then reads new rows each step); median of repeated steps after warm-up. A block
 that reads little per step is timed as a stack of residual copies (each with its own
 weights and cache) that together read at least --stack_read_mb (default 64 MB, twice the
-32 MB L3) per step, at most 24 copies (a 24-layer model), and the time divided by the
-copies: a single 800M block's 3.6-34 MB would stay partly in the L3 between repeated
-steps (and 5 sparse FF copies' 18 MB did), so it could beat the memory bound. JAX steps are jitted with the state donated (the K/V cache
-is updated in place), --jax_steps_per_call of them (default 8) in one call, as a layer runs
-inside a jitted model step: the dispatch of a call is paid once per token for all layers.
+32 MB L3) per step, at most 24 copies (a 24-layer model) and 4 GB of weights, and the time
+divided by the copies: a single 800M block's 3.6-34 MB would stay partly in the L3
+between repeated steps (and 5 sparse FF copies' 18 MB did), so it could beat the memory
+bound. JAX steps are jitted with the state donated (the K/V cache is updated in place),
+--jax_steps_per_call of them (default 8) in one call, as a layer runs inside a jitted
+model step: the dispatch of a call is paid once per token for all layers.
 Sizes (docs/architecture.md, paper Table 1):
   800M: d 1024; dense FF d_ff 4096; SparseFF d_ff 6144, N 64 (rank 96); 16 heads, S 16
   17B:  d 9216; dense FF d_ff 65536; SparseFF d_ff 65536, N 256, rank 32; 96 heads, S 64
@@ -58,8 +59,11 @@ F32 = 4
 # Distinct input tokens the timed steps cycle through (NumPy: one per step; JAX: blocks of
 # --jax_steps_per_call of them, one block per call).
 N_TOKENS = 64
-# At most this many copies of a block in one timed stack (a 24-layer model).
+# At most this many copies of a block in one timed stack (a 24-layer model), and at most
+# this many bytes of weights in all (JAX holds a second copy; 3 copies of the 17B SparseFF,
+# 4.8 GB each, ran out of the 24 GB).
 MAX_COPIES = 24
+MAX_STACK_WEIGHT_BYTES = 4 << 30
 
 
 def dense_ff(cfg: dict) -> tl.Layer:
@@ -175,7 +179,9 @@ def measure(make: Callable[[], tl.Layer], cfg: dict, backends: list[str], prefix
     weights = random_weights(weight_sigs, seed)
     result = {'bytes': weight_bytes_read(one, weights, cfg) + kv_bytes,
               'macs': macs_per_token(one, weights, keys=prefix + 1, kv_width=cfg['d'])}
-    copies = max(1, min(MAX_COPIES, -(-stack_read_bytes // result['bytes'])))
+    weight_bytes = sum(np.size(w) for w in fastmath.tree_leaves(weights)) * F32
+    copies = max(1, min(MAX_COPIES, -(-stack_read_bytes // result['bytes']),
+                        MAX_STACK_WEIGHT_BYTES // weight_bytes))
     layer = one
     if copies > 1:                  # small weights: a stack of copies, each its own weights
         del weights
