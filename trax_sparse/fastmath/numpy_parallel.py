@@ -85,10 +85,12 @@ def in_parts(fn: Callable[[slice], Any], n_columns: int, n_bytes: int) -> list:
 PARALLEL_MATMUL_MIN_MACS = 32_000_000
 # A product whose matrix b has at least this many bytes is split the same way even when it
 # is memory bound (a decoding step's matrix-vector product): each thread streams its own
-# contiguous range of b's rows. One core reads ~24 GB/s, two ~33-37: a dense 800M FF matrix
-# (16.8 MB) took 0.51-0.56 ms on 2 threads against 0.70-0.81 ms on one, the 131 MB output
-# layer 3.6 against 5.3 ms; at 4.2 MB (d 1024 attention) 2 threads were slower.
-PARALLEL_MATVEC_MIN_BYTES = 8 << 20
+# contiguous range of b's rows. One core reads ~24 GB/s, two ~33-42. Alone, back to back,
+# a 16.8 MB matrix (the dense 800M FF) took 0.51-0.56 ms on 2 threads against 0.70-0.81 on
+# one, but inside a model the hand-off ate it: the dense 800M FF block 1.41 vs 1.49 ms, the
+# 24-layer dense decoder 75.1 vs 74.7 ms. The 131 MB output layer pays (the 24-layer sparse
+# decoder: 24.3 vs 26.8 ms), and so do the 17B matrices (340 MB and more).
+PARALLEL_MATVEC_MIN_BYTES = 32 << 20
 
 
 def parallel_matmul(a, b):

@@ -81,7 +81,7 @@ def controller_logits(x: Any, controller: tuple, n_blocks: int, block_size: int)
     """Low-rank logits (x W_c1) W_c2 + b_c, as [..., d_ff/N, N]: two plain matmuls."""
     w_c1, w_c2, b_c = controller                        # [d, r], [r, d_ff], [d_ff]
     low = xnp.matmul(x, w_c1)                           # [..., r]
-    logits = fastmath.parallel_matmul(low, w_c2) + b_c  # [..., d_ff] (17B: 8.4 MB of W_c2)
+    logits = xnp.matmul(low, w_c2) + b_c                # [..., d_ff]
     return logits.reshape(x.shape[:-1] + (n_blocks, block_size))
 
 
