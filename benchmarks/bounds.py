@@ -64,6 +64,18 @@ def _best(fn: Callable[[], Any], repeats: int) -> float:
     return min(times)
 
 
+def _best_jitted_product(x: np.ndarray, y: np.ndarray, repeats: int) -> float:
+    """Best seconds of jitted JAX's x @ y (XLA's threads), after a compiling call; inf
+    without JAX."""
+    if not fastmath.jax_available():
+        return float('inf')
+    with fastmath.use_backend('jax'):
+        product = fastmath.jit(lambda a, b: a @ b)
+        x_jax, y_jax = fastmath.to_backend((x, y))
+        product(x_jax, y_jax).block_until_ready()
+        return _best(lambda: product(x_jax, y_jax).block_until_ready(), repeats)
+
+
 def measure_bandwidth(n_bytes: int = 1 << 29, repeats: int = 5) -> float:
     """Read bandwidth in bytes/s: the fastest of np.sum, NumPy's matrix-vector product (one
     BLAS thread in the benchmarks) and, where installed, jitted JAX's, which reads with all
@@ -72,16 +84,9 @@ def measure_bandwidth(n_bytes: int = 1 << 29, repeats: int = 5) -> float:
     side = int(np.sqrt(n_bytes // 4))
     matrix = np.ones((side, side), np.float32)
     vector = np.ones(side, np.float32)
-    best = min(_best(matrix.sum, repeats), _best(lambda: matrix @ vector, repeats))
-    if fastmath.jax_available():
-        with fastmath.use_backend('jax'):
-            matvec = fastmath.jit(lambda m, v: m @ v)
-            matrix_jax, vector_jax = fastmath.to_backend((matrix, vector))
-            del matrix
-            matvec(matrix_jax, vector_jax).block_until_ready()
-            best = min(best, _best(lambda: matvec(matrix_jax, vector_jax).block_until_ready(),
-                                   repeats))
-    return side * side * 4 / best
+    best = min(_best(matrix.sum, repeats), _best(lambda: matrix @ vector, repeats),
+               _best_jitted_product(matrix, vector, repeats))
+    return matrix.nbytes / best
 
 
 def measure_mac_rate(n: int = 1024, repeats: int = 5) -> float:
@@ -89,13 +94,7 @@ def measure_mac_rate(n: int = 1024, repeats: int = 5) -> float:
     run's BLAS threads) and, where installed, jitted JAX (XLA's threads)."""
     a = np.random.default_rng(0).random((n, n), dtype=np.float32)
     b = np.random.default_rng(1).random((n, n), dtype=np.float32)
-    best = _best(lambda: a @ b, repeats)
-    if fastmath.jax_available():
-        with fastmath.use_backend('jax'):
-            matmul = fastmath.jit(lambda x, y: x @ y)
-            a_jax, b_jax = fastmath.to_backend((a, b))
-            matmul(a_jax, b_jax).block_until_ready()
-            best = min(best, _best(lambda: matmul(a_jax, b_jax).block_until_ready(), repeats))
+    best = min(_best(lambda: a @ b, repeats), _best_jitted_product(a, b, repeats))
     return n ** 3 / best
 
 

@@ -102,7 +102,7 @@ def parallel_matmul(a, b):
     """
     n_inner = b.shape[0]
     large = (a.size * b.shape[-1] >= PARALLEL_MATMUL_MIN_MACS
-             or b.size * b.dtype.itemsize >= PARALLEL_MATVEC_MIN_BYTES)
+             or b.nbytes >= PARALLEL_MATVEC_MIN_BYTES)
     parts = _WORKERS if large else 1
     if b.ndim != 2 or parts == 1 or n_inner < parts:
         return np.matmul(a, b)
