@@ -116,28 +116,5 @@ def macs_per_token(layer: tl.Layer, weights: Any, keys: int = 1, kv_width: int =
     plus the chosen rows (2·d·d_ff/N). Each causal attention core over `keys` cached positions
     of width `kv_width` (= d_model) adds 2·keys·kv_width (q·k and p·v).
     """
-    if isinstance(layer, tl.DotProductCausalAttention):
-        return 2 * keys * kv_width
-    if isinstance(layer, (tl.Embedding, tl.PositionalEncoding, tl.Cache)):
-        return 0
-    if isinstance(layer, tl.SparseFF):
-        controller, main = weights
-        n_blocks, d = main[0].shape[0], main[0].shape[-1]
-        return sum(int(np.size(c)) for c in controller[:2]) + 2 * n_blocks * d
-    if isinstance(layer, tl.MultiplicativeDense):
-        gate, proj = weights[:2]                       # D [S, d_in], E [d_in, M]
-        n_modules, d_in = np.shape(gate)
-        return n_modules * d_in + d_in * np.shape(proj)[1] * n_modules
-    if isinstance(layer, (tl.LocallyConvDense, tl.LocallyConvDenseBranch)):
-        # kernels [lk, k, d/S, units], each shared by the S modules
-        kernels = [weights[0]] if isinstance(layer, tl.LocallyConvDense) else \
-            [kernel for kernel, _ in weights]
-        return sum(int(np.size(kernel)) for kernel in kernels) * layer.n_modules
-    if isinstance(layer, tl.Chunk):
-        return macs_per_token(layer.sublayers[0], weights, keys, kv_width)
-    if not layer.sublayers:
-        return sum(int(np.size(w)) for w in fastmath.tree_leaves(weights)
-                   if np.ndim(w) >= 2)                 # matrices; biases and scales are adds
-    return sum(macs_per_token(sub, w, keys, kv_width)
-               for sub, w in zip(layer.sublayers, weights))
+    return int(layer.macs_per_step(weights, keys, kv_width))
 

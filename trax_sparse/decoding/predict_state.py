@@ -32,7 +32,6 @@ import numpy as onp
 from trax_sparse import fastmath, shapes
 from trax_sparse.fastmath import numpy as xnp
 from trax_sparse.layers.base import Layer, recording_predict_use
-from trax_sparse.layers.core import Embedding
 from trax_sparse.layers.flat import FlatForward
 
 _compiled_steps: 'weakref.WeakKeyDictionary[Layer, Callable]' = weakref.WeakKeyDictionary()
@@ -125,23 +124,13 @@ def later_inputs(inputs: Any) -> Any:
     return None if inputs is None else inputs[:, :0]
 
 
-def _embedding_vocab_sizes(model: Layer) -> list[int]:
-    found, stack = [], [model]
-    while stack:
-        layer = stack.pop(0)
-        if isinstance(layer, Embedding):
-            found.append(layer.vocab_size)
-        stack[:0] = list(layer.sublayers)
-    return found
-
-
 def check_token_ids(model: Layer, what: str, ids: Any, encoder: bool = False) -> None:
     """Raises a ValueError unless every id in `ids` is in [0, vocab) of the model.
 
     The vocabulary is the first Embedding's (encoder inputs) or the last one's
     (decoder tokens, prompts).
     """
-    vocab_sizes = _embedding_vocab_sizes(model)
+    vocab_sizes = model.vocab_sizes()
     ids = onp.asarray(ids)
     if ids.size == 0:
         return

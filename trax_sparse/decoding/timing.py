@@ -27,25 +27,10 @@ from trax_sparse.decoding.predict_state import (fresh_state, later_inputs, predi
 
 
 def bytes_read_per_token(layer: tl.Layer, weights: Any) -> int:
-    """Weight bytes one decoding step reads: every weight, except one row of an Embedding or
-    PositionalEncoding table, nothing of a cached encoder (tl.Cache), and for SparseFF only
-    the controller plus the chosen rows of W1ᵀ and W2 (2·d·d_ff/N)."""
-    if isinstance(layer, tl.SparseFF):
-        controller, main = weights
-        n_blocks, d = main[0].shape[0], main[0].shape[-1]
-        itemsize = main[0].dtype.itemsize
-        chosen = 2 * n_blocks * d + d + (n_blocks if len(main) == 4 else 0)
-        return itemsize * (sum(onp.size(c) for c in controller) + chosen)
-    if isinstance(layer, tl.Cache):
-        return 0
-    if isinstance(layer, (tl.Embedding, tl.PositionalEncoding)):
-        return weights[0].dtype.itemsize * weights[0].shape[-1]
-    if isinstance(layer, tl.Chunk):
-        return bytes_read_per_token(layer.sublayers[0], weights)
-    if not layer.sublayers:
-        return sum(onp.size(w) * onp.asarray(w).dtype.itemsize
-                   for w in fastmath.tree_leaves(weights))
-    return sum(bytes_read_per_token(sub, w) for sub, w in zip(layer.sublayers, weights))
+    """Weight bytes one decoding step of a predict-mode `layer` reads (`Layer.bytes_read_per_step`):
+    every weight, except one row of an embedding or position table, nothing of a cached
+    encoder (tl.Cache), and for SparseFF only the controller plus the chosen rows (2·d·d_ff/N)."""
+    return int(layer.bytes_read_per_step(weights))
 
 
 def time_per_token(model: tl.Layer, weights: Any = None, steps: int = 16, inputs: Any = None,

@@ -90,6 +90,9 @@ class DotProductCausalAttention(Layer):
     def draws_random_numbers(self) -> bool:
         return self._mode == 'train' and self._dropout > 0
 
+    def macs_per_step(self, weights: Any, n_keys: int = 1, kv_width: int = 0) -> int:
+        return 2 * n_keys * kv_width                  # q·k and p·v over the cached keys
+
     def __init__(self, n_heads: int, dropout: float = 0.0, max_len: int = 2048,
                  mode: str = 'train', predict_block_size: int = 128, masked: bool = False):
         super().__init__(n_in=4 if masked else 3, n_out=1, name='DotProductCausalAttention')

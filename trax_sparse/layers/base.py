@@ -17,6 +17,8 @@ Example:
 import inspect
 from typing import Any, Callable, Iterator, Sequence
 
+import numpy as onp
+
 from trax_sparse import fastmath, shapes
 from trax_sparse.fastmath import tree_map
 from trax_sparse.layers.call_context import (PredictUse, is_replaying,
@@ -131,9 +133,81 @@ class Layer:
 
     def _distribute(self, attr: str, values: Any) -> None:
         # Outside calls, keep sublayers in sync so `model.sublayers[i].weights` reads well.
-        if self._sublayers and isinstance(values, tuple) and len(values) == len(self._sublayers):
-            for sub, value in zip(self._sublayers, values):
+        if not self._sublayers:
+            return
+        split = self.sublayer_weights if attr == 'weights' else self.sublayer_states
+        try:
+            parts = split(values)
+        except (TypeError, IndexError, ValueError):
+            return
+        if isinstance(parts, (tuple, list)) and len(parts) == len(self._sublayers):
+            for sub, value in zip(self._sublayers, parts):
                 setattr(sub, attr, value)
+
+    # ---- public hooks: what walkers of the layer tree ask a layer ------------------
+    @property
+    def shares_child_weights(self) -> bool:
+        """True for a wrapper whose weights tree IS its one sublayer's (tl.Cache, tl.Chunk).
+
+        Such a wrapper never changes the weights tree, so weights trained without
+        it load unchanged. Override together with `sublayer_weights` /
+        `sublayer_states`.
+        """
+        return False
+
+    def sublayer_weights(self, weights: Any) -> Sequence[Any]:
+        """The entry of this layer's `weights` for each sublayer, in order.
+
+        Default: `weights` is a tuple with one entry per sublayer. A wrapper that
+        shares its child's weights returns `(weights,)`.
+        """
+        if self.shares_child_weights:
+            return (weights,)
+        return weights
+
+    def sublayer_states(self, state: Any) -> Sequence[Any]:
+        """The entry of this layer's `state` for each sublayer, in order (as `sublayer_weights`).
+
+        A weight-sharing wrapper's state is (child state, *its own), so the default
+        for it is `(state[0],)`.
+        """
+        if self.shares_child_weights:
+            return (state[0],)
+        return state
+
+    def vocab_sizes(self) -> tuple[int, ...]:
+        """The vocabularies of the token-id inputs this layer reads (its embeddings), in order.
+
+        Default: those of its sublayers; an embedding returns its own. A model's
+        token ids must lie in the vocabulary these give (`decoding`, `training`).
+        """
+        return tuple(n for sub in self._sublayers for n in sub.vocab_sizes())
+
+    def bytes_read_per_step(self, weights: Any) -> int:
+        """Weight bytes one predict-mode step (batch 1, one token) reads with these weights.
+
+        Default: a leaf reads every weight; a combinator what its sublayers read.
+        Layers that read less override it (an embedding reads one row, SparseFF
+        its chosen rows, a cached encoder nothing after the first call).
+        """
+        if not self._sublayers:
+            return sum(_size(w) * _itemsize(w) for w in fastmath.tree_leaves(weights))
+        return sum(sub.bytes_read_per_step(w)
+                   for sub, w in zip(self._sublayers, self.sublayer_weights(weights)))
+
+    def macs_per_step(self, weights: Any, n_keys: int = 1, kv_width: int = 0) -> int:
+        """Multiply-adds of one predict-mode step (batch 1, one token) with these weights.
+
+        Default: a leaf does one per element of each weight matrix (a matrix-vector
+        product; biases and scales are adds); a combinator what its sublayers do.
+        Attention cores add 2·n_keys·kv_width (q·k and p·v over n_keys cached
+        positions of width kv_width = d_model).
+        """
+        if not self._sublayers:
+            return sum(_size(w) for w in fastmath.tree_leaves(weights)
+                       if len(getattr(w, 'shape', ())) >= 2)
+        return sum(sub.macs_per_step(w, n_keys, kv_width)
+                   for sub, w in zip(self._sublayers, self.sublayer_weights(weights)))
 
     # ---- to override ---------------------------------------------------------
     def forward(self, inputs: Any) -> Any:
@@ -347,6 +421,15 @@ def Fn(name: str, fn: Callable, n_out: int = 1) -> Layer:  # noqa: N802 - Trax s
             raise ValueError(f'Fn {name!r}: the function must take only plain positional '
                              f'arguments (no defaults, *args or **kwargs); got {p}')
     return PureLayer(fn, n_in=len(parameters), n_out=n_out, name=name)
+
+
+def _size(array: Any) -> int:
+    """Number of elements of an array or ShapeDtype."""
+    return int(onp.prod(getattr(array, 'shape', ()), dtype=onp.int64))
+
+
+def _itemsize(array: Any) -> int:
+    return onp.dtype(array.dtype).itemsize
 
 
 def _same_signature(a: Any, b: Any) -> bool:

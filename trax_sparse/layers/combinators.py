@@ -283,11 +283,9 @@ class _WeightTransparent(Layer):
     def draws_random_numbers(self) -> bool:
         return False
 
-    def _distribute(self, attr: str, values: Any) -> None:
-        if attr == 'weights':
-            self.sublayers[0].weights = values
-        elif isinstance(values, tuple) and values:
-            self.sublayers[0].state = values[0]
+    @property
+    def shares_child_weights(self) -> bool:
+        return True
 
 
 class Chunk(_WeightTransparent):
@@ -363,6 +361,12 @@ class Cache(_WeightTransparent):
 
     def __init__(self, layer: Layer):
         super().__init__(n_in=layer.n_in, n_out=layer.n_out, name='Cache', sublayers=[layer])
+
+    def bytes_read_per_step(self, weights: Any) -> int:
+        return 0                    # after the first call a step reads the stored outputs only
+
+    def macs_per_step(self, weights: Any, n_keys: int = 1, kv_width: int = 0) -> int:
+        return 0
 
     def init_weights_and_state(self, input_signature: Any) -> None:
         layer = self.sublayers[0]

@@ -75,6 +75,16 @@ class Embedding(Layer):
     def vocab_size(self) -> int:
         return self._vocab_size
 
+    def vocab_sizes(self) -> tuple[int, ...]:
+        return (self._vocab_size,)
+
+    def bytes_read_per_step(self, weights: Any) -> int:
+        table = weights[0]                          # one row of the [vocab, d] table
+        return onp.dtype(table.dtype).itemsize * int(table.shape[-1])
+
+    def macs_per_step(self, weights: Any, n_keys: int = 1, kv_width: int = 0) -> int:
+        return 0
+
     def init_weights_and_state(self, input_signature: Any) -> None:
         if not onp.issubdtype(input_signature.dtype, onp.integer):
             raise ValueError(f'{self.name} expects integer token ids, got {input_signature.dtype}')
@@ -236,6 +246,13 @@ class PositionalEncoding(Layer):
         super().__init__(name='PositionalEncoding')
         self._max_len, self._mode = int(max_len), check_mode(mode, 'PositionalEncoding')
         self._dropout = Dropout(dropout, mode=mode)
+
+    def bytes_read_per_step(self, weights: Any) -> int:
+        table = weights[0]                          # one row of the [max_len, d] table
+        return onp.dtype(table.dtype).itemsize * int(table.shape[-1])
+
+    def macs_per_step(self, weights: Any, n_keys: int = 1, kv_width: int = 0) -> int:
+        return 0
 
     def init_weights_and_state(self, input_signature: Any) -> None:
         d = input_signature.shape[-1]

@@ -71,6 +71,14 @@ class _LocalConvBase(Layer):
         """S: the number of modules the kernels are shared by."""
         return self._n_modules
 
+    def macs_per_step(self, weights: Any, n_keys: int = 1, kv_width: int = 0) -> int:
+        # Each kernel [lk, k, d/S, units] once per module (the S modules share it).
+        return sum(int(onp.prod(kernel.shape)) for kernel in self._kernels(weights)) * \
+            self._n_modules
+
+    def _kernels(self, weights: Any) -> list:
+        return [kernel for kernel, _ in weights]          # ((kernel, bias) per kernel size)
+
     def _init_kernels(self, input_signature: Any, rngs: Sequence[Any]) -> list:
         """[(kernel [lk, k, d/S, n_units], bias [n_units])] per kernel size (and its rng);
         sets the state."""
@@ -149,6 +157,9 @@ class LocallyConvDense(_LocalConvBase):
 
     def init_weights_and_state(self, input_signature: Any) -> None:
         self.weights = self._init_kernels(input_signature, [self.rng])[0]   # (kernel, bias)
+
+    def _kernels(self, weights: Any) -> list:
+        return [weights[0]]
 
     def forward(self, x: Any) -> Any:
         return self._outputs(x, [self.weights])[0]

@@ -52,6 +52,12 @@ class MultiplicativeDense(Layer):
                              f'n_modules={n_modules}')
         self._use_bias = bool(use_bias)
 
+    def macs_per_step(self, weights: Any, n_keys: int = 1, kv_width: int = 0) -> int:
+        # A step still does d_in·d_out multiply-adds (plus the S·d_in gating): it saves
+        # weights, not compute.
+        n_modules, d_in = weights[0].shape                   # D [S, d_in], E [d_in, M]
+        return n_modules * d_in + d_in * int(weights[1].shape[1]) * n_modules
+
     def init_weights_and_state(self, input_signature: Any) -> None:
         if not input_signature.shape:
             raise ValueError(f'{self.name} needs inputs [..., d_in], got a scalar')

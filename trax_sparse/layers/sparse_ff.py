@@ -229,6 +229,19 @@ class SparseFF(Layer):
     def n_blocks(self) -> int:
         return self._d_ff // self._block_size
 
+    def bytes_read_per_step(self, weights: Any) -> int:
+        # The controller, then per block the chosen row of W1ᵀ and of W2 (+ its b1), and b2.
+        controller, main = weights
+        n_blocks, d = main[0].shape[0], main[0].shape[-1]
+        chosen = 2 * n_blocks * d + d + (n_blocks if len(main) == 4 else 0)
+        controller_size = sum(int(onp.prod(c.shape)) for c in controller)
+        return onp.dtype(main[0].dtype).itemsize * (controller_size + chosen)
+
+    def macs_per_step(self, weights: Any, n_keys: int = 1, kv_width: int = 0) -> int:
+        controller, main = weights                  # the controller's two matrices, the rows
+        n_blocks, d = main[0].shape[0], main[0].shape[-1]
+        return sum(int(onp.prod(c.shape)) for c in controller[:2]) + 2 * n_blocks * d
+
     def init_weights_and_state(self, input_signature: Any) -> None:
         if not input_signature.shape:
             raise ValueError(f'{self.name} needs inputs [..., d], got a scalar')

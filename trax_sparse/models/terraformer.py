@@ -125,8 +125,12 @@ class SkipWhenEmpty(tl.Layer):
         self._d_enc, self._enc_dtype = enc_sig.shape[-1], enc_sig.dtype
         self.weights, self.state = w, s
 
-    def _distribute(self, attr: str, values: Any) -> None:
-        setattr(self.sublayers[0], attr, values)
+    @property
+    def shares_child_weights(self) -> bool:
+        return True
+
+    def sublayer_states(self, state: Any) -> tuple:
+        return (state,)                 # its state is the layer's own, not (layer's, ...)
 
     def forward(self, inputs: Any) -> Any:
         tokens, mask = inputs

@@ -71,12 +71,8 @@ def _stack_signature(model: tl.Layer, batch_sig: Sequence, weights: Any, state: 
 
 
 def embedding_vocab_sizes(layer: tl.Layer) -> list[int]:
-    """Rows of the tables of the Embedding layers in `layer` ([] if none); no side effects."""
-    sizes = []
-    if isinstance(layer, tl.Embedding):
-        table = tl.weights_signature(layer, shapes.ShapeDtype((1,), np.int32))
-        sizes.append(int(tree_leaves(table)[0].shape[0]))
-    return sizes + [n for sub in layer.sublayers for n in embedding_vocab_sizes(sub)]
+    """The vocabularies of the embeddings in `layer` ([] if none): `Layer.vocab_sizes`."""
+    return list(layer.vocab_sizes())
 
 
 def initialize(model: tl.Layer, loss: tl.Layer, tx: Any, base_key: Any, batch_sig: Sequence,
