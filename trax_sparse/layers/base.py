@@ -24,6 +24,7 @@ from trax_sparse.fastmath import tree_map
 from trax_sparse.layers.call_context import (PredictUse, is_replaying,
                                              note_predict_use, recording_predict_use,
                                              replay_context)
+from trax_sparse.layers.plan import init_plan, run_plan
 from trax_sparse.layers.errors import (MODES, ErrorContext, LayerError,
                                        SublayerContext, check_mode, check_positive_int,
                                        check_rate, creation_site)
@@ -210,12 +211,30 @@ class Layer:
                    for sub, w in zip(self._sublayers, self.sublayer_weights(weights)))
 
     # ---- to override ---------------------------------------------------------
+    def plan(self) -> tuple | None:
+        """This layer's data flow as steps on its data stack (`layers.plan`), or None.
+
+        A combinator returns its plan (Call a sublayer, Permute, Accumulate) and
+        defines neither `forward` nor `init_weights_and_state`: the one interpreter
+        runs it under `pure_fn`, inits it, and inlines it in the compiled NumPy step.
+        Layers with their own array code (or their own gradient) return None.
+        """
+        return None
+
     def forward(self, inputs: Any) -> Any:
-        raise TypeError(f'{type(self).__name__} does not define forward(inputs)')
+        """The layer's computation; the default runs its plan."""
+        if self.plan() is None:
+            raise TypeError(f'{type(self).__name__} defines neither forward(inputs) nor plan()')
+        y, self.state = run_plan(self, inputs, self.weights, self.state, self.rng)
+        return y
 
     def init_weights_and_state(self, input_signature: Any) -> None:
-        """Sets self.weights and self.state from the input signature (default: none)."""
-        self.weights, self.state = (), ()
+        """Sets self.weights and self.state from the input signature (default: those of its
+        plan's sublayers, else none)."""
+        if self.plan() is None:
+            self.weights, self.state = (), ()
+        else:
+            self.weights, self.state = init_plan(self, input_signature, self.rng)
 
     def backward(self, inputs: Any, output: Any, grad: Any, weights: Any, state: Any,
                  new_state: Any, rng: Any) -> tuple[Any, Any]:
@@ -346,6 +365,27 @@ class Layer:
         run.defvjp(run_fwd, run_bwd)
         return run(x, weights, state, rng)
 
+    def forward_unchecked(self, x: Any, weights: Any, state: Any, rng: Any) -> tuple[Any, Any]:
+        """(outputs, new_state) of `forward` alone: no checks, no error context, no custom
+        gradient. For engines that checked the tree once (the compiled NumPy step)."""
+        saved = self._weights, self._state, self._rng
+        self._weights, self._state, self._rng = weights, state, rng
+        try:
+            return self.forward(x), self._state
+        finally:
+            self._weights, self._state, self._rng = saved
+
+    @property
+    def stateless_fn(self) -> Callable | None:
+        """A function of the inputs alone that equals `forward` (no weights, state or rng),
+        or None. Engines may call it directly."""
+        return None
+
+    @property
+    def created_at(self) -> str:
+        """file:line where the layer was constructed (named in its errors)."""
+        return self._created_at
+
     def _check_n_items(self, x: Any) -> None:
         if self._n_in == 1:
             return
@@ -395,6 +435,10 @@ class PureLayer(Layer):
 
     def draws_random_numbers(self) -> bool:
         return False
+
+    @property
+    def stateless_fn(self) -> Callable | None:
+        return self._fn              # (a subclass that changes forward must override this)
 
     def forward(self, inputs: Any) -> Any:
         args = inputs if self.n_in > 1 else (inputs,)

@@ -16,20 +16,10 @@ from typing import Any, Sequence
 from trax_sparse import fastmath
 from trax_sparse.fastmath import numpy as xnp
 from trax_sparse.fastmath import tree_map
-from trax_sparse.layers.base import Layer, LayerError, check_mode, split_rngs
+from trax_sparse.layers import plan
+from trax_sparse.layers.base import Layer, check_mode
 from trax_sparse.layers.core import Add
 from trax_sparse.layers.stack import from_stack, to_stack
-
-
-def _check_trees(layer: Layer, weights: Any, state: Any) -> None:
-    """Weights/state of a combinator must have one entry per sublayer."""
-    n = len(layer.sublayers)
-    for what, tree in (('weights', weights), ('state', state)):
-        if not isinstance(tree, (tuple, list)) or len(tree) != n:
-            got = f'{type(tree).__name__} of {len(tree)}' if isinstance(tree, (tuple, list)) \
-                else type(tree).__name__
-            raise ValueError(f'{layer.name} has {n} sublayers but got {what} with {got} '
-                             f'entries (were they made for another model?)')
 
 
 def _flatten(layers: Sequence[Any]) -> list[Layer]:
@@ -67,37 +57,10 @@ class Serial(Layer):
         layers = _flatten(layers)
         n_in, n_out = _serial_arity(layers)
         super().__init__(n_in=n_in, n_out=n_out, name=name or 'Serial', sublayers=layers)
+        self._plan = plan.serial(len(layers))
 
-    def forward(self, xs: Any) -> Any:
-        _check_trees(self, self.weights, self.state)
-        stack = to_stack(xs, self.n_in)
-        rngs = self.sublayer_rngs()
-        new_states = []
-        for i, (layer, w, s, r) in enumerate(zip(self.sublayers, self.weights, self.state, rngs)):
-            try:                        # (not `with sublayer_context`: this loop is hot)
-                out, s = layer.pure_fn(from_stack(stack, layer.n_in), w, s, r)
-            except LayerError as e:
-                e.add_parent(f'{self.name}[{i}]')
-                raise
-            stack = to_stack(out, layer.n_out) + stack[layer.n_in:]
-            new_states.append(s)
-        self.state = tuple(new_states)
-        return from_stack(stack, self.n_out)
-
-    def init_weights_and_state(self, input_signature: Any) -> None:
-        stack = to_stack(input_signature, self.n_in)
-        rngs = split_rngs(self.rng, len(self.sublayers))
-        weights, states = [], []
-        for i, (layer, r) in enumerate(zip(self.sublayers, rngs)):
-            sig = from_stack(stack, layer.n_in)
-            with self.sublayer_context(i):
-                w, s = layer.init(sig, r)
-                if i < len(self.sublayers) - 1:  # the last output's shape is not needed here.
-                    out = layer.abstract_forward(sig, w, s, r)
-                    stack = to_stack(out, layer.n_out) + stack[layer.n_in:]
-            weights.append(w)
-            states.append(s)
-        self.weights, self.state = tuple(weights), tuple(states)
+    def plan(self) -> tuple:
+        return self._plan
 
 
 class Parallel(Layer):
@@ -112,40 +75,13 @@ class Parallel(Layer):
                   for layer in layers]
         super().__init__(n_in=sum(l.n_in for l in layers), n_out=sum(l.n_out for l in layers),
                          name=name or 'Parallel', sublayers=layers)
+        starts = [sum(l.n_in for l in layers[:i]) for i in range(len(layers))]
+        self._plan = plan.side_by_side([range(start, start + l.n_in)
+                                        for start, l in zip(starts, layers)],
+                                       self.n_in, [l.n_out for l in layers])
 
-    def _spans(self, xs: Any) -> list:
-        stack, spans, start = to_stack(xs, self.n_in), [], 0
-        for layer in self.sublayers:
-            spans.append(from_stack(stack[start:start + layer.n_in], layer.n_in))
-            start += layer.n_in
-        return spans
-
-    def forward(self, xs: Any) -> Any:
-        _check_trees(self, self.weights, self.state)
-        rngs = self.sublayer_rngs()
-        outputs, new_states = [], []
-        for i, (layer, x, w, s, r) in enumerate(
-                zip(self.sublayers, self._spans(xs), self.weights, self.state, rngs)):
-            try:                        # (not `with sublayer_context`: this loop is hot)
-                out, s = layer.pure_fn(x, w, s, r)
-            except LayerError as e:
-                e.add_parent(f'{self.name}[{i}]')
-                raise
-            outputs += to_stack(out, layer.n_out)
-            new_states.append(s)
-        self.state = tuple(new_states)
-        return from_stack(outputs, self.n_out)
-
-    def init_weights_and_state(self, input_signature: Any) -> None:
-        rngs = split_rngs(self.rng, len(self.sublayers))
-        weights, states = [], []
-        spans = self._spans(input_signature)
-        for i, (layer, sig, r) in enumerate(zip(self.sublayers, spans, rngs)):
-            with self.sublayer_context(i):
-                w, s = layer.init(sig, r)
-            weights.append(w)
-            states.append(s)
-        self.weights, self.state = tuple(weights), tuple(states)
+    def plan(self) -> tuple:
+        return self._plan
 
 
 class Branch(Parallel):
@@ -154,10 +90,8 @@ class Branch(Parallel):
     def __init__(self, *layers: Any, name: str | None = None):
         super().__init__(*layers, name=name or 'Branch')
         self._n_in = max([l.n_in for l in self.sublayers] + [1])
-
-    def _spans(self, xs: Any) -> list:
-        stack = to_stack(xs, self.n_in)
-        return [from_stack(stack[:layer.n_in], layer.n_in) for layer in self.sublayers]
+        self._plan = plan.side_by_side([range(l.n_in) for l in self.sublayers], self.n_in,
+                                       [l.n_out for l in self.sublayers])
 
 
 class Select(Layer):
@@ -177,11 +111,10 @@ class Select(Layer):
         if any(i < 0 or i >= n_in for i in indices):
             raise ValueError(f'Select: indices {indices} must lie in [0, n_in={n_in})')
         super().__init__(n_in=n_in, n_out=len(indices), name=name or f'Select{indices}')
-        self._indices = indices
+        self._plan = plan.select(indices, n_in)
 
-    def forward(self, xs: Any) -> Any:
-        stack = to_stack(xs, self.n_in)
-        return from_stack([stack[i] for i in self._indices], self.n_out)
+    def plan(self) -> tuple:
+        return self._plan
 
 
 def Dup() -> Layer:  # noqa: N802

@@ -106,7 +106,7 @@ class ErrorContext(_ExitContext):
             return False
         layer = self.layer
         raise LayerError(layer.name, f'{kind.__name__}: {error}', shapes.describe(self.about),
-                         layer._created_at) from error
+                         layer.created_at) from error
 
 
 class SublayerContext(_ExitContext):

@@ -5,13 +5,15 @@ Parallel splits its weights and state, checks their structure, splits the rng
 and wraps each sublayer call. On the NumPy backend, decoding one token of a
 24-layer model makes ~500 such calls, milliseconds of pure Python.
 
-`FlatForward(layer)` walks the tree once. The stack-moving combinators (Serial,
-Parallel, Branch, Select, ReversibleSelect, ReversibleHalfResidual) become
-moves on one data stack; every other layer is one call of its own `forward`
-(or, for a `Fn`, of its function). Each leaf runs the same array code as under
-`pure_fn`, in the same order, with the same rng (the keys the combinators would
-split, derived once per rng), so the results are identical; what goes is the
-tree walk, the per-call checks and the weight distribution.
+`FlatForward(layer)` walks the tree once. A layer with a plan (`Layer.plan()`:
+Serial, Parallel, Branch, Select, ReversibleHalfResidual, ...) is inlined: its
+Permute and Accumulate steps become moves on one data stack (the same step
+objects `pure_fn` runs), its Calls are compiled in turn; every other layer is
+one call of its own `forward` (or of its `stateless_fn`). Each leaf runs the
+same array code as under `pure_fn`, in the same order, with the same key (the
+plans' key rule, `plan.key_split`, derived once per rng), so the results are
+identical; what goes is the tree walk, the per-call checks and the weight
+distribution.
 
 Example:
     >>> import numpy as np
@@ -29,9 +31,8 @@ Example:
 from typing import Any, Callable, NamedTuple
 
 from trax_sparse import fastmath, shapes
-from trax_sparse.layers.base import Layer, LayerError, PureLayer
-from trax_sparse.layers.combinators import Branch, Parallel, Select, Serial
-from trax_sparse.layers.reversible import ReversibleHalfResidual, ReversibleSelect
+from trax_sparse.layers import plan
+from trax_sparse.layers.base import Layer, LayerError
 from trax_sparse.layers.stack import from_stack, to_stack
 
 # One step of the program: (stack, weights per slot, states per slot, rngs per rng slot)
@@ -47,10 +48,11 @@ class _Where(NamedTuple):
     prefix: str = ''
     rng_path: tuple = ()
 
-    def child(self, parent: Layer, i: int) -> '_Where':
-        split = ((len(parent.sublayers), i),) if parent.uses_rng else ()
-        return _Where(self.path + (i,), f'{self.prefix}{parent.name}[{i}]/',
-                      self.rng_path + split)
+    def child(self, parent: Layer, step: plan.Call) -> '_Where':
+        split = plan.key_split(parent, step)
+        return _Where(self.path + (step.sublayer,),
+                      f'{self.prefix}{parent.name}[{step.sublayer}]/',
+                      self.rng_path + ((split,) if split else ()))
 
 
 class FlatForward:
@@ -122,101 +124,60 @@ class FlatForward:
     def _compile(self, layer: Layer, offset: int, where: _Where) -> Any:
         """Appends `layer`'s ops reading its inputs at stack[offset:]; returns its state
         template (a state slot, or a list of its sublayers' templates)."""
-        kind = type(layer)
-        if isinstance(layer, Serial) and kind.forward is Serial.forward:
-            return [self._compile(sub, offset, where.child(layer, i))
-                    for i, sub in enumerate(layer.sublayers)]
-        if isinstance(layer, Parallel) and kind.forward is Parallel.forward and \
-                kind._spans in (Parallel._spans, Branch._spans):
-            return self._compile_parallel(layer, offset, where)
-        if isinstance(layer, ReversibleHalfResidual) and \
-                kind.forward is ReversibleHalfResidual.forward:
-            return self._compile_half_residual(layer, offset, where)
-        if isinstance(layer, (Select, ReversibleSelect)) and \
-                kind.forward in (Select.forward, ReversibleSelect.forward):
-            self._ops.append(_select_op(offset, layer.n_in, layer._indices))
-        else:
+        steps = layer.plan()
+        if steps is None:
             self._ops.append(_call_op(layer, offset, len(self._paths), self._rng_slot(where),
                                       where.prefix))
             self.n_leaf_calls += 1
-        self._paths.append(where.path)
-        return len(self._paths) - 1
+            self._paths.append(where.path)
+            return len(self._paths) - 1
+        if layer.shares_child_weights:
+            raise ValueError(f'{layer.name}: a layer with a plan must keep one weights entry '
+                             f'per sublayer (shares_child_weights is for opaque wrappers)')
+        templates = [()] * len(layer.sublayers)
+        for step in steps:
+            if type(step) is plan.Call:
+                templates[step.sublayer] = self._compile(
+                    layer.sublayers[step.sublayer], offset + step.offset,
+                    where.child(layer, step))
+            else:
+                self._ops.append(_move_op(step, offset))
+        return templates
 
     def _rng_slot(self, where: _Where) -> int:
         if where.rng_path not in self._rng_paths:
             self._rng_paths.append(where.rng_path)
         return self._rng_paths.index(where.rng_path)
 
-    def _compile_parallel(self, layer: Parallel, offset: int, where: _Where) -> list:
-        # Copy each sublayer's inputs into its own span (Branch: the same top items for
-        # each), then run sublayer i on span i; outputs end up side by side.
-        spans, start = [], 0
-        for sub in layer.sublayers:
-            first = 0 if isinstance(layer, Branch) else start
-            spans += list(range(first, first + sub.n_in))
-            start += sub.n_in
-        if spans != list(range(layer.n_in)):
-            self._ops.append(_select_op(offset, layer.n_in, spans))
-        templates, position = [], offset
-        for i, sub in enumerate(layer.sublayers):
-            templates.append(self._compile(sub, position, where.child(layer, i)))
-            position += sub.n_out
-        return templates
 
-    def _compile_half_residual(self, layer: ReversibleHalfResidual, offset: int,
-                               where: _Where) -> list:
-        # [acc, *context] -> [*context, acc, *context] -> [f(context), acc, *context]
-        # -> [acc + f(context), *context]; f gets the layer's own key (no split).
-        n = layer.n_in
-        self._ops.append(_select_op(offset, n, list(range(1, n)) + list(range(n))))
-        inner = _Where(where.path + (0,), f'{where.prefix}{layer.name}[0]/', where.rng_path)
-        template = self._compile(layer.residual, offset, inner)
-        self._ops.append(_accumulate_op(offset))
-        return [template]
+def _move_op(step: Any, offset: int) -> Op:
+    apply = step.apply
 
-
-def _select_op(offset: int, n_in: int, indices: list) -> Op:
-    end = offset + n_in
-
-    def select(stack, weights, states, rngs):
-        stack[offset:end] = [stack[offset + i] for i in indices]
-    return select
-
-
-def _accumulate_op(offset: int) -> Op:
-    def accumulate(stack, weights, states, rngs):
-        stack[offset:offset + 2] = [stack[offset + 1] + stack[offset]]
-    return accumulate
+    def move(stack, weights, states, rngs):
+        apply(stack, offset)
+    return move
 
 
 def _call_op(layer: Layer, offset: int, slot: int, rng_slot: int, prefix: str) -> Op:
     n_in, n_out, end = layer.n_in, layer.n_out, offset + layer.n_in
-    if isinstance(layer, PureLayer) and type(layer).forward is PureLayer.forward:
+    if layer.stateless_fn is not None:
         return _function_op(layer, offset, end, prefix)
-    leaf, forward = not layer.sublayers, layer.forward
+    # A leaf runs its forward alone; a layer with sublayers and no plan (Scan, Cache,
+    # Chunk, ...) its pure_fn, which checks and splits its own trees.
+    run = layer.pure_fn if layer.sublayers else layer.forward_unchecked
 
     def call(stack, weights, states, rngs):
         x = stack[offset] if n_in == 1 else tuple(stack[offset:end])
         try:
-            if leaf:
-                saved = layer._weights, layer._state, layer._rng
-                layer._weights, layer._state, layer._rng = weights[slot], states[slot], \
-                    rngs[rng_slot]
-                try:
-                    y = forward(x)
-                    states[slot] = layer._state
-                finally:
-                    layer._weights, layer._state, layer._rng = saved
-            else:                 # a combinator we do not flatten (Scan, Cache, Chunk, ...)
-                y, states[slot] = layer.pure_fn(x, weights[slot], states[slot], rngs[rng_slot])
+            y, states[slot] = run(x, weights[slot], states[slot], rngs[rng_slot])
         except Exception as error:
             raise _error(layer, prefix, error, x) from error
         stack[offset:end] = [y] if n_out == 1 else y
     return call
 
 
-def _function_op(layer: PureLayer, offset: int, end: int, prefix: str) -> Op:
-    function, n_out = layer._fn, layer.n_out
+def _function_op(layer: Layer, offset: int, end: int, prefix: str) -> Op:
+    function, n_out = layer.stateless_fn, layer.n_out
 
     def call(stack, weights, states, rngs):
         args = stack[offset:end]
@@ -235,7 +196,7 @@ def _error(layer: Layer, prefix: str, error: Exception, inputs: Any) -> LayerErr
             error.add_parent(prefix[:-1])
         return error
     return LayerError(prefix + layer.name, f'{type(error).__name__}: {error}',
-                      shapes.describe(inputs), layer._created_at)
+                      shapes.describe(inputs), layer.created_at)
 
 
 def _build(template: Any, slots: list) -> Any:

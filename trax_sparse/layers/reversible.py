@@ -31,6 +31,7 @@ from typing import Any, Sequence
 import numpy as onp
 
 from trax_sparse import fastmath
+from trax_sparse.layers import plan
 from trax_sparse.layers.base import Layer, replay_context
 from trax_sparse.layers.combinators import Serial
 from trax_sparse.layers.stack import from_stack, to_stack
@@ -148,12 +149,11 @@ class ReversibleSelect(ReversibleLayer):
                              f'input exactly once, n >= 1), got {indices}')
         super().__init__(n_in=len(indices), n_out=len(indices),
                          name=name or f'ReversibleSelect{indices}')
-        self._indices = indices
+        self._plan = plan.select(indices, len(indices))
         self._inverse = [indices.index(i) for i in range(len(indices))]
 
-    def forward(self, xs: Any) -> Any:
-        stack = to_stack(xs, self.n_in)
-        return from_stack([stack[i] for i in self._indices], self.n_out)
+    def plan(self) -> tuple:
+        return self._plan
 
     def reverse(self, output: Any, weights: Any = (), state: Any = (), new_state: Any = (),
                 rng: Any = None) -> Any:
@@ -207,28 +207,19 @@ class ReversibleHalfResidual(ReversibleLayer):
                              f'({residual!r})')
         super().__init__(n_in=1 + residual.n_in, n_out=1 + residual.n_in,
                          name=name or 'ReversibleHalfResidual', sublayers=[residual])
+        # [acc, *context] -> [*context, acc, *context] -> [f(context), acc, *context]
+        # -> [acc + f(context), *context]; f gets this layer's own key (no split).
+        n = self.n_in
+        self._plan = (plan.Permute(0, n, tuple(range(1, n)) + tuple(range(n))),
+                      plan.Call(0, own_key=True), plan.Accumulate(0))
+
+    def plan(self) -> tuple:
+        return self._plan
 
     @property
     def residual(self) -> Layer:
         """f: the Serial of residual layers."""
         return self.sublayers[0]
-
-    def init_weights_and_state(self, input_signature: Any) -> None:
-        acc, context = self._split(input_signature)
-        with self.sublayer_context(0):
-            w, s = self.residual.init(context, self.rng)
-            out = self.residual.abstract_forward(context, w, s, self.rng)
-        self._check_residual_shape(acc, out)
-        self.weights, self.state = (w,), (s,)
-
-    def forward(self, xs: Any) -> Any:
-        acc, context = self._split(xs)
-        (w,), (s,) = self.weights, self.state
-        with self.sublayer_context(0):
-            residual_out, s = self.residual.pure_fn(context, w, s, self.rng)
-        self._check_residual_shape(acc, residual_out)
-        self.state = (s,)
-        return (acc + residual_out,) + self._context_items(context)
 
     def reverse(self, output: Any, weights: Any = (), state: Any = (), new_state: Any = (),
                 rng: Any = None) -> Any:
@@ -267,10 +258,6 @@ class ReversibleHalfResidual(ReversibleLayer):
     def _context_items(self, context: Any) -> tuple:
         return tuple(to_stack(context, self.residual.n_in))
 
-    def _check_residual_shape(self, acc: Any, residual_out: Any) -> None:
-        if tuple(residual_out.shape) != tuple(acc.shape):
-            raise ValueError(f'{self.name}: the residual layers must return the accumulator\'s '
-                             f'shape {tuple(acc.shape)}, got {tuple(residual_out.shape)}')
 
 
 class ReversibleSerial(ReversibleLayer, Serial):
@@ -329,34 +316,3 @@ class ReversibleSerial(ReversibleLayer, Serial):
 __all__ = ['ReversibleHalfResidual', 'ReversibleLayer', 'ReversibleSelect', 'ReversibleSerial',
            'ReversibleSwap']
 
-
-class _AutodiffForward(Layer):
-    """A reversible layer's forward without its custom gradient; same weights and state trees."""
-
-    def __init__(self, layer: ReversibleLayer):
-        super().__init__(n_in=layer.n_in, n_out=layer.n_out, name=f'Autodiff_{layer.name}')
-        self._layer = layer
-
-    def forward(self, xs: Any) -> Any:
-        y, self.state = self._layer.pure_fn_autodiff(xs, self.weights, self.state, self.rng)
-        return y
-
-
-def autodiff_twin(layer: Layer) -> Layer:
-    """The same computation with every reversible part differentiated by ordinary autodiff.
-
-    Serials (reversible or not) are rebuilt with their sublayers' twins; other layers are
-    kept. The twin takes the original's weights and state trees and stores activations
-    like any plain network: the reference that reversible gradients must equal.
-
-    Example:
-        >>> from trax_sparse import layers as tl
-        >>> stack = ReversibleSerial(ReversibleHalfResidual(tl.Dense(4)), ReversibleSwap())
-        >>> [sub.name for sub in autodiff_twin(stack).sublayers]
-        ['Autodiff_ReversibleHalfResidual', 'Autodiff_ReversibleSwap']
-    """
-    if type(layer) in (Serial, ReversibleSerial):
-        return Serial(*[autodiff_twin(sub) for sub in layer.sublayers], name=layer.name)
-    if isinstance(layer, ReversibleLayer):
-        return _AutodiffForward(layer)
-    return layer
