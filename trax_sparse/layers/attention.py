@@ -297,6 +297,9 @@ class EncDecAttention(Layer):
         else:
             self.state = ()
 
+    def sublayer_states(self, state: Any) -> tuple:
+        return ((),) * len(self.sublayers)    # the state is this layer's K/V cache alone
+
     def forward(self, inputs: Any) -> Any:
         x, enc, mask = inputs
         _check_rank3(self.name, 'decoder input', x.shape)

@@ -159,9 +159,12 @@ class Layer:
     def sublayer_weights(self, weights: Any) -> Sequence[Any]:
         """The entry of this layer's `weights` for each sublayer, in order.
 
-        Default: `weights` is a tuple with one entry per sublayer. A wrapper that
-        shares its child's weights returns `(weights,)`.
+        Default: `weights` is a tuple with one entry per sublayer (() for a leaf,
+        whose weights are its own). A wrapper that shares its child's weights
+        returns `(weights,)`.
         """
+        if not self._sublayers:
+            return ()
         if self.shares_child_weights:
             return (weights,)
         return weights
@@ -172,6 +175,8 @@ class Layer:
         A weight-sharing wrapper's state is (child state, *its own), so the default
         for it is `(state[0],)`.
         """
+        if not self._sublayers:
+            return ()
         if self.shares_child_weights:
             return (state[0],)
         return state
