@@ -147,13 +147,21 @@ def test_a_state_made_for_another_batch_size_decodes(backend_name):
     assert (out == out[:1]).all()                          # same start, greedy: same rows
 
 
-def test_later_encdec_calls_take_empty_inputs_terraformer_rejects_real_ones():
-    model, _ = _predict_model('terraformer_sparse')
-    with fastmath.use_backend('numpy'):
+@pytest.mark.parametrize('name', ['transformer', 'terraformer_sparse'])
+def test_later_calls_with_the_encoder_inputs_again_equal_empty_ones(name, backend_name):
+    # Trax's form (the inputs at every call) and the documented one (inputs[:, :0] after the
+    # prefix) give the same logits through the decoding step: flat on NumPy, jitted on JAX.
+    model, _ = _predict_model(name)
+    step = decoding.predict_step(model)
+    tokens = np.array([[0], [0]], np.int32)
+    logits = []
+    for later in (INPUTS, predict_state.later_inputs(INPUTS)):
         state = decoding.init_predict_state(model, _step_signature(True, 2))
-        tokens = np.zeros((2, 1), np.int32)
-        _, state = model.pure_fn((INPUTS, tokens), model.weights, state)
-        _, state = model.pure_fn((predict_state.later_inputs(INPUTS), tokens), model.weights,
-                                 state)
-        with pytest.raises(tl.LayerError, match='only the first predict call takes the encoder'):
-            model.pure_fn((INPUTS, tokens), model.weights, state)
+        rows = []
+        for t in range(3):
+            out, state = step((INPUTS if t == 0 else later, tokens + t), model.weights, state,
+                              fastmath.random.get_prng(0))
+            rows.append(np.asarray(out))
+        logits.append(np.stack(rows))
+    assert np.isfinite(logits[0]).all()
+    np.testing.assert_allclose(logits[0], logits[1], atol=1e-5, rtol=1e-5)

@@ -35,7 +35,10 @@ def lm_predict_equals_eval(make: Callable[[str], tl.Layer], tokens: np.ndarray,
 
 
 def encdec_predict_equals_eval(make: Callable[[str], tl.Layer], inputs: np.ndarray,
-                               targets: np.ndarray, prefix: int = 2, atol: float = 1e-4) -> None:
+                               targets: np.ndarray, prefix: int = 2, atol: float = 1e-4,
+                               inputs_every_step: bool = False) -> None:
+    """Later calls take empty encoder inputs (the documented form) or, with
+    inputs_every_step, the same inputs again (Trax's form)."""
     ev, pr = make('eval'), make('predict')
     weights, ev_state = ev.init(shapes.signature((inputs, targets)),
                                 rng=fastmath.random.get_prng(1))
@@ -47,7 +50,7 @@ def encdec_predict_equals_eval(make: Callable[[str], tl.Layer], inputs: np.ndarr
     dec_in, outs, t = shifted(targets), [], 0
     run = _compiled(pr.pure_fn)                            # the prefix call is jitted too
     for size in [prefix] + [1] * (targets.shape[1] - prefix):
-        given = inputs if t == 0 else inputs[:, :0]        # later calls: empty encoder inputs
+        given = inputs if t == 0 or inputs_every_step else inputs[:, :0]
         (step, _), state = run((given, dec_in[:, t:t + size]), weights, state,
                                fastmath.random.get_prng(2))
         outs.append(np.asarray(step))

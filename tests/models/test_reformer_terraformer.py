@@ -5,6 +5,7 @@ import pytest
 
 from trax_sparse import fastmath, models, shapes
 from trax_sparse import layers as tl
+from trax_sparse.testing import autodiff_twin
 from tests import helpers
 from tests.models import model_checks
 
@@ -53,6 +54,15 @@ def test_terraformer_predict_equals_eval_with_padded_inputs(config, backend_name
         lambda mode: terraformer(mode, **TERRA_CONFIGS[config]), INPUTS, TOKENS[:, :5])
 
 
+@pytest.mark.parametrize('config', ['dense', 'lsh', 'sparse_sru'])
+def test_terraformer_predict_with_inputs_at_every_step_equals_eval(config, backend_name):
+    # Trax's decoding passes the encoder inputs again at every call: the model ignores them
+    # after the first (EncoderInputsOnce); on JAX every call is jitted (a cond on the count).
+    model_checks.encdec_predict_equals_eval(
+        lambda mode: terraformer(mode, **TERRA_CONFIGS[config]), INPUTS, TOKENS[:, :5],
+        prefix=1, inputs_every_step=True)
+
+
 @pytest.mark.parametrize('config', sorted(TERRA_CONFIGS))
 def test_terraformer_output_ignores_encoder_padding(config):
     model = terraformer('eval', **TERRA_CONFIGS[config])
@@ -71,7 +81,7 @@ def test_terraformer_reversible_gradients_equal_autodiff():
     targets = TOKENS[:, :5]
     batch = (INPUTS, targets)
     w, s = model.init(shapes.signature(batch), rng=fastmath.random.get_prng(0))
-    twin = tl.autodiff_twin(model)
+    twin = autodiff_twin(model)
     key = np.array([0, 42], np.uint32)
     loss_layer = tl.CrossEntropyLoss()
 

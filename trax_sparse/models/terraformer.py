@@ -18,8 +18,10 @@ output does not depend on how much padding an input has.
 
 Predict mode: the first call (inputs, first target tokens) encodes the inputs
 and primes the decoder caches with the joint prefix; later calls take empty
-inputs [B, 0] and one target token each (docs/predict_mode.md). Which kind of
-call it is follows from the shapes, so both run under jit.
+inputs [B, 0] and one target token each (docs/predict_mode.md), or the same
+inputs again as Trax passes them: the predict model is wrapped in
+`EncoderInputsOnce`, which gives the model empty inputs after its first call,
+so both forms give the same logits, eagerly and under jit.
 
 Example:
     >>> import numpy as np
@@ -41,6 +43,7 @@ from trax_sparse.fastmath import numpy as xnp
 from trax_sparse.models import blocks, parts
 from trax_sparse.models import reversible_blocks as rb
 from trax_sparse.models.parts import Part
+from trax_sparse.models.predict_inputs import EncoderInputsOnce
 
 
 def right_align(enc: Any, mask: Any) -> tuple[Any, Any]:
@@ -61,10 +64,8 @@ class ConcatenateWithPadding(tl.Layer):
 
     joint = [right-aligned real encoder tokens; x_d], mask False at the
     padding in front. In predict mode the first call brings the encoder
-    output; later calls bring an empty one (Le = 0: see `SkipWhenEmpty`) and
-    return (x_d, all-True mask). The state counts calls, only to catch a later
-    call that brings a non-empty encoder output again (an error when eager,
-    NaN under jit: the decoder caches already hold the encoder).
+    output; later calls bring an empty one (Le = 0: see `SkipWhenEmpty`;
+    `EncoderInputsOnce` makes sure of it) and return (x_d, all-True mask).
     """
 
     def draws_random_numbers(self) -> bool:
@@ -74,10 +75,6 @@ class ConcatenateWithPadding(tl.Layer):
         super().__init__(n_in=3, n_out=2, name='ConcatenateWithPadding')
         self._mode = tl.check_mode(mode, self.name)
 
-    def init_weights_and_state(self, input_signature: Any) -> None:
-        self.weights = ()
-        self.state = xnp.zeros((), xnp.int32) if self._mode == 'predict' else ()
-
     def forward(self, inputs: Any) -> Any:
         x_d, enc, mask = inputs
         if fastmath.is_concrete(mask):
@@ -86,18 +83,10 @@ class ConcatenateWithPadding(tl.Layer):
                 raise ValueError(f'{self.name}: encoder padding (id 0) must come after the real '
                                  f'tokens of each row')
         decoder_mask = xnp.ones(x_d.shape[:2], xnp.bool_)
-        if self._mode == 'predict':
-            n_calls = self.state
-            self.state = n_calls + 1
-            if enc.shape[1] == 0:
-                return x_d, decoder_mask
-            if fastmath.is_concrete(n_calls) and int(n_calls) > 0:
-                raise ValueError(f'{self.name}: only the first predict call takes the encoder '
-                                 f'inputs; pass empty inputs [batch, 0] afterwards')
+        if self._mode == 'predict' and enc.shape[1] == 0:
+            return x_d, decoder_mask
         aligned, aligned_mask = right_align(enc, mask)
         joint = xnp.concatenate([aligned, x_d.astype(aligned.dtype)], axis=1)   # [B, Le+Ld, d]
-        if self._mode == 'predict' and not fastmath.is_concrete(self.state):
-            joint = xnp.where(self.state > 1, xnp.full_like(joint, xnp.nan), joint)
         return joint, xnp.concatenate([aligned_mask, decoder_mask], axis=1)     # [B, Le+Ld]
 
 
@@ -207,7 +196,7 @@ def Terraformer(input_vocab_size: int, output_vocab_size: int | None = None,  # 
     output = output or parts.output_layer(output_vocab_size, loss_sparsity)
     encoder = _encoder(input_vocab_size, d_model, n_encoder_layers, encoder_attention,
                        encoder_ff, dropout, max_len, bool(ff_use_sru), mode)
-    return tl.Serial(                                                   # tok_e, tok_d
+    model = tl.Serial(                                                  # tok_e, tok_d
         blocks.EncoderDecoderFront(encoder, output_vocab_size, d_model, dropout, max_len, mode,
                                    predict_encoder=SkipWhenEmpty),
         ConcatenateWithPadding(mode),                                   # joint, jmask, tok_d
@@ -222,3 +211,4 @@ def Terraformer(input_vocab_size: int, output_vocab_size: int | None = None,  # 
         tl.Dropout(dropout, mode=mode),
         output(mode),                                                   # logits, tok_d
         name='Terraformer')
+    return EncoderInputsOnce(model) if mode == 'predict' else model
