@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 
@@ -67,3 +68,47 @@ def test_two_trainer_processes_equal_one_process_with_four_devices(tmp_path):
     np.testing.assert_allclose(two_hosts, reference[:2], rtol=1e-6)
     saved = training.checkpoint.list_checkpoints(str(tmp_path / 'run2-0' / 'checkpoints'))
     assert [step for step, _ in saved] == [1, 2]
+
+
+KILL_GIN = """
+import tests.training.gin_tiny
+
+train.model = @TinyLM
+train.inputs = @CountingStream
+CountingStream.batch_size = 8
+CountingStream.delay_seconds = 0.2    # slow steps: the kill lands between checkpoints
+train.steps = 1000
+train.checkpoint_every = 2
+"""
+
+
+def test_kill_9_of_one_process_stops_the_other_with_one_line(tmp_path):
+    """Issue 23: the survivor stops at once, naming the lost process and the last checkpoint,
+    status 1, no traceback and no C++ abort (it used to hang, then dump a stack)."""
+    address = f'127.0.0.1:{_free_port()}'
+    (tmp_path / 'kill.gin').write_text(KILL_GIN)
+    env = subprocess_env(XLA_FLAGS='--xla_force_host_platform_device_count=1')
+    processes = [subprocess.Popen(
+        [sys.executable, '-m', 'trax_sparse.trainer', f'--config_file={tmp_path}/kill.gin',
+         f'--output_dir={tmp_path}/run{i}', '--noplot', f'--coordinator_address={address}',
+         '--num_processes=2', f'--process_id={i}', '--peer_timeout=20'],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for i in range(2)]
+    marker = tmp_path / 'run0' / 'checkpoints' / 'ckpt-00000002.json'
+    deadline = time.monotonic() + 90
+    while not marker.exists() and time.monotonic() < deadline and \
+            all(p.poll() is None for p in processes):
+        time.sleep(0.1)
+    assert marker.exists(), [p.poll() for p in processes]
+    processes[1].kill()
+    killed_at = time.monotonic()
+    _, err = processes[0].communicate(timeout=max(5, deadline - killed_at))
+    processes[1].communicate()
+    lines = err.strip().splitlines()
+    assert processes[0].returncode == 1, err[-3000:]
+    assert time.monotonic() - killed_at < 30
+    assert lines[-1].startswith('trax-sparse-train: error: lost process 1 of 2 (exited or was '
+                                'killed); stopping this process (0); the last checkpoint is '
+                                f'step '), lines[-1]
+    assert f'({tmp_path}/run0/checkpoints/ckpt-' in lines[-1]
+    assert 'Traceback' not in err and 'Check failure' not in err and '*** ' not in err

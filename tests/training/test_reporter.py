@@ -46,8 +46,8 @@ def test_speed_leaves_out_the_compiling_step_and_pauses(clock, caplog):
     assert record['steps_per_second'] == pytest.approx(1.0)
     assert record['loss'] == pytest.approx(3.0)
     lines = [rec.getMessage() for rec in caplog.records]
-    assert lines[0] == 'step 2/10, loss 3.5000, 100 tokens/s, 1.00 steps/s, ETA 8s', lines
-    assert lines[1] == 'step 4/10, loss 3.0000, 100 tokens/s, 1.00 steps/s, ETA 6s', lines
+    assert lines[0] == 'step 2/10, loss (mean of last 2) 3.5000, 100 tokens/s, 1.00 steps/s, ETA 8s', lines
+    assert lines[1] == 'step 4/10, loss (mean of last 2) 3.0000, 100 tokens/s, 1.00 steps/s, ETA 6s', lines
 
 
 def test_record_of_only_the_compiling_step_has_no_speed(clock):

@@ -3,6 +3,7 @@ exits 0 with a checkpoint, --restart, --log_every. Runs main() in this process (
 import errno
 import json
 import logging
+import os
 import subprocess
 import sys
 
@@ -15,6 +16,8 @@ from trax_sparse import training
 from trax_sparse.training import checkpoint as ckpt
 from tests.training import tiny
 from tests.training.conftest import subprocess_env
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 FLAGS = flags.FLAGS
 GIN = f"""
@@ -133,8 +136,8 @@ def test_missing_jax_is_one_line(tmp_path):
               "sys.argv = ['trax-sparse-train', '--output_dir=" + str(tmp_path) + "']; "
               'from trax_sparse import trainer; trainer.console_main()')
     result = subprocess.run([sys.executable, '-c', script], env=subprocess_env(),
-                            capture_output=True, text=True, timeout=60)
+                            capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert result.returncode == 1, result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         "trax-sparse-train: error: training needs jax and optax (not installed): pip install "
-        "'trax_sparse[jax,train]'"), result.stderr
+        "-e '.[jax]'"), result.stderr       # a checkout: the editable form, from its root

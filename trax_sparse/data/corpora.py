@@ -8,6 +8,7 @@ import os
 import re
 from pathlib import Path
 
+from trax_sparse.data.extras import install_command
 from trax_sparse.io_utils import sha256_of  # noqa: F401 - re-exported for data users
 
 DATA_DIR_ENV = 'TRAX_SPARSE_DATA_DIR'
@@ -97,6 +98,6 @@ def import_tfds():
     try:
         import tensorflow_datasets as tfds
     except ImportError as err:
-        raise ImportError(f'TFDS datasets need tensorflow-datasets and importlib_resources: '
-                          f"pip install -e '.[data]' ({err})") from err
+        raise ImportError(f'TFDS datasets need tensorflow-datasets and importlib_resources '
+                          f'(not installed): {install_command(["data"])}') from err
     return tfds

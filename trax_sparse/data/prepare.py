@@ -14,6 +14,7 @@ from typing import Sequence
 
 from trax_sparse.data import shakespeare
 from trax_sparse.data.corpora import DATA_DIR_ENV, resolve_data_dir, user_data_dir
+from trax_sparse.data.extras import install_command, installed
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -27,6 +28,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument('--verbose', action='store_true',
                         help='show TFDS progress bars and warnings')
     args = parser.parse_args(argv)
+    missing = [m for m in ('tensorflow_datasets', 'importlib_resources') if not installed(m)]
+    if missing:
+        print(f"error: preparing the corpus needs {' and '.join(missing)} (not installed): "
+              f"{install_command(['data'])}", file=sys.stderr)
+        return 1
     if not args.verbose:
         _quiet_tfds()
     data_dir = resolve_data_dir(args.data_dir)
@@ -45,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         path = shakespeare.prepare_shakespeare(data_dir)
-    except (ConnectionError, ValueError, OSError) as err:
+    except (ConnectionError, ValueError, OSError, ImportError) as err:
         print(f'error: {err}', file=sys.stderr)
         return 1
     print(f'prepared {shakespeare.DATASET_NAME} in {path} ({time.perf_counter() - start:.1f} s)')

@@ -285,12 +285,17 @@ def find_checkpoint_dir(directory: str) -> str:
     return sub if os.path.isdir(sub) else directory
 
 
-def load_latest(directory: str) -> Checkpoint | None:
-    """The newest checkpoint that verifies; warns about (and skips) corrupt newer ones."""
+def load_latest(directory: str, rejected: list | None = None) -> Checkpoint | None:
+    """The newest checkpoint that verifies; warns about (and skips) corrupt newer ones.
+
+    rejected: a list that gets (json path, reason) of each checkpoint skipped.
+    """
     for step, json_path in reversed(list_checkpoints(directory)):
         try:
             return read_checkpoint(json_path)
         except CheckpointError as e:
+            if rejected is not None:
+                rejected.append((json_path, str(e)))
             message = (f'checkpoint {json_path} (step {step}) is unusable: {e}; '
                        f'falling back to the previous checkpoint')
             log.warning(message)

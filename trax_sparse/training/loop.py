@@ -36,6 +36,7 @@ from trax_sparse import fastmath, shapes
 from trax_sparse import layers as tl
 from trax_sparse.fastmath import BackendError
 from trax_sparse.training import checkpoint as ckpt
+from trax_sparse.training import peers
 from trax_sparse.training import train_step as ts
 from trax_sparse.training.checkpointer import (Checkpointer, OutputDir, OutputDirError,
                                                prepare_output_dir, restore_train_state,
@@ -207,12 +208,14 @@ class Loop:
                 raise NonFiniteLossError('refusing to save weights after a non-finite loss')
             self._last_saved_step = self._step
             if not is_primary():
+                peers.note_checkpoint(self._step, None)
                 return None
             opt_leaves, opt_treedef = fastmath.backend().tree_flatten(
                 self._parallel.to_host(self._train_state.opt_state))
             self._last_checkpoint = self._checkpointer.save(
                 self._step, self.weights, self.state, opt_leaves, str(opt_treedef),
                 self._checkpoint_metadata())
+            peers.note_checkpoint(self._step, self._last_checkpoint)
             log.info('step %d: saved checkpoint %s', self._step, self._last_checkpoint)
             return self._last_checkpoint
 
@@ -237,6 +240,7 @@ class Loop:
             trees = restore_train_state(restored, trees, self._task.optimizer.name)
             self._step = self._last_saved_step = self._last_eval_step = restored.step
             self._last_checkpoint = restored.path
+            peers.note_checkpoint(restored.step, restored.path if is_primary() else None)
             log.info('resumed from %s (step %d)', restored.path, restored.step)
         if self._checkpointer is not None:
             self._checkpointer.check_space(tree_bytes(*trees))

@@ -140,10 +140,11 @@ class ProgressBar:
             except ImportError:
                 self._bar = None
 
-    def update(self, loss: float | None = None) -> None:
+    def update(self, loss_text: str | None = None) -> None:
+        """Advances one step; `loss_text` ('loss (mean of last 100) 2.3456') goes after it."""
         if self._bar is not None:
-            if loss is not None:
-                self._bar.set_postfix(loss=f'{loss:.4f}', refresh=False)
+            if loss_text is not None:
+                self._bar.set_postfix_str(loss_text, refresh=False)
             self._bar.update(1)
 
     def close(self) -> None:

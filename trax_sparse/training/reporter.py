@@ -4,9 +4,11 @@
 the last record into a train record (`train_record`: means, learning rate, tokens/s and
 steps/s), writes records through MetricsWriter (metrics.jsonl, TensorBoard, the log),
 logs a line with an ETA every `log_every` steps and drives the progress bar, which starts
-at the resumed step. Speeds count only time spent in train steps: the first step of a
-Loop (it compiles) and the time between `pause()` and `resume()` (evals, checkpoints) are
-left out; a record without any timed step has no speed entries.
+at the resumed step. Both show the same labelled loss: the mean of the last `log_every`
+(default 100) steps, 'loss (mean of last 100) 2.3456'. Speeds count only time spent in
+train steps: the first step of a Loop (it compiles) and the time between `pause()` and
+`resume()` (evals, checkpoints) are left out; a record without any timed step has no speed
+entries.
 
 Example:
     >>> r = Reporter(None, log_every=None, progress_bar=False)
@@ -16,6 +18,7 @@ Example:
     >>> (rec['loss'], rec['learning_rate'], 'tokens_per_second' in rec)
     (1.5, 0.1, True)
 """
+import collections
 import logging
 import math
 import time
@@ -26,14 +29,23 @@ from trax_sparse.training.metrics_writer import MetricsWriter, ProgressBar
 
 log = logging.getLogger('trax_sparse.training')
 TIMING_METRICS = ('tokens_per_second', 'steps_per_second')
+DEFAULT_LOSS_WINDOW = 100  # steps in the progress bar's loss without log_every
 _FIRST = ('loss', 'accuracy', 'log_perplexity')  # the order of metrics in train records
 
 
 def format_duration(seconds: float) -> str:
-    """'1h02m', '3m05s', '42s'."""
+    """'1h02m', '3m05s', '42s'; from 2 days '3d04h'; over 100 years '> 100 years'.
+
+        >>> format_duration(125), format_duration(3 * 86400 + 4 * 3600), format_duration(1e30)
+        ('2m05s', '3d04h', '> 100 years')
+    """
+    if not seconds < 100 * 365 * 86400:   # inf and NaN too
+        return '> 100 years'
     seconds = int(round(max(seconds, 0)))
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
+    if hours >= 48:
+        return f'{hours // 24}d{hours % 24:02d}h'
     if hours:
         return f'{hours}h{minutes:02d}m'
     return f'{minutes}m{secs:02d}s' if minutes else f'{secs}s'
@@ -88,7 +100,7 @@ class Reporter:
         self._writer = MetricsWriter(output_dir, resume_step=resume_step)
         self._log_every, self._progress_bar = log_every, progress_bar
         self._accumulated: list[dict] = []
-        self._since_log: list[float] = []
+        self._recent = collections.deque(maxlen=int(log_every or DEFAULT_LOSS_WINDOW))
         self._interval, self._run = _Speed(), _Speed()
         self._bar: ProgressBar | None = None
         self._target = 0
@@ -119,15 +131,14 @@ class Reporter:
         self._accumulated.append(values)
         self._interval.step(n_tokens)
         self._run.step(n_tokens)
-        self._since_log.append(values['loss'])
+        self._recent.append(values['loss'])
         if self._bar is not None:
-            self._bar.update(values['loss'])
+            self._bar.update(self.loss_text())
         if self._log_every and step % self._log_every == 0:
             self._log_line(step)
 
     def _log_line(self, step: int) -> None:
-        loss = float(np.mean(self._since_log))
-        parts = [f'step {step}/{self._target}', f'loss {loss:.4f}']
+        parts = [f'step {step}/{self._target}', self.loss_text()]
         elapsed = self._run.elapsed()
         if self._run.steps and elapsed > 0:
             steps_per_second = self._run.steps / elapsed
@@ -135,7 +146,12 @@ class Reporter:
                       f'{steps_per_second:.2f} steps/s',
                       f'ETA {format_duration((self._target - step) / steps_per_second)}']
         log.info(', '.join(parts))
-        self._since_log = []
+
+    def loss_text(self) -> str:
+        """'loss (mean of last 100) 2.3456': what the progress bar and the log line show."""
+        if not self._recent:
+            return 'loss (no step yet)'
+        return f'loss (mean of last {len(self._recent)}) {float(np.mean(self._recent)):.4f}'
 
     def train_record(self, step: int, learning_rate: float) -> dict | None:
         """The record of the steps since the last one (None if there were none); written."""

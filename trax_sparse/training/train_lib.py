@@ -26,9 +26,13 @@ import logging
 import os
 from typing import Any, Callable, Iterable
 
+import numpy as np
+
 from trax_sparse import fastmath
 from trax_sparse import layers as tl
 from trax_sparse.io_utils import atomic_write_text
+from trax_sparse.training.config_diff import diff_lines
+from trax_sparse.training.output_lock import OutputLock
 from trax_sparse.training import optimizers as opt
 from trax_sparse.training import distributed, schedules
 from trax_sparse.training import plot as plot_lib
@@ -37,6 +41,7 @@ from trax_sparse.training.tasks import EvalTask, TrainTask, is_stream_factory, o
 
 log = logging.getLogger('trax_sparse.training')
 CONFIG_FILE = 'config.gin'
+MAX_STEPS = 2**31 - 1  # the step is an int32 in the jitted train step
 
 
 def _is_factory(fn: Any) -> bool:
@@ -116,7 +121,45 @@ def train(output_dir: str, model: Any = None, inputs: Any = None, eval_inputs: A
     restart, log_every: see Loop. `loop.interrupted` names a signal that stopped it early.
     plot: write output_dir/loss.png at the end (when matplotlib is installed).
     """
+    steps = whole_number('train.steps', steps, minimum=0)
+    checkpoint_every = whole_number('train.checkpoint_every', checkpoint_every)
+    keep_checkpoints = whole_number('train.keep_checkpoints', keep_checkpoints)
+    eval_steps = whole_number('train.eval_steps', eval_steps)
     output_dir = prepare_output_dir(output_dir)
+    with fastmath.use_backend('jax'):
+        primary = distributed.is_primary()
+    lock = OutputLock(output_dir)
+    if primary:
+        lock.acquire()
+    try:
+        return _train(output_dir, primary, model, inputs, eval_inputs, loss, optimizer,
+                      lr_schedule, steps, eval_steps, eval_every, checkpoint_every,
+                      keep_checkpoints, random_seed, n_devices, use_jit, operative_config,
+                      restart, log_every, plot)
+    finally:
+        lock.release()
+
+
+def whole_number(name: str, value: Any, minimum: int = 1) -> int:
+    """`value` as an int in [minimum, MAX_STEPS]; ValueError naming the binding otherwise.
+
+        >>> whole_number('train.steps', 2.5)
+        Traceback (most recent call last):
+        ...
+        ValueError: train.steps = 2.5: expected a whole number >= 1 (no decimal point)
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f'{name} = {value!r}: expected a whole number >= {minimum} (no '
+                         f'decimal point)')
+    if not minimum <= int(value) <= MAX_STEPS:
+        raise ValueError(f'{name} = {value}: expected a whole number in [{minimum}, '
+                         f'{MAX_STEPS}] (steps are counted in int32)')
+    return int(value)
+
+
+def _train(output_dir, primary, model, inputs, eval_inputs, loss, optimizer, lr_schedule,
+           steps, eval_steps, eval_every, checkpoint_every, keep_checkpoints, random_seed,
+           n_devices, use_jit, operative_config, restart, log_every, plot) -> Loop:
     train_model, eval_model = _models(model)
     loss_layer = _built(loss, tl.Layer, tl.CrossEntropyLoss, 'loss')
     optimizer = _built(optimizer, opt.Optimizer, opt.Adam, 'optimizer')
@@ -124,9 +167,6 @@ def train(output_dir: str, model: Any = None, inputs: Any = None, eval_inputs: A
         lr_schedule = schedules.multifactor()
     elif _is_factory(lr_schedule):
         lr_schedule = lr_schedule()
-    if int(steps) < 0 or int(checkpoint_every) < 1:
-        raise ValueError(f'train: steps must be >= 0 and checkpoint_every >= 1, got {steps}, '
-                         f'{checkpoint_every}')
     eval_every = int(eval_every or checkpoint_every)
     task = TrainTask(_stream(inputs, 'inputs'), loss_layer, optimizer, lr_schedule,
                      n_steps_per_checkpoint=checkpoint_every)
@@ -140,17 +180,17 @@ def train(output_dir: str, model: Any = None, inputs: Any = None, eval_inputs: A
                 eval_at=lambda step: step % eval_every == 0, keep_checkpoints=keep_checkpoints,
                 n_devices=n_devices, use_jit=use_jit, config_text=config_text,
                 restart=restart, log_every=log_every)
-    with fastmath.use_backend('jax'):
-        primary = distributed.is_primary()
     if config_text is not None and primary:
-        atomic_write_text(os.path.join(output_dir, CONFIG_FILE), config_text)
+        _write_config(output_dir, config_text, loop.step)
     try:
-        remaining = int(steps) - loop.step
-        if remaining > 0:
+        remaining = steps - loop.step
+        if steps == 0:
+            log.warning('train.steps = 0: nothing will be trained')
+        elif remaining > 0:
             loop.run(remaining)
         else:
-            log.info('%s already holds step %d >= steps=%d: nothing to train', output_dir,
-                     loop.step, steps)
+            log.info('%s already holds step %d >= train.steps = %d: nothing to train',
+                     output_dir, loop.step, steps)
     finally:
         loop.close()
     if plot and primary:
@@ -158,4 +198,24 @@ def train(output_dir: str, model: Any = None, inputs: Any = None, eval_inputs: A
     return loop
 
 
-__all__ = ['CONFIG_FILE', 'train']
+def _write_config(output_dir: str, config_text: str, step: int) -> None:
+    """Writes config.gin; on a resume with another config, logs the changed bindings and
+    keeps the previous one as config.<step>.gin."""
+    path = os.path.join(output_dir, CONFIG_FILE)
+    if step > 0 and os.path.exists(path):
+        with open(path, encoding='utf-8') as f:
+            previous = f.read()
+        changes = diff_lines(previous, config_text)
+        if changes:
+            kept = os.path.join(output_dir, f'config.{step}.gin')
+            n = 0
+            while os.path.exists(kept):
+                n += 1
+                kept = os.path.join(output_dir, f'config.{step}.{n}.gin')
+            atomic_write_text(kept, previous)
+            log.warning('resuming at step %d with a changed config (%s); the previous one is '
+                        'kept in %s', step, '; '.join(changes), kept)
+    atomic_write_text(path, config_text)
+
+
+__all__ = ['CONFIG_FILE', 'MAX_STEPS', 'train', 'whole_number']
