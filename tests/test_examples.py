@@ -78,3 +78,13 @@ def test_demo_quick_trains_samples_and_times(tmp_path):
     assert out.count('---- the model: ----') == 2
     assert 'speed-up of Sparse FF + QKV + loss over dense (jax)' in out
     assert '== demo wall time' in out
+
+
+def test_readme_training_from_python_is_the_example_file():
+    """README's "Training from Python" block is examples/train_from_python.py from its first
+    import on (test_readme.py runs the README's blocks, so the example runs there)."""
+    example = (ROOT / 'examples' / 'train_from_python.py').read_text()
+    body = example[example.index('import tempfile'):]
+    readme = (ROOT / 'README.md').read_text()
+    section = readme.split('### Training from Python', 1)[1]
+    assert section.split('```python\n', 1)[1].split('```', 1)[0] == body
