@@ -6,14 +6,14 @@
 Rebuilds the model in predict mode from the gin config stored with the checkpoint (or
 DIR/config.gin), loads the newest valid checkpoint and streams the continuation as it is
 produced. --beam_size > 1 runs beam search instead (printed at the end). Encoder-decoder
-models (Transformer, ScalingTransformer, Terraformer) read their input from --input_file.
+models (those taking two inputs: encoder inputs and tokens) read their input from
+--input_file.
 On --backend=numpy nothing imports jax.
 
 Every user error (bad flag values, a missing checkpoint or jax, token ids outside the
 vocabulary, a prompt + --max_length longer than the model's max_len) is one line on stderr
 and exit status 1, checked on the host before any jitted call; --debug shows the traceback.
 """
-import inspect
 import os
 import sys
 import time
@@ -24,6 +24,7 @@ import numpy as np
 from absl import app, flags
 
 from trax_sparse import decoding, fastmath, shapes
+from trax_sparse.layers.token_ids import check_token_ids, input_vocab_sizes
 from trax_sparse.training import checkpoint, cli
 
 FLAGS = flags.FLAGS
@@ -41,7 +42,6 @@ flags.DEFINE_integer('seed', 0, 'Random seed for sampling.')
 flags.DEFINE_enum('backend', 'numpy', list(fastmath.BACKENDS), 'fastmath backend.',
                   allow_override=True)
 flags.DEFINE_bool('debug', False, 'Show the traceback of an error.', allow_override=True)
-ENCODER_DECODER = ('Transformer', 'ScalingTransformer', 'Terraformer')
 PROG = 'trax-sparse-decode'
 
 
@@ -112,12 +112,6 @@ def _binding(name: str, default: Any = None) -> Any:
     return value
 
 
-def _default(model_name: str, arg: str) -> Any:
-    """The default of argument `arg` of trax_sparse.models.<model_name>."""
-    from trax_sparse import models
-    return inspect.signature(getattr(models, model_name)).parameters[arg].default
-
-
 def tokenizer_from_config() -> Any:
     """The tokenizer the model was trained with: SentencePiece if configured, else bytes."""
     from trax_sparse import data
@@ -127,16 +121,18 @@ def tokenizer_from_config() -> Any:
     return data.ByteTokenizer(n_extra_ids=_binding('ByteTokenizer.n_extra_ids', 0))
 
 
-def encode_checked(tokenizer: Any, text: str, vocab_size: int, what: str) -> np.ndarray:
-    """Token ids of `text`, all in [0, vocab_size); else a DecodeError naming the problem."""
+def encode_checked(tokenizer: Any, text: str, vocab_size: int | None,
+                   what: str) -> np.ndarray:
+    """Token ids of `text`, all in [0, vocab_size) (`layers.token_ids`, the rule decoding and
+    training use); else a DecodeError naming the problem."""
     ids = np.asarray(tokenizer.encode(text), np.int32)
     if tokenizer.decode(ids) != text:
         lost = sorted({c for c in text if tokenizer.decode(tokenizer.encode(c)) != c})
         raise DecodeError(f'{what} has characters outside the vocabulary: {lost}')
-    bad = ids[(ids < 0) | (ids >= vocab_size)]
-    if bad.size:
-        raise DecodeError(f'{what} encodes to id {int(bad[0])}, outside the model '
-                          f'vocabulary of {vocab_size} tokens [0, {vocab_size})')
+    try:
+        check_token_ids(ids, vocab_size, f'{what} (encoded)')
+    except ValueError as e:
+        raise DecodeError(str(e)) from None
     return ids
 
 
@@ -162,9 +158,10 @@ def detokenize(tokenizer: Any, ids: Any) -> str:
 class PredictModel:
     """The predict-mode model of a checkpoint, with its tokenizer and limits.
 
-    The vocabulary sizes come from the model's config (`vocab_size`, or `input_vocab_size`
-    and `output_vocab_size` of encoder-decoders), else from the tokenizer; EOS is the
-    tokenizer's `eos_id`.
+    The model tells what it reads: two inputs (encoder inputs, tokens) make it an
+    encoder-decoder, and the vocabulary of each input follows the one token rule
+    (`layers.token_ids.input_vocab_sizes`). EOS is the tokenizer's `eos_id`. Lengths are
+    checked by `decoding.start_decoding`, before any token.
     """
 
     def __init__(self, checkpoint_dir: str):
@@ -179,13 +176,10 @@ class PredictModel:
         self.make = reference.scoped_configurable_fn
         self.tokenizer = tokenizer_from_config()
         self.eos_id = int(self.tokenizer.eos_id)
-        self.input_vocab_size = int(_binding(f'{self.name}.input_vocab_size') or
-                                    _binding(f'{self.name}.vocab_size') or
-                                    self.tokenizer.vocab_size)
-        self.vocab_size = int(_binding(f'{self.name}.output_vocab_size') or
-                              self.input_vocab_size)          # the logits' width
-        self.max_len = int(_binding(f'{self.name}.max_len', _default(self.name, 'max_len')))
-        self.is_encoder_decoder = self.name in ENCODER_DECODER
+        model = self.make(mode='predict')        # not initialized: no weights made yet
+        self.is_encoder_decoder = model.n_in > 1
+        self.input_vocab_size = input_vocab_sizes(model)[0]       # encoder inputs (or tokens)
+        self.vocab_size = input_vocab_sizes(model)[-1]            # tokens, prompt, logits
         self.weights, _ = checkpoint.load_weights(checkpoint_dir)
 
     def build(self, batch_size: int, inputs: np.ndarray | None = None) -> Any:
@@ -195,21 +189,6 @@ class PredictModel:
         model.weights = fastmath.to_backend(self.weights)
         return model
 
-    def check_lengths(self, prompt_ids: np.ndarray, max_length: int,
-                      inputs: np.ndarray | None) -> None:
-        """DecodeError unless the start token, the prompt and max_length - 1 fed-back tokens
-        (with a Terraformer's encoder input in front) fit in max_len positions."""
-        n_inputs = 0 if inputs is None else inputs.shape[1]
-        if n_inputs > self.max_len:
-            raise DecodeError(f'--input_file encodes to {n_inputs} tokens (EOS included), but '
-                              f'{self.name} was built for max_len={self.max_len}')
-        needed = len(prompt_ids) + max_length + (n_inputs if self.name == 'Terraformer' else 0)
-        if needed > self.max_len:
-            what = f'a {len(prompt_ids)}-token prompt' + (f' and a {n_inputs}-token input'
-                                                          if self.name == 'Terraformer' else '')
-            raise DecodeError(f'--max_length={max_length} with {what} needs {needed} positions, '
-                              f'but {self.name} was built for max_len={self.max_len}')
-
 
 def run(checkpoint_dir: str, prompt: str = '', input_file: str | None = None,
         max_length: int = 100, temperature: float = 0.0, top_k: int | None = None,
@@ -218,14 +197,15 @@ def run(checkpoint_dir: str, prompt: str = '', input_file: str | None = None,
     """Decodes and writes the text to `out` (stdout) as it comes; returns (text, seconds
     per token).
 
-    Flags, token ids and lengths are checked on the host first (DecodeError); a notice
+    Flags and token ids are checked on the host first (DecodeError), lengths by
+    `decoding.start_decoding` before any token (ValueError); a notice
     goes to `err` (stderr) when the model ends at EOS before producing anything.
     """
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
     check_flags(max_length, temperature, top_k, beam_size)
     pm = PredictModel(checkpoint_dir)
-    if top_k is not None and top_k > pm.vocab_size:
+    if top_k is not None and pm.vocab_size is not None and top_k > pm.vocab_size:
         raise DecodeError(f'--top_k={top_k} is more than the {pm.vocab_size} tokens of the '
                           f'vocabulary of {pm.name}')
     inputs = None
@@ -240,7 +220,6 @@ def run(checkpoint_dir: str, prompt: str = '', input_file: str | None = None,
     elif input_file:
         raise DecodeError(f'{pm.name} is a language model: use --prompt, not --input_file')
     prompt_ids = encode_checked(pm.tokenizer, prompt, pm.vocab_size, '--prompt')
-    pm.check_lengths(prompt_ids, max_length, inputs)
     model = pm.build(1, inputs)
     prompt_arg = prompt_ids[None] if len(prompt_ids) else None
     start = time.perf_counter()
@@ -274,7 +253,7 @@ def _stream(pm: PredictModel, model: Any, inputs: Any, prompt_arg: Any, max_leng
             out: Any) -> tuple[list[int], str]:
     stream = decoding.autoregressive_sample_stream(
         model, inputs=inputs, temperature=temperature, top_k=top_k, prompt=prompt_arg,
-        rng=fastmath.random.get_prng(seed))
+        rng=fastmath.random.get_prng(seed), max_steps=max_length)
     out.write(prompt)
     ids, shown = [], ''
     for _ in range(max_length):

@@ -118,7 +118,8 @@ def test_decoding_past_max_len_is_an_error_before_any_token(name, backend_name):
 def test_prompt_ids_outside_the_vocabulary_are_rejected_on_the_host(backend_name):
     model, _ = _predict_model('scaling_lm')
     for bad in (VOCAB, -1):
-        with pytest.raises(ValueError, match=f'token id {bad}, outside the vocabulary'):
+        with pytest.raises(ValueError, match=f"prompt holds token id {bad}, outside the "
+                                             f"model's vocabulary"):
             decoding.autoregressive_sample(model, prompt=np.array([[2, bad]]), max_length=2)
         with pytest.raises(ValueError, match=f'token id {bad}'):
             decoding.beam_search(model, prompt=np.array([[bad]]), beam_size=2, max_length=2)

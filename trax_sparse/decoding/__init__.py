@@ -6,7 +6,7 @@ Example:
     ['autoregressive_sample', 'autoregressive_sample_stream']
 """
 from trax_sparse.decoding.beam_search import beam_search, length_normalizer
-from trax_sparse.decoding.predict_state import (PredictStep, check_token_ids, fresh_state,
+from trax_sparse.decoding.predict_state import (PredictStep, fresh_state,
                                                 init_predict_state, later_inputs, predict_step,
                                                 start_decoding)
 from trax_sparse.decoding.sampling import (autoregressive_sample, autoregressive_sample_stream,
@@ -14,6 +14,6 @@ from trax_sparse.decoding.sampling import (autoregressive_sample, autoregressive
 from trax_sparse.decoding.timing import bytes_read_per_token, time_per_token
 
 __all__ = ['PredictStep', 'autoregressive_sample', 'autoregressive_sample_stream',
-           'beam_search', 'bytes_read_per_token', 'check_token_ids', 'fresh_state',
+           'beam_search', 'bytes_read_per_token', 'fresh_state',
            'init_predict_state', 'later_inputs', 'length_normalizer', 'predict_step',
            'sample_logits', 'start_decoding', 'time_per_token']

@@ -1,7 +1,9 @@
 """What decoding feeds a predict-mode model: encoder inputs, the start token and the prompt.
 
-Shared by sampling, beam search and timing; token ids are checked on the host against the
-model's vocabulary before any jitted call.
+Shared by sampling, beam search and timing; token ids are checked on the host before any
+jitted call, by the one rule of `layers.token_ids`: encoder inputs (model input 0) against
+the vocabulary of the embedding that reads them, the start id and the prompt (the last
+model input) against the decoder's.
 
 Example:
     >>> import numpy as np
@@ -13,8 +15,8 @@ from typing import Any
 
 import numpy as onp
 
-from trax_sparse.decoding.predict_state import check_token_ids
 from trax_sparse.layers.base import Layer
+from trax_sparse.layers.token_ids import check_model_input
 
 
 def with_inputs(inputs: Any, tokens: Any) -> Any:
@@ -28,7 +30,7 @@ def checked_inputs(model: Layer, inputs: Any, batch_size: int) -> tuple[Any, int
     if inputs is None:
         return None, batch_size
     inputs = onp.asarray(inputs)
-    check_token_ids(model, 'inputs', inputs, encoder=True)
+    check_model_input(model, 0, inputs, 'decoding: inputs')
     return inputs, inputs.shape[0]
 
 
@@ -40,9 +42,9 @@ def first_tokens(model: Layer, batch_size: int, start_id: int, prompt: Any) -> o
         if prompt.ndim != 2 or prompt.shape[0] != batch_size:
             raise ValueError(f'prompt must be token ids [batch={batch_size}, length], '
                              f'got shape {prompt.shape}')
-        check_token_ids(model, 'prompt', prompt)
+        check_model_input(model, -1, prompt, 'decoding: prompt')
         first = onp.concatenate([first, prompt.astype(onp.int32)], axis=1)
-    check_token_ids(model, 'start_id', first[:, :1])
+    check_model_input(model, -1, first[:, :1], 'decoding: start_id')
     return first
 
 

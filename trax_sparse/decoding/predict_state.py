@@ -124,27 +124,6 @@ def later_inputs(inputs: Any) -> Any:
     return None if inputs is None else inputs[:, :0]
 
 
-def check_token_ids(model: Layer, what: str, ids: Any, encoder: bool = False) -> None:
-    """Raises a ValueError unless every id in `ids` is in [0, vocab) of the model.
-
-    The vocabulary is the first Embedding's (encoder inputs) or the last one's
-    (decoder tokens, prompts).
-    """
-    vocab_sizes = model.vocab_sizes()
-    ids = onp.asarray(ids)
-    if ids.size == 0:
-        return
-    if not onp.issubdtype(ids.dtype, onp.integer):
-        raise ValueError(f'decoding: {what} must be integer token ids, got dtype {ids.dtype}')
-    vocab = (vocab_sizes[0] if encoder else vocab_sizes[-1]) if vocab_sizes else None
-    low, high = int(ids.min()), int(ids.max())
-    if low < 0 or (vocab is not None and high >= vocab):
-        bad = low if low < 0 else high
-        limit = f'[0, {vocab})' if vocab is not None else 'ids >= 0'
-        raise ValueError(f'decoding: {what} holds token id {bad}, outside the vocabulary '
-                         f'{limit} of {model.name}')
-
-
 def _signature(tree: Any) -> Any:
     return fastmath.tree_map(shapes.signature, tree)
 

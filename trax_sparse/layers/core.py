@@ -18,6 +18,7 @@ from trax_sparse.fastmath import numpy as xnp
 from trax_sparse.layers import initializers as init
 from trax_sparse.layers.base import (Fn, Layer, check_mode, check_rate, note_predict_use,
                                      split_rngs)
+from trax_sparse.layers.token_ids import first_bad_id
 
 
 def check_last_axis(layer: Layer, x: Any, expected: int, what: str = 'input') -> None:
@@ -94,10 +95,9 @@ class Embedding(Layer):
     def forward(self, ids: Any) -> Any:
         if not onp.issubdtype(ids.dtype, onp.integer):
             raise ValueError(f'{self.name} expects integer token ids, got dtype {ids.dtype}')
-        if fastmath.is_concrete(ids) and ids.size:
-            low, high = int(onp.min(onp.asarray(ids))), int(onp.max(onp.asarray(ids)))
-            if low < 0 or high >= self._vocab_size:
-                bad = high if high >= self._vocab_size else low
+        if fastmath.is_concrete(ids):
+            bad = first_bad_id(ids, self._vocab_size)        # the rule of layers/token_ids.py
+            if bad is not None:
                 raise ValueError(f'{self.name}: token id {bad} is outside the vocabulary '
                                  f'[0, {self._vocab_size})')
         else:   # under jit: a negative id must not wrap around to the last rows; ids out
