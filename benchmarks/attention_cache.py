@@ -5,9 +5,9 @@ position of a max_len-slot K/V cache this prints the best time of one
 one-token step:
 - numpy: our layer (reads cache[:, :pos+1], writes in place) vs attending over
   the whole buffer with a mask (Trax's way);
-- jax (jit, state donated): our layer (visits only the filled key blocks while
-  the cache is < 40% full, then one pass over the buffer) vs the whole-buffer
-  masked softmax written as Trax does (matmul with transposed keys).
+- jax (jit, state donated): our layer (one pass over the whole buffer with a
+  mask, keys read in place: `attention_core.whole_buffer_attention`) vs the
+  whole-buffer masked softmax written as Trax does (matmul with transposed keys).
 
 Run:  .venv/bin/python benchmarks/attention_cache.py [--max_len 8192 --d 1024 --heads 16]
 (OPENBLAS_NUM_THREADS defaults to 1 here.)
@@ -26,6 +26,7 @@ import numpy as np  # noqa: E402
 from trax_sparse import fastmath, shapes  # noqa: E402
 from trax_sparse import layers as tl  # noqa: E402
 from trax_sparse.layers import attention_core  # noqa: E402
+from trax_sparse.testing import cached_causal_attention  # noqa: E402
 
 
 def _filled_state(args, pos: int, xp) -> tuple:
@@ -52,7 +53,7 @@ def _whole_buffer_step(x, state, heads: int, write):
     k, v, pos = state
     x_heads = attention_core.split_heads(x, heads)                     # [B, H, 1, d_h]
     k, v = write(k, x_heads, pos), write(v, x_heads, pos)
-    y = attention_core.cached_causal_attention(x_heads, k, v, pos)     # [B, H, 1, d_h]
+    y = cached_causal_attention(x_heads, k, v, pos)     # [B, H, 1, d_h]
     return attention_core.merge_heads(y), (k, v, pos + 1)
 
 
@@ -85,8 +86,7 @@ def bench_jax(args, positions) -> list[tuple]:
     import jax
     import jax.numpy as jnp
     token = np.random.default_rng(1).normal(size=(args.batch, 1, args.d)).astype(np.float32)
-    layer = tl.DotProductCausalAttention(args.heads, max_len=args.max_len, mode='predict',
-                                         predict_block_size=args.block)
+    layer = tl.DotProductCausalAttention(args.heads, max_len=args.max_len, mode='predict')
     rows = []
     with fastmath.use_backend('jax'):
         ours = jax.jit(lambda x, state: layer.pure_fn((x, x, x), (), state), donate_argnums=1)
@@ -116,7 +116,6 @@ def main() -> None:
     parser.add_argument('--d', type=int, default=1024)
     parser.add_argument('--heads', type=int, default=16)
     parser.add_argument('--batch', type=int, default=1)
-    parser.add_argument('--block', type=int, default=32, help='JAX key block size')
     parser.add_argument('--steps', type=int, default=20)
     parser.add_argument('--backends', default='numpy,jax')
     args = parser.parse_args()

@@ -1,4 +1,6 @@
 """Backend-neutral helpers: the NumPy implementation equals the JAX one."""
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -123,10 +125,13 @@ def test_to_numpy_copies_jax_arrays_into_writable_numpy_memory():
     assert float(tree['w'][0, 0]) == 0.0 and host['n'][0] == 4
 
 
-def _gather_case(split: bool, monkeypatch) -> tuple:
-    """table [R, d], rows [T, k], x [T, d], h [T, k]; with split, any gather counts as large."""
-    if split:
-        monkeypatch.setattr(numpy_parallel, 'PARALLEL_GATHER_MIN_BYTES', 0)
+def _large_if(split: bool, **thresholds):
+    """`fastmath.tuned(**thresholds)` with split (thresholds of 0: any work counts as large)."""
+    return fastmath.tuned(**thresholds) if split else contextlib.nullcontext()
+
+
+def _gather_case() -> tuple:
+    """table [R, d], rows [T, k], x [T, d], h [T, k]."""
     rng = np.random.default_rng(0)
     table = rng.normal(size=(40, 6)).astype(np.float32)
     rows = rng.integers(0, 40, size=(3, 7)).astype(np.int32)
@@ -135,12 +140,12 @@ def _gather_case(split: bool, monkeypatch) -> tuple:
 
 
 @pytest.mark.parametrize('split', [False, True], ids=['one_part', 'column_parts'])
-def test_take_rows_dot_and_weighted_sum_equal_their_formulas(backend_name, split, monkeypatch):
+def test_take_rows_dot_and_weighted_sum_equal_their_formulas(backend_name, split):
     # split: the gathered rows count as large (JAX: 4 separate gathers); the same result.
-    table, rows, x, h = _gather_case(split, monkeypatch)
+    table, rows, x, h = _gather_case()
     dots = np.einsum('tkd,td->tk', table[rows], x)
     sums = np.einsum('tk,tkd->td', h, table[rows])
-    with fastmath.use_backend(backend_name):
+    with fastmath.use_backend(backend_name), _large_if(split, parallel_gather_min_bytes=0):
         np.testing.assert_allclose(fastmath.take_rows_dot(table, rows, x), dots, rtol=1e-5,
                                    atol=1e-5)
         np.testing.assert_allclose(fastmath.take_rows_weighted_sum(table, rows, h), sums,
@@ -148,11 +153,11 @@ def test_take_rows_dot_and_weighted_sum_equal_their_formulas(backend_name, split
 
 
 @pytest.mark.parametrize('split', [False, True], ids=['one_part', 'column_parts'])
-def test_in_parts_sum_to_the_whole(backend_name, split, monkeypatch):
+def test_in_parts_sum_to_the_whole(backend_name, split):
     # split: the parts count as large, so NumPy runs column ranges on its threads (on the
     # caller's backend; nested calls never wait for the pool); JAX calls fn once (XLA runs
     # the gathers inside concurrently). The sum is the same.
-    table, rows, _, h = _gather_case(split, monkeypatch)
+    table, rows, _, h = _gather_case()
     seen = []
 
     def part(columns):
@@ -162,23 +167,29 @@ def test_in_parts_sum_to_the_whole(backend_name, split, monkeypatch):
         width = columns.stop - columns.start
         return sum(fastmath.in_parts(inner, width, 1))                 # nested: never waits
 
-    with fastmath.use_backend(backend_name):
+    with fastmath.use_backend(backend_name), _large_if(split, parallel_gather_min_bytes=0):
         got = sum(fastmath.in_parts(part, 7, 1))     # 1 byte: large only when split
+        assert len(numpy_parallel.column_slices(7, 1, 4)) == (4 if split else 1)
     np.testing.assert_allclose(got, np.einsum('tk,tkd->td', h, table[rows]), rtol=1e-5,
                                atol=1e-5)
-    expected_parts = min(7, numpy_parallel._WORKERS) if backend_name == 'numpy' else 1
+    expected_parts = min(7, fastmath.tuning().threads) if backend_name == 'numpy' else 1
     assert len(seen) == (expected_parts if split else 1)
     assert {name for _, name in seen} == {backend_name}
-    assert len(numpy_parallel.column_slices(7, 10 ** 9 if split else 0, 4)) == (4 if split else 1)
 
 
-@pytest.mark.parametrize('split', [None, 'PARALLEL_MATMUL_MIN_MACS', 'PARALLEL_MATVEC_MIN_BYTES'])
+def test_tuned_threads_set_the_number_of_parts():
+    seen = []
+    with fastmath.use_backend('numpy'), fastmath.tuned(threads=3, parallel_gather_min_bytes=0):
+        fastmath.in_parts(lambda columns: seen.append((columns, fastmath.tuning().threads)), 7, 1)
+    assert sorted(columns.start for columns, _ in seen) == [0, 2, 4]          # 7 columns in 3
+    assert {threads for _, threads in seen} == {3}       # the workers see the caller's setting
+
+
+@pytest.mark.parametrize('split', [None, 'parallel_matmul_min_macs', 'parallel_matvec_min_bytes'])
 def test_parallel_matmul_equals_matmul(backend_name, split, monkeypatch):
     # split: the product counts as large by its multiply-adds or by b's bytes, so NumPy sums
     # per-thread products over ranges of the contraction; the result is a @ b either way,
     # with a's leading axes kept.
-    if split:
-        monkeypatch.setattr(numpy_parallel, split, 0)
     n_parts = []
     in_parallel = numpy_parallel._in_parallel
     monkeypatch.setattr(numpy_parallel, '_in_parallel',
@@ -186,28 +197,26 @@ def test_parallel_matmul_equals_matmul(backend_name, split, monkeypatch):
     rng = np.random.default_rng(0)
     a = rng.normal(size=(2, 1, 3, 7)).astype(np.float32)                 # [..., m, k]
     b = rng.normal(size=(7, 5)).astype(np.float32)                       # [k, n]
-    with fastmath.use_backend(backend_name):
+    with fastmath.use_backend(backend_name), _large_if(bool(split), **{split or 'threads': 0}):
         got = fastmath.parallel_matmul(a, b)
         assert got.shape == (2, 1, 3, 5)
         np.testing.assert_allclose(got, a @ b, rtol=1e-5, atol=1e-5)
         # A strided view (as sliced caches and gated inputs are) works as well.
         np.testing.assert_allclose(fastmath.parallel_matmul(a[..., ::2, :], b),
                                    a[..., ::2, :] @ b, rtol=1e-5, atol=1e-5)
-    threaded = split and backend_name == 'numpy' and numpy_parallel._WORKERS > 1
-    expected = [numpy_parallel._WORKERS] * 2 if threaded else []
+    threads = fastmath.tuning().threads
+    expected = [threads] * 2 if split and backend_name == 'numpy' and threads > 1 else []
     assert n_parts == expected
 
 
 @pytest.mark.parametrize('split', [False, True])
-def test_parallel_matmuls_equal_matmuls(backend_name, split, monkeypatch):
+def test_parallel_matmuls_equal_matmuls(backend_name, split):
     # split: the total counts as large, so NumPy shares whole products among its threads
     # (largest first, to the least loaded); the results come back in the given order.
-    if split:
-        monkeypatch.setattr(numpy_parallel, 'PARALLEL_MATMULS_MIN_MACS', 0)
     rng = np.random.default_rng(0)
     pairs = [(rng.normal(size=(1, 2, k)).astype(np.float32),
               rng.normal(size=(k, n)).astype(np.float32)) for k, n in ((9, 4), (3, 5), (7, 2))]
-    with fastmath.use_backend(backend_name):
+    with fastmath.use_backend(backend_name), _large_if(split, parallel_matmuls_min_macs=0):
         got = fastmath.parallel_matmuls(pairs)
     assert [g.shape for g in got] == [(1, 2, 4), (1, 2, 5), (1, 2, 2)]
     for (a, b), product in zip(pairs, got):
@@ -223,8 +232,9 @@ def test_in_parts_work_in_a_forked_child():
     code = """
 import multiprocessing, sys
 import numpy as np
-from trax_sparse.fastmath import numpy_backend, numpy_parallel
-numpy_parallel.PARALLEL_GATHER_MIN_BYTES = 0
+from trax_sparse import fastmath
+from trax_sparse.fastmath import numpy_backend
+fastmath.set_tuning(parallel_gather_min_bytes=0)
 table = np.arange(24, dtype=np.float32).reshape(6, 4)
 rows, x = np.array([[0, 5, 2, 3]], np.int32), np.ones((1, 4), np.float32)
 expected = table[rows[0]].sum(-1).sum()

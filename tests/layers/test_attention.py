@@ -1,4 +1,4 @@
-"""Dense attention: predict == eval, blockwise cache == plain, padding, dropout, errors."""
+"""Dense attention: predict == eval (both cache read paths), padding, dropout, errors."""
 import jax
 import numpy as np
 import pytest
@@ -66,13 +66,13 @@ def test_dot_product_causal_attention_matches_reference(backend_name):
     np.testing.assert_allclose(y, _reference_causal_attention(q, k, v, 2), atol=1e-5)
 
 
-def test_dot_product_predict_crosses_blocks_and_equals_eval(backend_name):
-    # Blocks of 3 over max_len 10 slots, all filled: the JAX loop visits 2..4 blocks;
-    # the 4th (slots 9..11) is read shifted to slots 7..9, with 7 and 8 masked.
+def test_dot_product_predict_equals_eval_eager_and_jitted(backend_name):
+    # max_len 10 slots, all filled in the end: eagerly the filled slots are read, under jit
+    # the whole buffer with a mask.
     qkv = (_floats(BATCH, 10, 8), _floats(BATCH, 10, 8, seed=1), _floats(BATCH, 10, 8, seed=2))
     evaluator = tl.DotProductCausalAttention(2, mode='eval')
     expected, _ = evaluator.pure_fn(qkv, *evaluator.init(shapes.signature(qkv)))
-    layer = tl.DotProductCausalAttention(2, max_len=10, mode='predict', predict_block_size=3)
+    layer = tl.DotProductCausalAttention(2, max_len=10, mode='predict')
     w, s0 = layer.init(shapes.signature(tuple(x[:, :1] for x in qkv)))
     got, s = _decode(lambda x, st: layer.pure_fn(x, w, st), qkv, s0, prefix=4)
     np.testing.assert_allclose(got, expected, atol=1e-5)
@@ -96,47 +96,6 @@ def test_numpy_predict_updates_cache_in_place_and_reads_only_the_filled_part():
         assert k_new is k_cache and v_new is v_cache and int(pos_new) == 4
         np.testing.assert_array_equal(k_cache[:, :, :4], core.split_heads(qkv[1], 2))
         assert np.isfinite(y).all() and np.isnan(k_cache[:, :, 4:]).all()
-
-
-def test_jax_predict_skips_unfilled_blocks():
-    q, k, v = (_floats(BATCH, 2, 1, 4), _floats(BATCH, 2, 12, 4, seed=1),
-               _floats(BATCH, 2, 12, 4, seed=2))          # [B, H, L, d_h]
-    k[:, :, 6:], v[:, :, 6:] = np.nan, np.nan  # blocks 2 and 3 of 3 slots: never visited
-    with fastmath.use_backend('jax'):
-        y = core.blockwise_cached_causal_attention(q, k, v, 4, block_size=3)
-    with fastmath.use_backend('numpy'):
-        expected = core.cached_causal_attention(q, k[:, :, :5], v[:, :, :5], 4)
-    np.testing.assert_allclose(y, expected, atol=1e-5)
-
-
-# ---- blockwise == plain -----------------------------------------------------------
-@pytest.mark.parametrize('n_queries', [1, 3])
-def test_blockwise_cache_attention_equals_plain_masked(backend_name, n_queries):
-    # [B, H, N, d_h] caches of 11 slots, blocks of 3: the last block is clamped.
-    k_cache, v_cache = _floats(BATCH, 2, 11, 4, seed=1), _floats(BATCH, 2, 11, 3, seed=2)
-    q = _floats(BATCH, 2, n_queries, 4)
-    for start in range(0, 12 - n_queries):          # crosses every block boundary of 3
-        blockwise = core.blockwise_cached_causal_attention(q, k_cache, v_cache, start,
-                                                           block_size=3)
-        with fastmath.use_backend('numpy'):         # the plain masked reference, on NumPy
-            plain = core.cached_causal_attention(q, k_cache, v_cache, start)
-        np.testing.assert_allclose(blockwise, plain, atol=1e-5, err_msg=f'start={start}')
-
-
-def test_blockwise_under_jit_with_traced_start():
-    k_cache, v_cache = _floats(BATCH, 2, 10, 4, seed=1), _floats(BATCH, 2, 10, 4, seed=2)
-    q = _floats(BATCH, 2, 2, 4)
-    with fastmath.use_backend('jax'):
-        attend = jax.jit(lambda start: core.blockwise_cached_causal_attention(
-            q, k_cache, v_cache, start, block_size=4))
-        outputs = {start: np.asarray(attend(np.int32(start))) for start in (0, 3, 4, 7, 8)}
-        plain_jax = core.cached_causal_attention(q, k_cache, v_cache, 5)
-    with fastmath.use_backend('numpy'):
-        for start, y in outputs.items():
-            np.testing.assert_allclose(
-                y, core.cached_causal_attention(q, k_cache, v_cache, start), atol=1e-5)
-        np.testing.assert_allclose(  # the plain path: NumPy == JAX
-            plain_jax, core.cached_causal_attention(q, k_cache, v_cache, 5), atol=1e-5)
 
 
 # ---- CausalAttention ----------------------------------------------------------------

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 
 from trax_sparse import fastmath, shapes
-from trax_sparse.fastmath import numpy_parallel
 from trax_sparse import layers as tl
 from trax_sparse.layers import local_conv as tlm
 from tests.layers.cases import floats
@@ -41,9 +40,11 @@ def _conv_reference(x, kernel, bias, n_modules):
     return out.reshape(batch, length, n_modules * n_units)
 
 
-# The three ways to compute it: gathered patches (2·5 tokens <= SMALL_CALL_TOKENS), stacked
-# taps (more tokens, modules of >= STACKED_TAPS_MIN_WIDTH features), the convolution op.
-CONV_PATHS = {'patches': (5, 3), 'taps': (9, tlm.STACKED_TAPS_MIN_WIDTH), 'conv': (9, 3)}
+# The three ways to compute it, with the default fastmath.tuning(): gathered patches (2·5
+# tokens <= conv_patches_max_tokens), stacked taps (more tokens, modules of >=
+# conv_stacked_taps_min_width features), the convolution op.
+TAPS_WIDTH = fastmath.tuning().conv_stacked_taps_min_width
+CONV_PATHS = {'patches': (5, 3), 'taps': (9, TAPS_WIDTH), 'conv': (9, 3)}
 
 
 @pytest.mark.parametrize('path', CONV_PATHS)
@@ -61,10 +62,10 @@ def test_locally_conv_dense_equals_its_formula(backend_name, kernel_size, length
     np.testing.assert_allclose(y, _conv_reference(x, kernel, bias, 4), atol=1e-5, rtol=1e-5)
 
 
-def test_locally_conv_dense_stacked_taps_gradient_equals_convolution_op(monkeypatch):
+def test_locally_conv_dense_stacked_taps_gradient_equals_convolution_op():
     # Training differentiates the stacked taps: their gradient is the convolution op's.
     import jax
-    x = floats(2, 9, 4 * tlm.STACKED_TAPS_MIN_WIDTH, seed=4)
+    x = floats(2, 9, 4 * TAPS_WIDTH, seed=4)
     layer = tl.LocallyConvDense(4, 5, kernel_size=3, length_kernel_size=3, mode='train')
     weights, state = _init(layer, x)
     cotangent = floats(2, 9, 20, seed=5)
@@ -75,8 +76,8 @@ def test_locally_conv_dense_stacked_taps_gradient_equals_convolution_op(monkeypa
             return jax.grad(loss, argnums=(0, 1))(weights, x)
 
     taps = gradients()
-    monkeypatch.setattr(tlm, 'STACKED_TAPS_MIN_WIDTH', 10 ** 9)
-    conv = gradients()
+    with fastmath.tuned(conv_stacked_taps_min_width=10 ** 9):
+        conv = gradients()
     for a, b in zip(fastmath.tree_leaves(taps), fastmath.tree_leaves(conv)):
         np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5)
 
@@ -148,7 +149,7 @@ def test_locally_conv_dense_branch_equals_branch_of_convolutions(backend_name, p
         np.testing.assert_allclose(y, e, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize('d_module', [3, tlm.STACKED_TAPS_MIN_WIDTH], ids=['conv', 'taps'])
+@pytest.mark.parametrize('d_module', [3, TAPS_WIDTH], ids=['conv', 'taps'])
 def test_locally_conv_dense_branch_gradient_equals_branch_of_convolutions(d_module):
     import jax
     x = floats(2, 9, 4 * d_module, seed=7)
@@ -169,11 +170,9 @@ def test_locally_conv_dense_branch_gradient_equals_branch_of_convolutions(d_modu
 
 
 @pytest.mark.parametrize('shared', [False, True], ids=['one_thread', 'shared'])
-def test_locally_conv_dense_branch_predict_equals_eval_token_by_token(backend_name, shared,
-                                                                      monkeypatch):
+def test_locally_conv_dense_branch_predict_equals_eval_token_by_token(backend_name, shared):
     # shared: the steps' products count as large (NumPy shares them among its threads).
-    if shared:
-        monkeypatch.setattr(numpy_parallel, 'PARALLEL_MATMULS_MIN_MACS', 0)
+    thresholds = {'parallel_matmuls_min_macs': 0} if shared else {}
     x = floats(2, 9, 8, seed=11)
     fused, _ = _branch_pair('eval', n_units=3)
     weights, state = _init(fused, x)
@@ -183,7 +182,8 @@ def test_locally_conv_dense_branch_predict_equals_eval_token_by_token(backend_na
     assert np.shape(p_state) == (2, 2, 4, 2)           # one memory for the three convolutions
     outputs = []
     for step in [x[:, :3]] + [x[:, t:t + 1] for t in range(3, 9)]:
-        ys, p_state = predict.pure_fn(step, weights, p_state)
+        with fastmath.tuned(**thresholds):
+            ys, p_state = predict.pure_fn(step, weights, p_state)
         outputs.append([np.asarray(y) for y in ys])
     for i in range(3):
         np.testing.assert_allclose(np.concatenate([o[i] for o in outputs], axis=1), full[i],

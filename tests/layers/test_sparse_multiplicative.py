@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from trax_sparse import fastmath, shapes
-from trax_sparse.fastmath import numpy_parallel
 from trax_sparse import layers as tl
 from tests.layers.cases import floats
 
@@ -22,17 +21,17 @@ def _n_params(weights):
 # ---- MultiplicativeDense ---------------------------------------------------------
 @pytest.mark.parametrize('lead', [(2, 4), (1, 1), 'split'],
                          ids=['many_tokens', 'few_tokens', 'few_tokens_split'])
-def test_multiplicative_dense_equals_its_formula(backend_name, lead, monkeypatch):
+def test_multiplicative_dense_equals_its_formula(backend_name, lead):
     # 8 tokens >= M = 3 build the d_in x d_out product; 1 token gates the input per module
     # ('split': as a product large enough for NumPy to split it among threads).
-    if lead == 'split':
-        monkeypatch.setattr(numpy_parallel, 'PARALLEL_MATMUL_MIN_MACS', 0)
-        lead = (1, 1)
+    thresholds = {'parallel_matmul_min_macs': 0} if lead == 'split' else {}
+    lead = (1, 1) if lead == 'split' else lead
     s, d_in, d_out = 3, 5, 9
     x = floats(*lead, d_in, seed=1)
     layer = tl.MultiplicativeDense(s, d_out)
     weights, state = _init(layer, x)
-    y, _ = layer.pure_fn(x, weights, state)
+    with fastmath.tuned(**thresholds):
+        y, _ = layer.pure_fn(x, weights, state)
     gate, proj, bias = (np.asarray(w, np.float64) for w in weights)
     m = d_out // s
     expected = np.zeros(lead + (d_out,))

@@ -135,11 +135,9 @@ def test_transformer_takes_an_encoder_attention_part():
     assert 'LSHSelfAttention' in str(model)
 
 
-def test_predict_equals_eval_with_sparse_ff_gathers_split_among_threads(monkeypatch):
+def test_predict_equals_eval_with_sparse_ff_gathers_split_among_threads():
     # Large NumPy reads (17B: SparseFF's 2 x 9.4 MB of rows, a K/V cache of 38 MB) run in
     # parts on worker threads; force it at tiny size.
-    from trax_sparse.fastmath import numpy_parallel
-    monkeypatch.setattr(numpy_parallel, 'PARALLEL_GATHER_MIN_BYTES', 0)
-    with fastmath.use_backend('numpy'):
+    with fastmath.use_backend('numpy'), fastmath.tuned(parallel_gather_min_bytes=0):
         model_checks.lm_predict_equals_eval(
             lambda mode: scaling_lm(mode, **LM_CONFIGS['all_sparse']), TOKENS)

@@ -3,6 +3,9 @@
 `fastmath.numpy` is the live backend's array module (numpy or jax.numpy) and
 `fastmath.random` its keyed RNG; the helpers below (`scan`, `conv`, ...) call
 the live backend's version. JAX is imported only when the JAX backend is used.
+Every performance threshold of the backends (threads, BLAS threads, which formulation a
+layer computes with) is one setting, `fastmath.tuning()`, changed with
+`fastmath.tuned(...)` or `fastmath.set_tuning(...)` (settings.py, docs/performance.md).
 
 Example:
     >>> from trax_sparse import fastmath
@@ -21,8 +24,10 @@ from types import ModuleType
 from typing import Any, Callable, Iterator
 
 from trax_sparse.fastmath import numpy_backend
+from trax_sparse.fastmath.blas_threads import blas_scope
 from trax_sparse.fastmath.numpy_backend import BackendError
 from trax_sparse.fastmath.tree import tree_leaves, tree_map, tree_structure, tree_unflatten_like
+from trax_sparse.fastmath.settings import Tuning, set_tuning, tuned, tuning
 
 BACKENDS = ('numpy', 'jax')
 _override: contextvars.ContextVar = contextvars.ContextVar('trax_sparse_backend', default=None)
@@ -102,7 +107,7 @@ class _ArrayModuleProxy:
     """`numpy` / `jax.numpy`, whichever backend is live when an attribute is read."""
 
     def __getattr__(self, attr: str) -> Any:
-        return getattr(backend().np, attr)
+        return getattr(backend().array_module, attr)
 
     def __repr__(self) -> str:
         return f'<fastmath.numpy proxy for {backend_name()}>'
@@ -187,7 +192,7 @@ def _cached_jit(name: str, make: Callable[..., Callable], key: tuple,
 
 def to_backend(tree: Any) -> Any:
     """Converts every leaf to an array of the live backend (host NumPy or jax.Array)."""
-    return tree_map(backend().np.asarray, tree)
+    return tree_map(backend().array_module.asarray, tree)
 
 
 def to_numpy(tree: Any) -> Any:
@@ -208,13 +213,13 @@ def to_numpy(tree: Any) -> Any:
 
 
 __all__ = [
-    'BACKENDS', 'BackendError', 'abstract_eval', 'after_cotangent', 'backend', 'backend_name',
-    'cached_jit', 'cond', 'conv', 'custom_vjp', 'device_count', 'dynamic_slice',
+    'BACKENDS', 'BackendError', 'Tuning', 'abstract_eval', 'after_cotangent', 'backend',
+    'backend_name', 'blas_scope', 'cached_jit', 'cond', 'conv', 'custom_vjp', 'device_count', 'dynamic_slice',
     'dynamic_update_slice', 'erf', 'fori_loop', 'grad', 'in_parts', 'is_concrete', 'is_jax',
     'jax_available', 'jit', 'logsumexp', 'numpy', 'optimization_barrier', 'parallel_matmul',
-    'parallel_matmuls', 'random', 'remat', 'scan', 'set_backend', 'sort_key_val',
+    'parallel_matmuls', 'random', 'remat', 'scan', 'set_backend', 'set_tuning', 'sort_key_val',
     'stop_gradient', 'take_permutation', 'take_rows_dot',
     'take_rows_weighted_sum', 'to_backend', 'to_numpy', 'top_k', 'tree_leaves', 'tree_map',
-    'tree_structure', 'tree_unflatten_like', 'update_cache', 'use_backend', 'value_and_grad',
-    'vjp',
+    'tree_structure', 'tree_unflatten_like', 'tuned', 'tuning', 'update_cache', 'use_backend',
+    'value_and_grad', 'vjp',
 ]

@@ -18,8 +18,10 @@ from jax.scipy.special import erf  # noqa: F401
 from trax_sparse import shapes
 from trax_sparse.fastmath import numpy_backend, numpy_parallel, tree
 from trax_sparse.fastmath.numpy_backend import same_padding  # noqa: F401
+from trax_sparse.fastmath.settings import tuning
 
 name = 'jax'
+array_module = np   # `fastmath.numpy` on this backend: jax.numpy
 
 
 def update_cache(cache, update, start, axis: int):
@@ -67,16 +69,11 @@ def take_permutation(x, perm, inverse, axis: int):
     return _take_permutation(np.broadcast_to(x, shape), perm, inverse, axis)
 
 
-# XLA:CPU runs independent gathers concurrently: at the 17B dimensions four gathers of a
-# quarter of SparseFF's rows each took ~0.8 of one gather's time (and 0.7-0.8 of four
-# parts that each gather and finish their blocks, as NumPy's threads do).
-GATHER_PARTS = 4
-
-
 def _row_parts(rows, table) -> list:
-    """Column ranges of rows [T, k] gathered from table [R, d]: GATHER_PARTS if large."""
+    """Column ranges of rows [T, k] gathered from table [R, d]: `tuning().jax_gather_parts`
+    of them if large (XLA:CPU runs independent gathers concurrently)."""
     n_bytes = rows.size * table.shape[-1] * table.dtype.itemsize
-    return numpy_parallel.column_slices(rows.shape[-1], n_bytes, GATHER_PARTS)
+    return numpy_parallel.column_slices(rows.shape[-1], n_bytes, tuning().jax_gather_parts)
 
 
 def take_rows_dot(table, rows, x):

@@ -2,7 +2,9 @@
 
 It is the reference for the JAX backend: same signatures, same numbers
 (up to float rounding) and a keyed RNG that honours its keys. Gradients are
-not available here and raise a clear error.
+not available here and raise a clear error. Its array module (`fastmath.numpy`)
+is numpy with the BLAS calls run under `fastmath.tuning().blas_threads` BLAS
+threads (blas_threads.py).
 """
 import math
 from typing import Any, Callable, Sequence
@@ -11,11 +13,13 @@ import numpy as np
 
 from trax_sparse import shapes
 from trax_sparse.fastmath import tree
+from trax_sparse.fastmath.blas_threads import limited_blas, limited_numpy
 # Large work shared among worker threads: row gathers, cache reads by heads, big products.
 from trax_sparse.fastmath.numpy_parallel import (in_parts, parallel_matmul,  # noqa: F401
                                                  parallel_matmuls)
 
 name = 'numpy'
+array_module = limited_numpy()   # `fastmath.numpy` on this backend: numpy, BLAS threads limited
 
 
 class BackendError(RuntimeError):
@@ -143,6 +147,7 @@ def rows_weighted_sum(xp: Any, table, rows, h):
     return xp.matmul(h[:, None, :], chosen)[:, 0, :]
 
 
+@limited_blas
 def take_rows_dot(table, rows, x):
     """out[t, j] = table[rows[t, j]] · x[t]: table [R, d], rows [T, k] int, x [T, d] -> [T, k].
 
@@ -151,6 +156,7 @@ def take_rows_dot(table, rows, x):
     return rows_dot(np, table, rows, x)
 
 
+@limited_blas
 def take_rows_weighted_sum(table, rows, h):
     """out[t] = Σ_j h[t, j] · table[rows[t, j]]: table [R, d], rows, h [T, k] -> [T, d].
 
@@ -227,6 +233,7 @@ def same_padding(size: int, window: int, stride: int) -> tuple[int, int]:
     return total // 2, total - total // 2
 
 
+@limited_blas
 def conv(x, kernel, strides: Sequence[int] | None = None, padding: str = 'VALID'):
     """N-d convolution: x [B, *spatial, C_in], kernel [*window, C_in, C_out]."""
     n_spatial = kernel.ndim - 2

@@ -11,8 +11,9 @@ Predict mode ('predict') decodes a prefix of several tokens, then one token at
 a time; the positions continue from call to call:
 - DotProductCausalAttention keeps (k_cache [B, H, max_len, d/H], v_cache
   [B, H, max_len, d_v/H], pos int32 scalar) in its state; the batch size is
-  the one given to `init`. A step of L tokens costs O(pos + L), not
-  O(max_len): see `attention_core.cached_attention_step`.
+  the one given to `init`. With a concrete pos (NumPy, eager JAX) a step of
+  L tokens reads only the pos + L filled slots; under jit it reads the whole
+  buffer with a mask (fixed shapes): see `attention_core.cached_attention_step`.
 - The cache is written with `fastmath.update_cache`: IN PLACE on NumPy (the
   returned state shares its arrays with the state passed in; copy a state
   before decoding two continuations from it), functional on JAX (in place
@@ -74,8 +75,7 @@ class DotProductCausalAttention(Layer):
     Splits d into n_heads heads, applies scaled dot-product attention where
     position i sees positions <= i (attention-probability dropout in 'train'
     only), and merges the heads. In 'predict' mode it keeps a K/V cache of
-    max_len positions (see the module docstring); `predict_block_size` is the
-    key block of the JAX decoding loop.
+    max_len positions (see the module docstring).
 
     Example:
         >>> import numpy as np
@@ -94,17 +94,15 @@ class DotProductCausalAttention(Layer):
         return 2 * n_keys * kv_width                  # q·k and p·v over the cached keys
 
     def __init__(self, n_heads: int, dropout: float = 0.0, max_len: int = 2048,
-                 mode: str = 'train', predict_block_size: int = 128, masked: bool = False):
+                 mode: str = 'train', masked: bool = False):
         super().__init__(n_in=4 if masked else 3, n_out=1, name='DotProductCausalAttention')
         self._masked = bool(masked)
         if int(n_heads) < 1:
             raise ValueError(f'{self.name}: n_heads must be >= 1, got {n_heads}')
         check_rate(self.name, 'dropout', dropout)
-        if int(max_len) < 1 or int(predict_block_size) < 1:
-            raise ValueError(f'{self.name}: max_len and predict_block_size must be >= 1, got '
-                             f'{max_len} and {predict_block_size}')
-        self._n_heads, self._dropout = int(n_heads), float(dropout)
-        self._max_len, self._block_size = int(max_len), int(predict_block_size)
+        if int(max_len) < 1:
+            raise ValueError(f'{self.name}: max_len must be >= 1, got {max_len}')
+        self._n_heads, self._dropout, self._max_len = int(n_heads), float(dropout), int(max_len)
         self._mode = check_mode(mode, self.name)
 
     def init_weights_and_state(self, input_signature: Any) -> None:
@@ -166,7 +164,7 @@ class DotProductCausalAttention(Layer):
         if self._masked:
             mask_cache = fastmath.update_cache(mask_cache, key_mask != 0, pos, axis=1)
             self.state += (mask_cache,)
-        out = merge_heads(cached_attention_step(q, k_cache, v_cache, pos, self._block_size,
+        out = merge_heads(cached_attention_step(q, k_cache, v_cache, pos,
                                                 mask_cache))             # [B, L, d_v]
         if fastmath.is_concrete(pos):
             return out

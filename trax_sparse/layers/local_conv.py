@@ -8,8 +8,9 @@
 
 Both compute with one of three equal formulations (`local_convolutions`): gathered
 patches and a matmul (few tokens: decoding), stacked shifted views and one matmul for all
-the kernels (many tokens, modules of at least STACKED_TAPS_MIN_WIDTH features), or the
-backend's convolution op (narrow modules).
+the kernels (many tokens, wide modules), or the backend's convolution op (narrow modules).
+The choice follows `fastmath.tuning()` (conv_patches_max_tokens,
+conv_stacked_taps_min_width; measurements in docs/performance.md).
 
 Example:
     >>> import numpy as np
@@ -30,16 +31,6 @@ from trax_sparse.fastmath import numpy as xnp
 from trax_sparse.layers import initializers as init
 from trax_sparse.layers.base import Layer, check_mode, check_positive_int, split_rngs
 
-# Up to this many tokens per call (decoding steps) the convolution is one matmul over
-# the gathered patches: a few cheap ops instead of a general convolution call.
-SMALL_CALL_TOKENS = 16
-# Longer calls with modules at least this wide stack the lk·k shifted views and do one
-# matmul: its gradient is two matmuls and slice sums. On XLA:CPU (batch 8 x 128, d 256) a
-# training step of the k=3 conv took 9.1 ms this way against 19.0 ms for the convolution
-# op with 4 modules of 64 and 7.7 vs 13.4 ms with 8 of 32; with 16 modules of 16 the
-# convolution op wins (3.6 vs 8.1 ms). Sparse QKV's three convolutions as one such matmul
-# (LocallyConvDenseBranch) trained in 43 ms against 62-71 ms for three convolution ops.
-STACKED_TAPS_MIN_WIDTH = 32
 
 
 def _odd_kernel_size(value: Any, layer_name: str) -> int:
@@ -171,9 +162,10 @@ class LocallyConvDenseBranch(_LocalConvBase):
     Equals Branch(*[LocallyConvDense(n_modules, n_units, k, length_kernel_size)
     for k in kernel_sizes]): the same weights tree ((kernel, bias) per
     convolution), initial values and outputs. It keeps one predict memory instead of
-    one per convolution, and with modules of 32 or more features runs all the
-    convolutions of a long call as one matmul (the narrower kernels zero-padded to the
-    widest): on XLA:CPU sparse QKV's (3, 3, 1) train in about 0.6 of the time of three
+    one per convolution, and with wide modules (`fastmath.tuning()`'s
+    conv_stacked_taps_min_width features) runs all the convolutions of a long call as one
+    matmul (the narrower kernels zero-padded to the widest): on XLA:CPU sparse QKV's
+    (3, 3, 1) train in about 0.6 of the time of three
     separate ones.
 
     Example:
@@ -202,21 +194,22 @@ class LocallyConvDenseBranch(_LocalConvBase):
 def local_convolutions(window: Any, kernels: Sequence[Any]) -> list:
     """window [B, lk-1+L, S, c], kernels [lk, k_i, c, u_i] -> [B, L, S, u_i] per kernel.
 
-    Few tokens: one gathered-patches matmul per kernel (large ones shared among NumPy's
-    threads: `fastmath.parallel_matmuls`). Many tokens and modules of at least
-    STACKED_TAPS_MIN_WIDTH features: one matmul of the stacked taps with the kernels
-    zero-padded to the widest k and concatenated along the units (then split). Narrower
-    modules: the convolution op, once per kernel.
+    Few tokens (at most `tuning().conv_patches_max_tokens`): one gathered-patches matmul
+    per kernel (large ones shared among NumPy's threads: `fastmath.parallel_matmuls`).
+    More tokens and modules of at least `tuning().conv_stacked_taps_min_width` features:
+    one matmul of the stacked taps with the kernels zero-padded to the widest k and
+    concatenated along the units (then split). Narrower modules: the convolution op, once
+    per kernel. All three give the same numbers.
     """
     batch, steps, _, c = window.shape
-    lk = kernels[0].shape[0]
-    if batch * (steps - (lk - 1)) <= SMALL_CALL_TOKENS:
+    lk, settings = kernels[0].shape[0], fastmath.tuning()
+    if batch * (steps - (lk - 1)) <= settings.conv_patches_max_tokens:
         patches = {k: local_patches(window, lk, k)                         # [B, L, S, lk·k·c]
                    for k in sorted({kernel.shape[1] for kernel in kernels})}
         return fastmath.parallel_matmuls([(patches[kernel.shape[1]],
                                            kernel.reshape(-1, kernel.shape[-1]))
                                           for kernel in kernels])
-    if c < STACKED_TAPS_MIN_WIDTH:
+    if c < settings.conv_stacked_taps_min_width:
         padded = {k: zero_pad(window, axis=2, before=(k - 1) // 2, after=(k - 1) // 2)
                   for k in {kernel.shape[1] for kernel in kernels}}       # [B, ., S+k-1, c]
         return [fastmath.conv(padded[kernel.shape[1]], kernel, padding='VALID')   # [B, L, S, u]
