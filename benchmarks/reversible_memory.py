@@ -23,11 +23,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from trax_sparse import fastmath, shapes  # noqa: E402
 from trax_sparse import layers as tl  # noqa: E402
+from trax_sparse.testing import autodiff_twin  # noqa: E402
 
 
 def plain_twin(layer: tl.Layer) -> tl.Layer:
     """The plain Serial that computes what `layer` computes, differentiated by autodiff."""
-    return tl.autodiff_twin(layer)
+    return autodiff_twin(layer)
 
 
 def revnet_stack(n_blocks: int, d_model: int, d_ff: int) -> tl.ReversibleSerial:

@@ -30,7 +30,7 @@ from trax_sparse import layers as tl
 
 # Public names of trax_sparse.layers that are API, not layers to configure (the one list:
 # tests/layers/test_contracts.py reads it too).
-LAYER_API = frozenset({'MODES', 'Layer', 'LayerError', 'PredictUse', 'PureLayer', 'autodiff_twin',
+LAYER_API = frozenset({'MODES', 'Layer', 'LayerError', 'PredictUse', 'PureLayer',
                        'check_mode', 'count_params', 'is_empty_call', 'is_replaying',
                        'note_predict_use', 'recording_predict_use', 'replay_context',
                        'weights_signature'})

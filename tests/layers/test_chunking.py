@@ -6,6 +6,7 @@ import pytest
 from trax_sparse import fastmath, shapes
 from trax_sparse import layers as tl
 from trax_sparse.fastmath import tree_leaves
+from trax_sparse.testing import autodiff_twin
 from tests import helpers
 from tests.layers.cases import floats
 
@@ -96,7 +97,7 @@ def test_reversible_backward_replays_each_chunks_choices():
             return sum((y * p).sum() for y, p in zip(ys, projections))
         return jax.jit(jax.grad(loss))((w, list(x)))
     with fastmath.use_backend('jax'), jax.enable_x64(True):
-        got, want = grads(model), grads(tl.autodiff_twin(model))
+        got, want = grads(model), grads(autodiff_twin(model))
     helpers.assert_trees_close(got, want, atol=1e-10, rtol=1e-6)
     assert max(np.abs(g).max() for g in tree_leaves(got)) > 1e-3
 

@@ -11,15 +11,13 @@ from trax_sparse import fastmath, shapes
 from trax_sparse import layers as tl
 from trax_sparse.fastmath import numpy as xnp
 from trax_sparse.fastmath import tree_leaves
+from trax_sparse.testing import autodiff_twin
 from tests import helpers
 from tests.layers.cases import floats
 from tests.layers.cases.reversible_cases import ExpScale, revnet_block
 
 D, D_FF = 4, 8
 RNG, OTHER_RNG = np.array([0, 11], np.uint32), np.array([0, 12], np.uint32)
-
-
-autodiff_twin = tl.autodiff_twin
 
 
 class RandomSign(tl.Layer):

@@ -26,8 +26,7 @@ from trax_sparse.layers.metrics import Accuracy, CrossEntropyLoss
 from trax_sparse.layers.local_conv import LocallyConvDense, LocallyConvDenseBranch
 from trax_sparse.layers.multiplicative import MultiplicativeDense, SparseDenseWithOptions
 from trax_sparse.layers.reversible import (ReversibleHalfResidual, ReversibleLayer,
-                                           ReversibleSelect, ReversibleSerial, ReversibleSwap,
-                                           autodiff_twin)
+                                           ReversibleSelect, ReversibleSerial, ReversibleSwap)
 from trax_sparse.layers.sparse_ff import SparseFF
 from trax_sparse.layers.sparse_qkv import MultiplicativeConvCausalAttention
 from trax_sparse.layers.sru import SRU
@@ -55,7 +54,7 @@ __all__ = [
     'LSHSelfAttention',
     # Reversible layers.
     'ReversibleHalfResidual', 'ReversibleLayer', 'ReversibleSelect', 'ReversibleSerial',
-    'ReversibleSwap', 'autodiff_twin',
+    'ReversibleSwap',
     # Sparse layers of Scaling Transformers.
     'LocallyConvDense', 'LocallyConvDenseBranch', 'MultiplicativeConvCausalAttention',
     'MultiplicativeDense',
