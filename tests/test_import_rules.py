@@ -16,13 +16,15 @@ ALLOWED = {
     'shapes': set(),
     'io_utils': set(),   # file helpers (sha256, atomic writes) shared by data and training
     'fastmath': {'fastmath', 'shapes'},
-    'layers': {'fastmath', 'shapes', 'layers'},
-    'models': {'fastmath', 'shapes', 'layers', 'models'},
+    'sharding': {'fastmath'},   # logical weight axes and their mesh rules (pure Python)
+    'layers': {'fastmath', 'shapes', 'sharding', 'layers'},
+    'models': {'fastmath', 'shapes', 'sharding', 'layers', 'models'},
     'data': {'fastmath', 'shapes', 'io_utils', 'data'},
-    'training': {'fastmath', 'shapes', 'io_utils', 'layers', 'data', 'training'},
-    'decoding': {'fastmath', 'shapes', 'layers', 'data', 'decoding'},
+    'training': {'fastmath', 'shapes', 'io_utils', 'sharding', 'layers', 'data', 'training'},
+    'decoding': {'fastmath', 'shapes', 'sharding', 'layers', 'data', 'decoding'},
     'testing': {'fastmath', 'shapes', 'layers'},   # test oracles (references), not API
-    '__init__': {'fastmath', 'shapes', 'layers', 'models', 'data', 'training', 'decoding'},
+    '__init__': {'fastmath', 'shapes', 'sharding', 'layers', 'models', 'data', 'training',
+                 'decoding'},
 }
 EDGES = {'configurables', 'trainer', 'decode'}   # binaries and gin registration: anything
 JAX_MODULE = 'fastmath/jax_backend.py'

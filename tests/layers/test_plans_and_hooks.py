@@ -5,9 +5,10 @@ import pytest
 from trax_sparse import fastmath, shapes
 from trax_sparse import layers as tl
 from trax_sparse.decoding.timing import bytes_read_per_token
-from trax_sparse.fastmath import tree_leaves
+from trax_sparse.fastmath import tree_leaves, tree_structure
 from trax_sparse.layers import plan
 from trax_sparse.layers.flat import FlatForward
+from trax_sparse.sharding import Axes
 from tests.layers.cases import all_cases
 
 CASES = all_cases()
@@ -125,3 +126,15 @@ def test_vocab_sizes_come_from_the_embeddings_in_order():
     assert model.vocab_sizes() == (7, 9)
     assert tl.Cache(tl.Embedding(5, 2)).vocab_sizes() == (5,)
     assert tl.Dense(3).vocab_sizes() == ()
+
+
+@pytest.mark.parametrize('case', CASES, ids=[c.id for c in CASES])
+def test_every_weight_has_logical_axis_names(case):
+    with fastmath.use_backend('numpy'):
+        layer, x = case.make('train'), case.inputs()
+        weights, _ = layer.init(shapes.signature(x), rng=fastmath.random.get_prng(0))
+    axes = layer.weight_axes()
+    assert tree_structure(axes) == tree_structure(weights), \
+        f'{layer.name}: weight_axes() {axes} does not match its weights tree'
+    for names, weight in zip(tree_leaves(axes), tree_leaves(weights)):
+        assert isinstance(names, Axes) and len(names.names) == np.ndim(weight), (names, weight.shape)

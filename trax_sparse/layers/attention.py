@@ -47,6 +47,9 @@ from trax_sparse.layers.combinators import Branch, Parallel, Select, Serial
 from trax_sparse.layers.core import Dense
 from trax_sparse.layers.errors import check_mask_shape
 
+# Logical axes of the projections: into the heads (q, k, v), and back out of them.
+IN_HEADS, HEADS_OUT = ('embed', 'heads'), ('heads', 'embed')
+
 
 def _check_rank3(layer_name: str, what: str, shape: tuple) -> None:
     if len(shape) != 3:
@@ -189,15 +192,15 @@ def CausalAttention(d_feature: int, n_heads: int = 1, dropout: float = 0.0,  # n
     core = DotProductCausalAttention(n_heads, dropout, max_len, mode=mode, masked=masked)
     if not masked:
         return Serial(
-            Branch(Dense(d_feature), Dense(d_feature), Dense(d_feature)),  # q, k, v
+            Branch(*[Dense(d_feature, axes=IN_HEADS) for _ in range(3)]),  # q, k, v
             core,
-            Dense(d_feature),
+            Dense(d_feature, axes=HEADS_OUT),
             name='CausalAttention')
     return Serial(
         Select([0, 0, 0, 1, 1]),                                         # x, x, x, mask, mask
-        Parallel(Dense(d_feature), Dense(d_feature), Dense(d_feature)),  # q, k, v, mask, mask
+        Parallel(*[Dense(d_feature, axes=IN_HEADS) for _ in range(3)]),  # q, k, v, mask, mask
         core,                                                            # y, mask
-        Dense(d_feature),
+        Dense(d_feature, axes=HEADS_OUT),
         name='CausalAttention')
 
 
@@ -237,9 +240,9 @@ def Attention(d_feature: int, n_heads: int = 1, dropout: float = 0.0,  # noqa: N
     check_rate('Attention', 'dropout', dropout)
     return Serial(
         Select([0, 0, 0, 1, 1]),                                        # x, x, x, mask, mask
-        Parallel(Dense(d_feature), Dense(d_feature), Dense(d_feature)),  # q, k, v, mask, mask
+        Parallel(*[Dense(d_feature, axes=IN_HEADS) for _ in range(3)]),  # q, k, v, mask, mask
         _PaddedDotProductAttention(n_heads, dropout, mode),             # y, mask
-        Dense(d_feature),
+        Dense(d_feature, axes=HEADS_OUT),
         name='Attention')
 
 
@@ -271,7 +274,8 @@ class EncDecAttention(Layer):
                  mode: str = 'train'):
         check_divisible('EncDecAttention', d_feature, n_heads)
         check_rate('EncDecAttention', 'dropout', dropout)
-        sublayers = [Dense(d_feature) for _ in range(4)]  # q, k, v, output
+        sublayers = [Dense(d_feature, axes=axes)                      # q, k, v, output
+                     for axes in (IN_HEADS, IN_HEADS, IN_HEADS, HEADS_OUT)]
         super().__init__(n_in=3, n_out=1, name='EncDecAttention', sublayers=sublayers)
         self._d_feature, self._n_heads = int(d_feature), int(n_heads)
         self._dropout = float(dropout)

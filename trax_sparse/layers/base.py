@@ -17,13 +17,13 @@ Example:
 import inspect
 from typing import Any, Callable, Iterator, Sequence
 
-import numpy as onp
 
 from trax_sparse import fastmath, shapes
 from trax_sparse.fastmath import tree_map
 from trax_sparse.layers.call_context import (PredictUse, is_replaying,
                                              note_predict_use, recording_predict_use,
                                              replay_context)
+from trax_sparse.layers.hooks import TreeHooks, split_rngs
 from trax_sparse.layers.plan import init_plan, run_plan
 from trax_sparse.layers.errors import (MODES, ErrorContext, LayerError,
                                        SublayerContext, check_mode, check_positive_int,
@@ -50,7 +50,7 @@ class _SharedTree:
             layer._distribute(self._name, value)
 
 
-class Layer:
+class Layer(TreeHooks):
     """Base class: override `forward` and, for layers with weights, `init_weights_and_state`.
 
     Inside `forward` read `self.weights`, `self.state` and `self.rng`; assign
@@ -89,37 +89,6 @@ class Layer:
     def sublayers(self) -> tuple['Layer', ...]:
         return self._sublayers
 
-    def draws_random_numbers(self) -> bool:
-        """Whether this layer's own forward reads `self.rng` (sublayers not counted).
-
-        True unless a layer says otherwise (safe: its sublayers then get keys
-        split from its own). Deterministic layers return False, so a
-        combinator whose sublayers draw nothing passes its key on instead of
-        splitting it: a split per combinator per call is real cost on NumPy.
-        """
-        return True
-
-    @property
-    def uses_rng(self) -> bool:
-        """True if this layer or any sublayer draws random numbers in its mode."""
-        if self._uses_rng is None:
-            self._uses_rng = bool(self.draws_random_numbers()
-                                  or any(sub.uses_rng for sub in self._sublayers))
-        return self._uses_rng
-
-    def sublayer_rngs(self, rng: Any = None) -> list:
-        """One key per sublayer: split from `rng` (default self.rng) when some sublayer
-        draws random numbers, else `rng` itself for each (unused)."""
-        rng = self._rng if rng is None else rng
-        if self.uses_rng:
-            return split_rngs(rng, len(self._sublayers))
-        return [rng] * len(self._sublayers)
-
-    @property
-    def has_backward(self) -> bool:
-        """True if the layer defines `backward` (turned into jax.custom_vjp on JAX)."""
-        return False
-
     # ---- weights, state, rng -------------------------------------------------
     weights = _SharedTree()
     state = _SharedTree()
@@ -131,89 +100,6 @@ class Layer:
     @rng.setter
     def rng(self, rng: Any) -> None:
         self._rng = rng
-
-    def _distribute(self, attr: str, values: Any) -> None:
-        # Outside calls, keep sublayers in sync so `model.sublayers[i].weights` reads well.
-        if not self._sublayers:
-            return
-        split = self.sublayer_weights if attr == 'weights' else self.sublayer_states
-        try:
-            parts = split(values)
-        except (TypeError, IndexError, ValueError):
-            return
-        if isinstance(parts, (tuple, list)) and len(parts) == len(self._sublayers):
-            for sub, value in zip(self._sublayers, parts):
-                setattr(sub, attr, value)
-
-    # ---- public hooks: what walkers of the layer tree ask a layer ------------------
-    @property
-    def shares_child_weights(self) -> bool:
-        """True for a wrapper whose weights tree IS its one sublayer's (tl.Cache, tl.Chunk).
-
-        Such a wrapper never changes the weights tree, so weights trained without
-        it load unchanged. Override together with `sublayer_weights` /
-        `sublayer_states`.
-        """
-        return False
-
-    def sublayer_weights(self, weights: Any) -> Sequence[Any]:
-        """The entry of this layer's `weights` for each sublayer, in order.
-
-        Default: `weights` is a tuple with one entry per sublayer (() for a leaf,
-        whose weights are its own). A wrapper that shares its child's weights
-        returns `(weights,)`.
-        """
-        if not self._sublayers:
-            return ()
-        if self.shares_child_weights:
-            return (weights,)
-        return weights
-
-    def sublayer_states(self, state: Any) -> Sequence[Any]:
-        """The entry of this layer's `state` for each sublayer, in order (as `sublayer_weights`).
-
-        A weight-sharing wrapper's state is (child state, *its own), so the default
-        for it is `(state[0],)`.
-        """
-        if not self._sublayers:
-            return ()
-        if self.shares_child_weights:
-            return (state[0],)
-        return state
-
-    def vocab_sizes(self) -> tuple[int, ...]:
-        """The vocabularies of the token-id inputs this layer reads (its embeddings), in order.
-
-        Default: those of its sublayers; an embedding returns its own. A model's
-        token ids must lie in the vocabulary these give (`decoding`, `training`).
-        """
-        return tuple(n for sub in self._sublayers for n in sub.vocab_sizes())
-
-    def bytes_read_per_step(self, weights: Any) -> int:
-        """Weight bytes one predict-mode step (batch 1, one token) reads with these weights.
-
-        Default: a leaf reads every weight; a combinator what its sublayers read.
-        Layers that read less override it (an embedding reads one row, SparseFF
-        its chosen rows, a cached encoder nothing after the first call).
-        """
-        if not self._sublayers:
-            return sum(_size(w) * _itemsize(w) for w in fastmath.tree_leaves(weights))
-        return sum(sub.bytes_read_per_step(w)
-                   for sub, w in zip(self._sublayers, self.sublayer_weights(weights)))
-
-    def macs_per_step(self, weights: Any, n_keys: int = 1, kv_width: int = 0) -> int:
-        """Multiply-adds of one predict-mode step (batch 1, one token) with these weights.
-
-        Default: a leaf does one per element of each weight matrix (a matrix-vector
-        product; biases and scales are adds); a combinator what its sublayers do.
-        Attention cores add 2·n_keys·kv_width (q·k and p·v over n_keys cached
-        positions of width kv_width = d_model).
-        """
-        if not self._sublayers:
-            return sum(_size(w) for w in fastmath.tree_leaves(weights)
-                       if len(getattr(w, 'shape', ())) >= 2)
-        return sum(sub.macs_per_step(w, n_keys, kv_width)
-                   for sub, w in zip(self._sublayers, self.sublayer_weights(weights)))
 
     # ---- to override ---------------------------------------------------------
     def plan(self) -> tuple | None:
@@ -472,15 +358,6 @@ def Fn(name: str, fn: Callable, n_out: int = 1) -> Layer:  # noqa: N802 - Trax s
     return PureLayer(fn, n_in=len(parameters), n_out=n_out, name=name)
 
 
-def _size(array: Any) -> int:
-    """Number of elements of an array or ShapeDtype."""
-    return int(onp.prod(getattr(array, 'shape', ()), dtype=onp.int64))
-
-
-def _itemsize(array: Any) -> int:
-    return onp.dtype(array.dtype).itemsize
-
-
 def _same_signature(a: Any, b: Any) -> bool:
     leaves_a, leaves_b = fastmath.tree_leaves(a), fastmath.tree_leaves(b)
     return (fastmath.tree_structure(a) == fastmath.tree_structure(b)
@@ -505,15 +382,8 @@ def count_params(layer: Layer, input_signature: Any) -> int:
     return sum(sig.size for sig in fastmath.tree_leaves(weights_signature(layer, input_signature)))
 
 
-def split_rngs(rng: Any, n: int) -> list:
-    """n independent keys from `rng` (an empty list for n == 0)."""
-    if n == 0:
-        return []
-    return list(fastmath.random.split(rng, n))
-
-
 # The layer API in one place: what layers import from here (some of it defined in
-# errors.py and call_context.py).
+# errors.py, call_context.py and hooks.py).
 __all__ = ['MODES', 'Fn', 'Layer', 'LayerError', 'PredictUse', 'PureLayer', 'check_mode',
            'check_positive_int', 'check_rate', 'count_params', 'is_replaying', 'note_predict_use',
            'recording_predict_use', 'replay_context', 'split_rngs', 'weights_signature']

@@ -16,6 +16,7 @@ import numpy as onp
 from trax_sparse import fastmath
 from trax_sparse.fastmath import numpy as xnp
 from trax_sparse.layers import initializers as init
+from trax_sparse.sharding import Axes
 from trax_sparse.layers.base import (Fn, Layer, check_mode, check_rate, note_predict_use,
                                      split_rngs)
 from trax_sparse.layers.token_ids import first_bad_id
@@ -35,7 +36,8 @@ class Dense(Layer):
         return False
 
     def __init__(self, n_units: int, kernel_initializer: init.Initializer | None = None,
-                 bias_initializer: init.Initializer | None = None, use_bias: bool = True):
+                 bias_initializer: init.Initializer | None = None, use_bias: bool = True,
+                 axes: tuple[str | None, str | None] = ('embed', 'mlp')):
         if isinstance(n_units, bool) or not isinstance(n_units, (int, onp.integer)) \
                 or n_units < 1:
             raise ValueError(f'Dense(n_units={n_units!r}): n_units, the output width, must be a '
@@ -44,6 +46,14 @@ class Dense(Layer):
         self._n_units, self._use_bias = int(n_units), use_bias
         self._kernel_init = kernel_initializer or init.GlorotUniformInitializer()
         self._bias_init = bias_initializer or init.RandomNormalInitializer(1e-6)
+        if len(axes) != 2:
+            raise ValueError(f'{self.name}: axes names the input and the output axis, e.g. '
+                             f"('embed', 'mlp'); got {axes!r}")
+        self._axes = tuple(axes)
+
+    def weight_axes(self) -> tuple:
+        d_in, d_out = self._axes                     # W [d_in, n_units], b [n_units]
+        return (Axes(d_in, d_out), Axes(d_out)) if self._use_bias else (Axes(d_in, d_out),)
 
     def init_weights_and_state(self, input_signature: Any) -> None:
         if not input_signature.shape:
@@ -78,6 +88,9 @@ class Embedding(Layer):
 
     def vocab_sizes(self) -> tuple[int, ...]:
         return (self._vocab_size,)
+
+    def weight_axes(self) -> tuple:
+        return (Axes('vocab', 'embed'),)
 
     def bytes_read_per_step(self, weights: Any) -> int:
         table = weights[0]                          # one row of the [vocab, d] table
@@ -144,6 +157,9 @@ class LayerNorm(Layer):
     def __init__(self, center: bool = True, epsilon: float = 1e-6):
         super().__init__(name='LayerNorm')
         self._center, self._epsilon = center, float(epsilon)
+
+    def weight_axes(self) -> tuple:
+        return (Axes('embed'), Axes('embed'))           # scale [d], bias [d]
 
     def init_weights_and_state(self, input_signature: Any) -> None:
         d = input_signature.shape[-1]
@@ -246,6 +262,9 @@ class PositionalEncoding(Layer):
         super().__init__(name='PositionalEncoding')
         self._max_len, self._mode = int(max_len), check_mode(mode, 'PositionalEncoding')
         self._dropout = Dropout(dropout, mode=mode)
+
+    def weight_axes(self) -> tuple:
+        return (Axes('length', 'embed'),)
 
     def bytes_read_per_step(self, weights: Any) -> int:
         table = weights[0]                          # one row of the [max_len, d] table

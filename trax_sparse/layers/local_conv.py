@@ -30,7 +30,11 @@ from trax_sparse import fastmath
 from trax_sparse.fastmath import numpy as xnp
 from trax_sparse.layers import initializers as init
 from trax_sparse.layers.base import Layer, check_mode, check_positive_int, split_rngs
+from trax_sparse.sharding import Axes
 
+# A kernel [lk, k, d/S, n_units] shared by the S modules and its bias [n_units]: the taps
+# (lk, k) are never split.
+_KERNEL_AND_BIAS_AXES = (Axes(None, None, 'kv', 'heads'), Axes('heads'))
 
 
 def _odd_kernel_size(value: Any, layer_name: str) -> int:
@@ -61,6 +65,10 @@ class _LocalConvBase(Layer):
     def n_modules(self) -> int:
         """S: the number of modules the kernels are shared by."""
         return self._n_modules
+
+    def weight_axes(self) -> Any:
+        # kernel [lk, k, d/S, units] shared by the S modules, bias [units]: taps never split.
+        return tuple(_KERNEL_AND_BIAS_AXES for _ in self._kernel_sizes)
 
     def macs_per_step(self, weights: Any, n_keys: int = 1, kv_width: int = 0) -> int:
         # Each kernel [lk, k, d/S, units] once per module (the S modules share it).
@@ -151,6 +159,9 @@ class LocallyConvDense(_LocalConvBase):
 
     def _kernels(self, weights: Any) -> list:
         return [weights[0]]
+
+    def weight_axes(self) -> tuple:
+        return _KERNEL_AND_BIAS_AXES
 
     def forward(self, x: Any) -> Any:
         return self._outputs(x, [self.weights])[0]

@@ -22,6 +22,7 @@ from trax_sparse.layers import initializers as init
 from trax_sparse.layers.base import Layer, check_mode, check_positive_int, split_rngs
 from trax_sparse.layers.combinators import Serial
 from trax_sparse.layers.core import Dense, check_last_axis
+from trax_sparse.sharding import Axes
 
 
 class MultiplicativeDense(Layer):
@@ -43,7 +44,8 @@ class MultiplicativeDense(Layer):
     def draws_random_numbers(self) -> bool:
         return False
 
-    def __init__(self, n_modules: int, d_out: int, use_bias: bool = True):
+    def __init__(self, n_modules: int, d_out: int, use_bias: bool = True,
+                 axes: tuple[str | None, str | None] = ('embed', 'mlp')):
         super().__init__(name=f'MultiplicativeDense_{n_modules}_{d_out}')
         self._n_modules = check_positive_int('MultiplicativeDense', 'n_modules', n_modules)
         self._d_out = check_positive_int('MultiplicativeDense', 'd_out', d_out)
@@ -51,6 +53,12 @@ class MultiplicativeDense(Layer):
             raise ValueError(f'MultiplicativeDense: d_out={d_out} must be divisible by '
                              f'n_modules={n_modules}')
         self._use_bias = bool(use_bias)
+        self._axes = tuple(axes)                      # (d_in's name, d_out's name)
+
+    def weight_axes(self) -> tuple:
+        d_in, d_out = self._axes                      # D [S, d_in], E [d_in, M], b [d_out]
+        gate_and_proj = (Axes(None, d_in), Axes(d_in, d_out))
+        return gate_and_proj + (Axes(d_out),) if self._use_bias else gate_and_proj
 
     def macs_per_step(self, weights: Any, n_keys: int = 1, kv_width: int = 0) -> int:
         # A step still does d_in·d_out multiply-adds (plus the S·d_in gating): it saves
@@ -110,14 +118,15 @@ def SparseDenseWithOptions(n_units: int, sparsity_type: str | None = 'mult',  # 
     if int(sparsity) != sparsity or sparsity < 0:
         raise ValueError(f'{name}: sparsity must be a non-negative integer, got {sparsity!r}')
     if sparsity == 0 or sparsity_type is None:
-        return Dense(n_units)
+        return Dense(n_units, axes=('embed', 'vocab'))
     if sparsity_type == 'mult':
-        return MultiplicativeDense(int(sparsity), n_units)
+        return MultiplicativeDense(int(sparsity), n_units, axes=('embed', 'vocab'))
     if sparsity_type == 'lowrank':
         if d_lowrank is None:
             raise ValueError(f"{name}: sparsity_type='lowrank' needs d_lowrank (the rank)")
         d_lowrank = check_positive_int(name, 'd_lowrank', d_lowrank)
-        return Serial(Dense(d_lowrank), Dense(n_units), name=f'LowRank_{d_lowrank}')
+        return Serial(Dense(d_lowrank, axes=('embed', None)), Dense(n_units, axes=(None, 'vocab')),
+                      name=f'LowRank_{d_lowrank}')
     raise ValueError(f'{name}: sparsity_type must be one of {SPARSITY_TYPES} or None, got '
                      f'{sparsity_type!r}')
 

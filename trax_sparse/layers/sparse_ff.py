@@ -31,6 +31,7 @@ from trax_sparse.fastmath import numpy as xnp
 from trax_sparse.layers import initializers as init
 from trax_sparse.layers.base import Layer, check_mode, is_replaying, split_rngs
 from trax_sparse.layers.core import Dropout, Relu, check_last_axis
+from trax_sparse.sharding import Axes
 
 ArrayFn = Callable[[Any], Any]
 
@@ -228,6 +229,15 @@ class SparseFF(Layer):
     @property
     def n_blocks(self) -> int:
         return self._d_ff // self._block_size
+
+    def weight_axes(self) -> tuple:
+        # controller: W_c1 [d, r], W_c2 [r, d_ff], b_c [d_ff]; main: W1ᵀ and W2 [d_ff/N, N, d]
+        # (+ b1 [d_ff/N, N]) and b2 [d]: the blocks split like a dense FF's units.
+        controller = (Axes('embed', 'lowrank'), Axes('lowrank', 'mlp'), Axes('mlp'))
+        rows = Axes('mlp', 'block', 'embed')
+        main = (rows, Axes('mlp', 'block'), rows, Axes('embed')) if self._use_bias1 else \
+            (rows, rows, Axes('embed'))
+        return (controller, main)
 
     def bytes_read_per_step(self, weights: Any) -> int:
         # The controller, then per block the chosen row of W1ᵀ and of W2 (+ its b1), and b2.

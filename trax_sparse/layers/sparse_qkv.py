@@ -23,6 +23,10 @@ from trax_sparse.layers.multiplicative import MultiplicativeDense
 OUTPUT_LAYER_TYPES = ('none', 'mult', 'conv')
 
 
+# The shared projection m: d_model in, its modules (mixed by the convolutions) out.
+M_AXES = ('embed', None)
+
+
 def MultiplicativeConvCausalAttention(  # noqa: N802 - Trax style.
         d_feature: int, n_heads: int = 1, sparsity: int | None = None,
         length_kernel_size: int = 3, dropout: float = 0.0, max_len: int = 2048,
@@ -61,7 +65,8 @@ def MultiplicativeConvCausalAttention(  # noqa: N802 - Trax style.
 
     qkv_convs = LocallyConvDenseBranch(sparsity, d_module, kernel_sizes=(3, 3, 1),
                                        length_kernel_size=length_kernel_size, mode=mode)
-    output_layers = {'none': [], 'mult': MultiplicativeDense(sparsity, d_feature),
+    output_layers = {'none': [],
+                     'mult': MultiplicativeDense(sparsity, d_feature, axes=('heads', 'embed')),
                      'conv': conv(3)}[output_layer_type]
     core = DotProductCausalAttention(n_heads, dropout=dropout, max_len=max_len, mode=mode,
                                      masked=masked)
@@ -69,14 +74,14 @@ def MultiplicativeConvCausalAttention(  # noqa: N802 - Trax style.
         zero_masked = Fn('ZeroMasked', lambda m, mask: m * (mask != 0)[..., None].astype(m.dtype))
         return Serial(                                            # x, mask
             Select([0, 1, 1, 1]),                                 # x, mask, mask, mask
-            MultiplicativeDense(sparsity, d_feature),             # m, mask, mask, mask
+            MultiplicativeDense(sparsity, d_feature, axes=M_AXES),  # m, mask, mask, mask
             zero_masked,                                          # m (0 where masked), mask, mask
             qkv_convs,                                            # q, k, v, mask, mask
             core,                                                 # y, mask
             output_layers,
             name=name)
     return Serial(
-        MultiplicativeDense(sparsity, d_feature),                # m: [B, L, d], shared by q, k, v
+        MultiplicativeDense(sparsity, d_feature, axes=M_AXES),  # m: [B, L, d], shared by q, k, v
         qkv_convs,                                                # q, k, v: [B, L, d] each
         core,
         output_layers,                                            # [B, L, d]

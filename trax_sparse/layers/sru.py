@@ -38,6 +38,7 @@ from trax_sparse.fastmath import numpy as xnp
 from trax_sparse.layers import initializers as init
 from trax_sparse.layers.base import Layer, check_mode, split_rngs
 from trax_sparse.layers.errors import check_mask_shape
+from trax_sparse.sharding import Axes
 
 HIGHWAY_SCALE = math.sqrt(3.0)
 
@@ -76,6 +77,9 @@ class SRU(Layer):
 
     def draws_random_numbers(self) -> bool:
         return False
+
+    def weight_axes(self) -> tuple:
+        return (Axes('embed', None), Axes(None))      # kernel [n, 3n], bias [3n]: n = d_model
 
     def init_weights_and_state(self, input_signature: Any) -> None:
         shape = (input_signature[0] if self._masked else input_signature).shape

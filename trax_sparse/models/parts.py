@@ -86,8 +86,9 @@ def feed_forward(d_model: int, d_ff: int, sparsity: FFSparsity = None, dropout: 
     """
     config = sparse_ff_config(sparsity)
     if config is None:
-        return lambda mode: [tl.Dense(d_ff), activation(), tl.Dropout(dropout, mode=mode),
-                             tl.Dense(d_model)]
+        return lambda mode: [tl.Dense(d_ff, axes=('embed', 'mlp')), activation(),
+                             tl.Dropout(dropout, mode=mode),
+                             tl.Dense(d_model, axes=('mlp', 'embed'))]
     return lambda mode: tl.SparseFF(
         d_ff, n_elements_in_block=config.n_elements_in_block, d_lowrank=config.d_lowrank,
         temperature=config.temperature, quant_prob=config.quant_prob, dropout=dropout,
@@ -111,10 +112,12 @@ def feed_forward_with_sru(ff: Part, d_model: int, ff_use_sru: Any) -> Part:
     return lambda mode: [                                                   # x, mask
         tl.Select([0, 1, 1]),                                               # x, mask, mask
         tl.Branch(tl.Serial(tl.Select([0], n_in=2), ff(mode)),             # FF(x)
-                  tl.Serial(tl.Parallel(tl.Dense(n_units), None),          # x_u, mask
+                  tl.Serial(tl.Parallel(tl.Dense(n_units, axes=('embed', None)),  # x_u, mask
+                                        None),
                             [tl.SRU(n_units, masked=True, mode=mode)
                              for _ in range(n_layers)],
-                            tl.Select([0], n_in=2), tl.Dense(d_model))),   # ff, sru, mask
+                            tl.Select([0], n_in=2),
+                            tl.Dense(d_model, axes=(None, 'embed')))),       # ff, sru, mask
         tl.Add(),                                                           # y, mask
     ]
 

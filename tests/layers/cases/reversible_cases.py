@@ -3,11 +3,15 @@ from typing import Any
 
 from trax_sparse import layers as tl
 from trax_sparse.fastmath import numpy as xnp
+from trax_sparse.sharding import Axes
 from tests.layers.cases import Case, floats
 
 
 class ExpScale(tl.ReversibleLayer):
     """x -> x * exp(s), s [d] a weight: a ReversibleLayer using the default reverse_and_grad."""
+
+    def weight_axes(self) -> tuple:
+        return (Axes('embed'),)
 
     def init_weights_and_state(self, input_signature: Any) -> None:
         self.weights = (0.1 * xnp.arange(input_signature.shape[-1], dtype=xnp.float32),)

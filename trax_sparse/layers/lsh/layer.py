@@ -36,6 +36,7 @@ from trax_sparse.fastmath import numpy as xnp
 from trax_sparse.layers import initializers as init
 from trax_sparse.layers.base import Layer, check_mode, check_rate, is_replaying, split_rngs
 from trax_sparse.layers.errors import check_mask_shape
+from trax_sparse.sharding import Axes
 from trax_sparse.layers.lsh.core import (LSHSettings, attend_backward, attend_given_buckets,
                                          hash_and_attend, padded_length, with_settings)
 from trax_sparse.layers.lsh.hashing import check_n_buckets
@@ -165,6 +166,11 @@ class LSHSelfAttention(Layer):
         return x, mask
 
     # ---- init --------------------------------------------------------------------------------
+    def weight_axes(self) -> tuple:
+        # W_qk [H, d, d_qk], W_v [H, d, d_v], W_out [H, d_v, d]
+        return (Axes('heads', 'embed', 'kv'), Axes('heads', 'embed', 'kv'),
+                Axes('heads', 'kv', 'embed'))
+
     def init_weights_and_state(self, input_signature: Any) -> None:
         x_sig, _ = self._split_inputs(input_signature)
         batch, length, d = x_sig.shape
