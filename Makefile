@@ -19,8 +19,9 @@ $(STAMP): setup.py setup.cfg pyproject.toml
 data: $(STAMP)
 	$(PY) -m trax_sparse.data.prepare
 
+# The tests and every docstring example of the package (--doctest-modules).
 test: data
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 tests trax_sparse --doctest-modules
 
 demo: data
 	$(PY) examples/demo.py

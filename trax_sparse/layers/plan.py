@@ -22,8 +22,9 @@ Example:
     >>> import numpy as np
     >>> from trax_sparse import fastmath, layers as tl
     >>> branch = tl.Branch(tl.Relu(), None)
-    >>> branch.plan()
-    (Call(sublayer=0, offset=0, own_key=False), Call(sublayer=1, offset=1, own_key=False))
+    >>> branch.plan()    # doctest: +NORMALIZE_WHITESPACE
+    (Permute(offset=0, n_in=1, indices=(0, 0)), Call(sublayer=0, offset=0, own_key=False),
+     Call(sublayer=1, offset=1, own_key=False))
     >>> tl.Parallel(tl.Relu(), tl.Relu()).plan()[0]
     Call(sublayer=0, offset=0, own_key=False)
     >>> with fastmath.use_backend('numpy'):
