@@ -69,7 +69,8 @@ def child(args) -> None:
                 fn()
             costs[name] = (time.perf_counter() - start) / n * 1e6
         with fastmath.blas_scope():
-            inside = sorted({i['num_threads'] for i in threadpool_info() if i['user_api'] == 'blas'})
+            inside = sorted({info['num_threads'] for info in threadpool_info()
+                             if info['user_api'] == 'blas'})
     print(json.dumps({'median': float(np.median(times)), 'p10': float(np.percentile(times, 10)),
                       'p90': float(np.percentile(times, 90)), 'costs_us': costs,
                       'blas_threads_inside': inside,
