@@ -215,11 +215,11 @@ def to_numpy(tree: Any) -> Any:
 __all__ = [
     'BACKENDS', 'BackendError', 'Tuning', 'abstract_eval', 'after_cotangent', 'backend',
     'backend_name', 'blas_scope', 'cached_jit', 'cond', 'conv', 'custom_vjp', 'device_count',
-    'dynamic_slice', 'dynamic_update_slice', 'erf', 'fori_loop', 'grad', 'in_parts', 'is_concrete', 'is_jax',
-    'jax_available', 'jit', 'logsumexp', 'numpy', 'optimization_barrier', 'parallel_matmul',
-    'parallel_matmuls', 'random', 'remat', 'scan', 'set_backend', 'set_tuning', 'sort_key_val',
-    'stop_gradient', 'take_permutation', 'take_rows_dot',
-    'take_rows_weighted_sum', 'to_backend', 'to_numpy', 'top_k', 'tree_leaves', 'tree_map',
-    'tree_structure', 'tree_unflatten_like', 'tuned', 'tuning', 'update_cache', 'use_backend',
-    'value_and_grad', 'vjp',
+    'dynamic_slice', 'dynamic_update_slice', 'erf', 'fori_loop', 'grad', 'in_parts', 'is_concrete',
+    'is_jax', 'jax_available', 'jit', 'logsumexp', 'numpy', 'optimization_barrier',
+    'parallel_matmul', 'parallel_matmuls', 'random', 'remat', 'scan', 'set_backend', 'set_tuning',
+    'sort_key_val', 'stop_gradient', 'take_permutation', 'take_rows_dot', 'take_rows_weighted_sum',
+    'to_backend', 'to_numpy', 'top_k', 'tree_leaves', 'tree_map', 'tree_structure',
+    'tree_unflatten_like', 'tuned', 'tuning', 'update_cache', 'use_backend', 'value_and_grad',
+    'vjp',
 ]
