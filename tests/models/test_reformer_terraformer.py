@@ -21,6 +21,12 @@ SMALL = dict(d_model=8, d_ff=16, n_heads=2, d_attention_key=4, d_attention_value
 def reformer(mode, **options):
     # One chunk covering the sequence: LSH predict equals eval exactly (docs/predict_mode.md).
     opts = dict(SMALL, n_layers=2, chunk_len=8, n_chunks_before=0, n_buckets=2, n_hashes=2)
+    if 'ff' in options:                       # a part replaces the flags that build it
+        del opts['d_ff']
+    if 'attention' in options:
+        for flag in ('chunk_len', 'n_chunks_before', 'n_buckets', 'n_hashes', 'd_attention_key',
+                     'd_attention_value'):
+            del opts[flag]
     opts.update(options)
     return models.ReformerLM(VOCAB, mode=mode, **opts)
 
@@ -132,8 +138,10 @@ def _same_model(a, b, inputs):
 def test_terraformer_parts_replace_the_flags():
     parts = models.parts
     flags = terraformer('eval', **TERRA_CONFIGS['sparse_sru'])
-    with_parts = terraformer(
-        'eval', ff_use_sru=(1, 4),
+    with_parts = models.Terraformer(
+        VOCAB, mode='eval', ff_use_sru=(1, 4), d_model=8, n_heads=2, d_attention_key=4,
+        d_attention_value=4, dropout=0.1, max_len=32, n_encoder_layers=1, n_decoder_layers=1,
+        chunk_len=16, n_chunks_before=0, n_buckets=2,
         decoder_attention=parts.attention('sparse_qkv', 8, 2, masked=True, dropout=0.1,
                                           max_len=32, qkv_sparsity=2),
         ff=parts.feed_forward(8, 16, models.SparseFFConfig(4), dropout=0.1),
@@ -141,8 +149,9 @@ def test_terraformer_parts_replace_the_flags():
     _same_model(flags, with_parts, (INPUTS, TOKENS[:, :5]))
     lsh = dict(chunk_len=16, n_chunks_before=0, n_buckets=2, n_hashes=1)
     heads = dict(masked=True, dropout=0.1, max_len=32, d_attention_key=4, d_attention_value=4)
-    with_parts = terraformer(
-        'eval',
+    with_parts = models.Terraformer(
+        VOCAB, mode='eval', d_model=8, d_ff=16, n_heads=2, dropout=0.1, max_len=32,
+        n_encoder_layers=1, n_decoder_layers=1,
         encoder_attention=parts.attention('lsh', 8, 2, causal=False, **heads,
                                           lsh=dict(lsh, n_chunks_after=1)),
         decoder_attention=parts.attention('lsh', 8, 2, **heads, lsh=lsh))
@@ -164,6 +173,46 @@ def test_reformer_parts_and_sparse_ff_config():
     model_checks.lm_predict_equals_eval(
         lambda mode: reformer(mode, attention=models.parts.attention(
             'dense', 8, 2, dropout=0.1, max_len=32)), TOKENS)
+
+
+def test_a_part_and_a_flag_that_builds_it_are_an_error_naming_both():
+    ff = models.parts.feed_forward(8, 16)
+    with pytest.raises(ValueError, match=r'Terraformer: ff= was given, so d_ff=16 / '
+                                         r'ff_sparsity=4 would be ignored; give one'):
+        models.Terraformer(VOCAB, d_model=8, d_ff=16, ff_sparsity=4, ff=ff)
+    with pytest.raises(ValueError, match=r"Terraformer: decoder_attention= was given, so "
+                                         r"decoder_attention_type='lsh' would be ignored"):
+        models.Terraformer(VOCAB, decoder_attention_type='lsh',
+                           decoder_attention=models.parts.attention('dense', 8, 2, masked=True))
+    with pytest.raises(ValueError, match=r'Terraformer: output= was given, so loss_sparsity=2'):
+        models.Terraformer(VOCAB, loss_sparsity=2, output=models.parts.output_layer(VOCAB))
+    with pytest.raises(ValueError, match=r"ReformerLM: attention= was given, so "
+                                         r"attention_type='dense' / chunk_len=8 would be"):
+        models.ReformerLM(VOCAB, attention_type='dense', chunk_len=8,
+                          attention=models.parts.attention('dense', 8, 2))
+    with pytest.raises(ValueError, match=r'TransformerLM: ff= was given, so d_ff=16 would'):
+        models.TransformerLM(VOCAB, d_ff=16, ff=ff)
+    # d_model builds every part: not an error; the encoder's own FF leaves d_ff to it
+    models.Terraformer(VOCAB, d_model=8, n_heads=2, ff=ff)
+    models.Transformer(VOCAB, d_model=8, d_ff=16, ff=ff, encoder_ff=ff)
+    models.Terraformer(VOCAB, d_model=8, d_ff=16, ff=ff, encoder_ff=ff)
+
+
+@pytest.mark.parametrize('make, parameter', [
+    (lambda: models.ScalingTransformerLM(VOCAB, attention_type='no_such_attention'),
+     'ScalingTransformerLM: attention_type'),
+    (lambda: models.ScalingTransformer(VOCAB, attention_type='no_such_attention'),
+     'ScalingTransformer: attention_type'),
+    (lambda: models.ReformerLM(VOCAB, attention_type='no_such_attention'),
+     'ReformerLM: attention_type'),
+    (lambda: models.Terraformer(VOCAB, decoder_attention_type='no_such_attention'),
+     'Terraformer: decoder_attention_type'),
+    (lambda: models.Terraformer(VOCAB, encoder_attention_type='no_such_attention'),
+     'Terraformer: encoder_attention_type'),
+])
+def test_a_bad_kind_names_its_model_parameter(make, parameter):
+    with pytest.raises(ValueError, match=rf"{parameter}='no_such_attention' must be one of "):
+        make()
 
 
 def test_attention_factory_errors_say_what_to_pass():

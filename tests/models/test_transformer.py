@@ -112,8 +112,8 @@ def test_token_ids_outside_vocab_are_a_clear_error(backend_name):
 
 
 def test_bad_options_are_clear_errors():
-    with pytest.raises(ValueError, match=r"attention kind must be one of \('dense', "
-                                         r"'sparse_qkv', 'lsh'\), got 'sparse'"):
+    with pytest.raises(ValueError, match=r"ScalingTransformerLM: attention_type='sparse' must be "
+                                         r"one of \('dense', 'sparse_qkv', 'lsh'\)"):
         scaling_lm('eval', attention_type='sparse')
     with pytest.raises(ValueError, match=r'ff_sparsity must be N, SparseFFConfig\('):
         scaling_lm('eval', ff_sparsity=(1, 2, 3, 0.5, False, 6))

@@ -8,7 +8,7 @@ Example:
     >>> models.TransformerLM(vocab_size=16, d_model=8, d_ff=16, n_layers=1, n_heads=2).n_in
     1
     >>> ff = models.parts.feed_forward(8, 16, models.SparseFFConfig(4))
-    >>> models.Terraformer(16, d_model=8, d_ff=16, n_heads=2, ff=ff).n_in
+    >>> models.Terraformer(16, d_model=8, n_heads=2, ff=ff).n_in
     2
 """
 from trax_sparse.models import parts

@@ -19,6 +19,7 @@ from typing import Callable
 from trax_sparse import layers as tl
 from trax_sparse.models import blocks, parts
 from trax_sparse.models import reversible_blocks as rb
+from trax_sparse.models.options import check_kind, check_part_or_flags
 from trax_sparse.models.parts import Part
 
 
@@ -38,6 +39,17 @@ def ReformerLM(vocab_size: int, d_model: int = 512, d_ff: int = 2048,  # noqa: N
     the LSH settings, ff_sparsity, loss_sparsity.
     """
     tl.check_mode(mode, 'ReformerLM')
+    check_kind('ReformerLM', 'attention_type', attention_type, parts.ATTENTION_KINDS)
+    check_part_or_flags('ReformerLM', 'attention', attention,
+                        attention_type=(attention_type, 'lsh'), chunk_len=(chunk_len, 64),
+                        n_hashes=(n_hashes, 1), n_buckets=(n_buckets, 64),
+                        n_chunks_before=(n_chunks_before, 1), n_chunks_after=(n_chunks_after, 0),
+                        attention_dropout=(attention_dropout, 0.0),
+                        d_attention_key=(d_attention_key, 64),
+                        d_attention_value=(d_attention_value, 64))
+    check_part_or_flags('ReformerLM', 'ff', ff, d_ff=(d_ff, 2048), ff_sparsity=(ff_sparsity, 0),
+                        ff_activation=(ff_activation, tl.FastGelu))
+    check_part_or_flags('ReformerLM', 'output', output, loss_sparsity=(loss_sparsity, 0))
     lsh = dict(chunk_len=chunk_len, n_hashes=n_hashes, n_buckets=n_buckets,
                n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
                attention_dropout=attention_dropout)

@@ -21,13 +21,15 @@ from typing import Callable
 
 from trax_sparse import layers as tl
 from trax_sparse.models import parts
+from trax_sparse.models.options import check_kind
 from trax_sparse.models.transformer import Transformer, TransformerLM
 
 
-def _parts(vocab_size: int, d_model: int, d_ff: int, n_heads: int, dropout: float,
+def _parts(model: str, vocab_size: int, d_model: int, d_ff: int, n_heads: int, dropout: float,
            max_len: int, ff_activation: Callable[[], tl.Layer], ff_sparsity: parts.FFSparsity,
            attention_type: str, qkv_sparsity: int | None, length_kernel_size: int,
            loss_sparsity: int) -> dict:
+    check_kind(model, 'attention_type', attention_type, parts.ATTENTION_KINDS)
     return dict(
         attention=parts.attention(attention_type, d_model, n_heads, dropout=dropout,
                                   max_len=max_len, qkv_sparsity=qkv_sparsity,
@@ -43,10 +45,10 @@ def ScalingTransformerLM(vocab_size: int, d_model: int = 512, d_ff: int = 2048, 
                          qkv_sparsity: int | None = None, length_kernel_size: int = 3,
                          loss_sparsity: int = 0, mode: str = 'train') -> tl.Layer:
     """TransformerLM with the paper's sparse options (all off by default = the dense baseline)."""
-    model_parts = _parts(vocab_size, d_model, d_ff, n_heads, dropout, max_len, ff_activation,
+    model_parts = _parts('ScalingTransformerLM', vocab_size, d_model, d_ff, n_heads, dropout, max_len, ff_activation,
                    ff_sparsity, attention_type, qkv_sparsity, length_kernel_size, loss_sparsity)
-    return TransformerLM(vocab_size, d_model, d_ff, n_layers, n_heads, dropout, max_len,
-                         ff_activation, mode=mode, **model_parts)
+    return TransformerLM(vocab_size, d_model, n_layers=n_layers, n_heads=n_heads,
+                         dropout=dropout, max_len=max_len, mode=mode, **model_parts)
 
 
 def ScalingTransformer(input_vocab_size: int, output_vocab_size: int | None = None,  # noqa: N802
@@ -64,11 +66,12 @@ def ScalingTransformer(input_vocab_size: int, output_vocab_size: int | None = No
     configs widen only the decoder FF (4096 -> 6144) to make up for the
     parameters that sparse QKV saves; the encoder FF stays at 4096.
     """
-    model_parts = _parts(output_vocab_size or input_vocab_size, d_model, d_ff, n_heads, dropout,
+    model_parts = _parts('ScalingTransformer', output_vocab_size or input_vocab_size, d_model, d_ff, n_heads, dropout,
                    max_len, ff_activation, ff_sparsity, attention_type, qkv_sparsity,
                    length_kernel_size, loss_sparsity)
     encoder_ff = parts.feed_forward(d_model, encoder_d_ff or d_ff, ff_sparsity, dropout,
                                     ff_activation)
-    return Transformer(input_vocab_size, output_vocab_size, d_model, d_ff, n_encoder_layers,
-                       n_decoder_layers, n_heads, dropout, max_len, ff_activation,
+    return Transformer(input_vocab_size, output_vocab_size, d_model,
+                       n_encoder_layers=n_encoder_layers, n_decoder_layers=n_decoder_layers,
+                       n_heads=n_heads, dropout=dropout, max_len=max_len,
                        encoder_ff=encoder_ff, mode=mode, **model_parts)

@@ -33,6 +33,7 @@ Example:
     >>> [s.shape for s in model.output_signature(sig)]
     [(2, 4, 16), (2, 4)]
 """
+import inspect
 from typing import Any, Callable
 
 import numpy as onp
@@ -42,6 +43,7 @@ from trax_sparse import layers as tl
 from trax_sparse.fastmath import numpy as xnp
 from trax_sparse.models import blocks, parts
 from trax_sparse.models import reversible_blocks as rb
+from trax_sparse.models.options import check_kind, check_part_or_flags
 from trax_sparse.models.parts import Part
 from trax_sparse.models.predict_inputs import EncoderInputsOnce
 
@@ -153,6 +155,33 @@ def _encoder(vocab_size: int, d_model: int, n_layers: int, attention: Part, ff: 
         name='Encoder')
 
 
+def _check_parts_or_flags(args: dict) -> None:
+    """Kind strings name their parameter; a part and a flag that builds it only: an error."""
+    check_kind('Terraformer', 'encoder_attention_type', args['encoder_attention_type'],
+               ('dense', 'lsh'))
+    check_kind('Terraformer', 'decoder_attention_type', args['decoder_attention_type'],
+               parts.ATTENTION_KINDS)
+    defaults = {name: p.default for name, p in
+                inspect.signature(Terraformer).parameters.items()}
+
+    def flags(*names: str) -> dict:
+        return {name: (args[name], defaults[name]) for name in names}
+
+    check_part_or_flags('Terraformer', 'encoder_attention', args['encoder_attention'],
+                        **flags('encoder_attention_type', 'encoder_n_chunks_after'))
+    check_part_or_flags('Terraformer', 'decoder_attention', args['decoder_attention'],
+                        **flags('decoder_attention_type', 'qkv_sparsity', 'length_kernel_size'))
+    if args['encoder_attention'] is not None and args['decoder_attention'] is not None:
+        check_part_or_flags('Terraformer', 'encoder_attention and decoder_attention',
+                            args['decoder_attention'], **flags(
+                                'd_attention_key', 'd_attention_value', 'chunk_len', 'n_hashes',
+                                'n_buckets', 'n_chunks_before', 'attention_dropout'))
+    if args['encoder_ff'] is None:       # the flags build the encoder's FF too
+        check_part_or_flags('Terraformer', 'ff', args['ff'],
+                            **flags('d_ff', 'ff_sparsity', 'ff_activation'))
+    check_part_or_flags('Terraformer', 'output', args['output'], **flags('loss_sparsity'))
+
+
 def Terraformer(input_vocab_size: int, output_vocab_size: int | None = None,  # noqa: N802
                 d_model: int = 512, d_ff: int = 2048, n_encoder_layers: int = 6,
                 n_decoder_layers: int = 6, n_heads: int = 8, d_attention_key: int = 64,
@@ -177,6 +206,7 @@ def Terraformer(input_vocab_size: int, output_vocab_size: int | None = None,  # 
     feed-forward, given ones too (the paper's C4 Terraformer: (1, 32)); 0 = none.
     """
     tl.check_mode(mode, 'Terraformer')
+    _check_parts_or_flags(locals())
     output_vocab_size = output_vocab_size or input_vocab_size
     lsh = dict(chunk_len=chunk_len, n_hashes=n_hashes, n_buckets=n_buckets,
                n_chunks_before=n_chunks_before, attention_dropout=attention_dropout)

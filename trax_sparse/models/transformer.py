@@ -15,6 +15,7 @@ from typing import Callable
 
 from trax_sparse import layers as tl
 from trax_sparse.models import blocks, parts
+from trax_sparse.models.options import check_part_or_flags
 from trax_sparse.models.parts import Part
 
 
@@ -34,6 +35,8 @@ def TransformerLM(vocab_size: int, d_model: int = 512, d_ff: int = 2048,  # noqa
     (mode -> layer); they default to dense CausalAttention, a dense FF and Dense.
     """
     _check_model_mode(mode, 'TransformerLM')
+    check_part_or_flags('TransformerLM', 'ff', ff, d_ff=(d_ff, 2048),
+                        ff_activation=(ff_activation, tl.Relu))
     attention = attention or parts.attention('dense', d_model, n_heads, dropout=dropout,
                                              max_len=max_len)
     ff = ff or parts.feed_forward(d_model, d_ff, dropout=dropout, activation=ff_activation)
@@ -64,6 +67,9 @@ def Transformer(input_vocab_size: int, output_vocab_size: int | None = None,  # 
     (default: dense bidirectional attention, the decoder's ff).
     """
     _check_model_mode(mode, 'Transformer')
+    if encoder_ff is None:               # d_ff and ff_activation build the encoder's FF too
+        check_part_or_flags('Transformer', 'ff', ff, d_ff=(d_ff, 2048),
+                            ff_activation=(ff_activation, tl.Relu))
     output_vocab_size = output_vocab_size or input_vocab_size
     encoder_mode = 'eval' if mode == 'predict' else mode
     attention = attention or parts.attention('dense', d_model, n_heads, dropout=dropout,
