@@ -5,7 +5,7 @@ Every layer names the axes of the weights it creates (`Layer.weight_axes()`: an
 A mesh is a dict of named axes and their sizes (`{'data': 2, 'model': 4}`). The
 rules map logical names to mesh axes: tensor parallelism puts 'mlp', 'heads' and
 'vocab' on 'model'; FSDP (`fsdp=True`) then splits the largest remaining axis of
-each weight over 'data'. An axis is split only when the mesh axis divides it, so
+each weight over 'data' (and over 'model' when no rule used it). An axis is split only when the mesh axis divides it, so
 every rule is safe for every model: sharding changes where a weight lives, never
 what the step computes. Pure Python: the JAX backend turns the specs into
 `NamedSharding`s.
@@ -101,8 +101,9 @@ def partition_spec(axes: Axes, signature: Any, mesh_shape: Mapping[str, int],
 
     A logical axis goes to the mesh axis its rule names when that mesh axis is
     larger than 1, divides the dimension, and is not used by another dimension.
-    With `fsdp`, the largest dimension still unsplit goes to 'data' if 'data'
-    divides it.
+    With `fsdp`, 'data' (then each mesh axis still unused, e.g. 'model' for a
+    weight without a tensor-parallel axis) goes to the largest dimension still
+    unsplit that it divides: every device then holds about 1/n of each weight.
     """
     rules = DEFAULT_RULES if rules is None else rules
     shape = tuple(signature.shape)
@@ -116,11 +117,13 @@ def partition_spec(axes: Axes, signature: Any, mesh_shape: Mapping[str, int],
         if _fits(target, size, mesh_shape, used):
             spec[i] = target
             used.add(target)
-    if fsdp:
-        free = [i for i, s in enumerate(spec) if s is None
-                and _fits(DATA_AXIS, shape[i], mesh_shape, used)]
-        if free:
-            spec[max(free, key=lambda i: shape[i])] = DATA_AXIS
+    if fsdp:      # 'data' first, then any mesh axis no rule used: largest free dimension
+        for target in [DATA_AXIS] + [a for a in mesh_shape if a != DATA_AXIS]:
+            free = [i for i, s in enumerate(spec) if s is None
+                    and _fits(target, shape[i], mesh_shape, used)]
+            if free:
+                spec[max(free, key=lambda i: shape[i])] = target
+                used.add(target)
     return tuple(spec)
 
 
@@ -140,6 +143,34 @@ def partition_specs(axes_tree: Any, weights_signature: Any, mesh_shape: Mapping[
                          f'that creates weights must name their axes: Layer.weight_axes)')
     return tree_map(lambda a, sig: Spec(*partition_spec(a, sig, mesh_shape, rules, fsdp)),
                     axes_tree, weights_signature)
+
+
+def replicated_specs(signature_tree: Any) -> Any:
+    """A Spec that splits nothing for every array of a tree (containers kept)."""
+    return specs_like(signature_tree, None, None)
+
+
+def specs_like(tree: Any, weights_signature: Any, weight_specs: Any) -> Any:
+    """Specs for a tree that holds copies of the weights tree (an optimizer state: Adam's mu
+    and nu): each such copy is split like the weights, every other array is replicated.
+    Containers keep their types (named tuples too), so the result fits jit's shardings."""
+    if weights_signature is not None and _same_arrays(tree, weights_signature):
+        return weight_specs
+    if isinstance(tree, dict):
+        return type(tree)((k, specs_like(v, weights_signature, weight_specs))
+                          for k, v in tree.items())
+    if isinstance(tree, (tuple, list)):
+        children = [specs_like(c, weights_signature, weight_specs) for c in tree]
+        return type(tree)(*children) if hasattr(tree, '_fields') else type(tree)(children)
+    if tree is None:
+        return None
+    return Spec(*[None] * len(tree.shape))
+
+
+def _same_arrays(a: Any, b: Any) -> bool:
+    if tree_structure(a) != tree_structure(b) or not tree_leaves(b):
+        return False
+    return all(tuple(x.shape) == tuple(y.shape) for x, y in zip(tree_leaves(a), tree_leaves(b)))
 
 
 def bytes_per_device(signature_tree: Any, spec_tree: Any, mesh_shape: Mapping[str, int]
@@ -169,4 +200,5 @@ def rules_from(axis_rules: Mapping[str, str | None] | Sequence | None) -> dict:
 
 
 __all__ = ['Axes', 'DATA_AXIS', 'DEFAULT_RULES', 'MODEL_AXIS', 'Spec', 'bytes_per_device',
-           'check_mesh_shape', 'partition_spec', 'partition_specs', 'rules_from']
+           'check_mesh_shape', 'partition_spec', 'partition_specs', 'replicated_specs',
+           'rules_from', 'specs_like']

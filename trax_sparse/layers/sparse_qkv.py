@@ -23,8 +23,8 @@ from trax_sparse.layers.multiplicative import MultiplicativeDense
 OUTPUT_LAYER_TYPES = ('none', 'mult', 'conv')
 
 
-# The shared projection m: d_model in, its modules (mixed by the convolutions) out.
-M_AXES = ('embed', None)
+# The shared projection m: d_model in; out, the modules that the convolutions turn into heads.
+M_AXES = ('embed', 'heads')
 
 
 def MultiplicativeConvCausalAttention(  # noqa: N802 - Trax style.

@@ -193,6 +193,19 @@ def archive_previous_run(output_dir: str, names: Sequence[str]) -> str | None:
     return target
 
 
+def choose_seed(restored: ckpt.Checkpoint | None, random_seed: int | None) -> int:
+    """The run's seed: the checkpoint's when resuming (a different random_seed is noted),
+    else random_seed, else a random one."""
+    if restored is not None:
+        seed = int(restored.metadata['rng']['seed'])
+        if random_seed is not None and random_seed != seed:
+            log.warning('resuming with the checkpoint seed %d, not random_seed=%s', seed,
+                        random_seed)
+        return seed
+    return int(random_seed) if random_seed is not None else \
+        int.from_bytes(os.urandom(4), 'little')
+
+
 __all__ = ['CORRUPT_DIR', 'CheckpointWriteError', 'Checkpointer', 'OutputDir', 'OutputDirError',
-           'archive_previous_run', 'move_aside', 'prepare_output_dir', 'restore_train_state',
-           'tree_bytes']
+           'archive_previous_run', 'choose_seed', 'move_aside', 'prepare_output_dir',
+           'restore_train_state', 'tree_bytes']

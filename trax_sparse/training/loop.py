@@ -5,8 +5,9 @@
 train_step.py (the pure, jit'd step and its TrainState), checkpointer.py (save, restore,
 corrupt checkpoints moved aside, directory checks) and reporter.py (train records,
 metrics.jsonl / TensorBoard, log lines with an ETA, progress bar). rng = fold_in(key(seed),
-step), so a run is a function of the seed, the data and the step. Batches are sharded over
-all devices (or n_devices), weights replicated; token ids are checked on the host first.
+step), so a run is a function of the seed, the data and the step. Batches are split over the
+mesh's 'data' axis (default: all devices, weights replicated); with mesh_shape / fsdp the
+weights and optimizer state are split too (placement.py); token ids are checked on the host.
 
 With an output_dir the loop writes metrics.jsonl, TensorBoard files (train/, eval/) and
 checkpoints (checkpoints/) every n_steps_per_checkpoint steps and at the end of run(); a
@@ -39,12 +40,13 @@ from trax_sparse.training import checkpoint as ckpt
 from trax_sparse.training import peers
 from trax_sparse.training import train_step as ts
 from trax_sparse.training.checkpointer import (Checkpointer, OutputDir, OutputDirError,
-                                               prepare_output_dir, restore_train_state,
-                                               tree_bytes)
-from trax_sparse.training.distributed import DataParallel, any_process, is_primary
+                                               choose_seed, prepare_output_dir,
+                                               restore_train_state, tree_bytes)
+from trax_sparse.training.distributed import any_process, is_primary
 from trax_sparse.training.evaluator import Evaluator
 from trax_sparse.training.interrupt import StopOnSignal
 from trax_sparse.training.metrics_writer import METRICS_FILE
+from trax_sparse.training.placement import Placement, initialize_on_mesh, run_info
 from trax_sparse.training.reporter import (TIMING_METRICS, NonFiniteLossError, Reporter,
                                            is_finite_step, non_finite_error)
 from trax_sparse.training.tasks import BatchFeed, EvalTask, TrainTask, check_tasks
@@ -60,7 +62,8 @@ class Loop:
     eval_at / checkpoint_at: step -> bool (default: step 1 and every
     n_steps_per_checkpoint steps / every n_steps_per_checkpoint steps).
     random_seed: None draws one (recorded in checkpoints, reused on resume).
-    n_devices: devices for data parallelism (default: all); use_jit=False for debugging.
+    n_devices: devices to use (default: all); use_jit=False for debugging. mesh_shape
+    ({'data': 2, 'model': 4}), axis_rules, fsdp: how weights are split (placement.Placement).
     progress_bar: None shows a bar only on a terminal. config_text: stored in checkpoints.
     restart: when every checkpoint in output_dir is unusable, move them into
     checkpoints/corrupt/ (and the old metrics into previous-run/) and start from step 0
@@ -77,7 +80,8 @@ class Loop:
                  checkpoint_at: Callable[[int], bool] | None = None, keep_checkpoints: int = 3,
                  n_devices: int | None = None, use_jit: bool = True,
                  progress_bar: bool | None = None, config_text: str | None = None,
-                 restart: bool = False, log_every: int | None = None):
+                 restart: bool = False, log_every: int | None = None,
+                 mesh_shape: dict | None = None, axis_rules: Any = None, fsdp: bool = False):
         if not fastmath.jax_available():
             raise BackendError('training needs the JAX backend (gradients): pip install jax optax')
         self._task, self._eval_tasks = check_tasks(tasks, eval_tasks)
@@ -96,7 +100,8 @@ class Loop:
         self._last_checkpoint, self._diverged = None, False
         self.interrupted: str | None = None  # the signal that ended the last run()
         with fastmath.use_backend('jax'):
-            self._setup(random_seed, n_devices, progress_bar, log_every)
+            self._parallel = Placement(mesh_shape, axis_rules, fsdp, n_devices)
+            self._setup(random_seed, progress_bar, log_every)
 
     # ---- public --------------------------------------------------------------------------------
     @property
@@ -219,19 +224,29 @@ class Loop:
             log.info('step %d: saved checkpoint %s', self._step, self._last_checkpoint)
             return self._last_checkpoint
 
+    def run_info(self) -> dict:
+        """The mesh, processes and devices, and the bytes of the weights and optimizer state
+        (total, per device) and of the train step's temporaries per device (XLA's memory
+        analysis of the compiled step: jit only), as the trainer writes to run_info.json."""
+        with fastmath.use_backend('jax'):
+            args = (self._train_state, self._parallel.shard_batch(self._train_feed.peek()),
+                    self._train_key, np.int32(self._step + 1))
+            return run_info(self._parallel, self._specs, args,
+                            self._train_step if self._use_jit else None)
+
     def close(self) -> None:
         """Flushes and closes the metric files."""
         self._reporter.close()
 
     # ---- setup ----------------------------------------------------------------------------------
-    def _setup(self, random_seed: int | None, n_devices: int | None,
-               progress_bar: bool | None, log_every: int | None) -> None:
+    def _setup(self, random_seed: int | None, progress_bar: bool | None,
+               log_every: int | None) -> None:
         restored = None
         if self._checkpointer is not None:
             self._checkpointer.prepare()
             restored = self._checkpointer.restore(
                 run_files=[METRICS_FILE, 'train'] + [t.name for t in self._eval_tasks])
-        self._seed = self._choose_seed(restored, random_seed)
+        self._seed = choose_seed(restored, random_seed)
         self._make_feeds(restored)
         init = self._initialize()
         self._step = 0
@@ -244,20 +259,10 @@ class Loop:
             log.info('resumed from %s (step %d)', restored.path, restored.step)
         if self._checkpointer is not None:
             self._checkpointer.check_space(tree_bytes(*trees))
-        self._place(init, trees, n_devices)
+        self._place(init, trees)
         writer_dir = self._output_dir if is_primary() else None
         self._reporter = Reporter(writer_dir, resume_step=self._step, log_every=log_every,
                                   progress_bar=progress_bar)
-
-    def _choose_seed(self, restored: ckpt.Checkpoint | None, random_seed: int | None) -> int:
-        if restored is not None:
-            seed = int(restored.metadata['rng']['seed'])
-            if random_seed is not None and random_seed != seed:
-                log.warning('resuming with the checkpoint seed %d, not random_seed=%s', seed,
-                            random_seed)
-            return seed
-        return int(random_seed) if random_seed is not None else \
-            int.from_bytes(os.urandom(4), 'little')
 
     def _make_feeds(self, restored: ckpt.Checkpoint | None) -> None:
         self._train_feed = BatchFeed(self._task.labeled_data, 'TrainTask.labeled_data')
@@ -282,10 +287,12 @@ class Loop:
         with fastmath.use_backend('numpy'):  # the same uint32[2] key as jax.random.PRNGKey
             base_key = fastmath.random.get_prng(self._seed)
         info: dict = {}
-        init = self._jit(lambda key: ts.initialize(
-            self._model, self._task.loss_layer, self._tx, key, shapes.signature(first),
-            self._eval_model, [t.metrics for t in self._eval_tasks],
-            [shapes.signature(b) for b in eval_firsts], info=info))(base_key)
+        init, self._specs = initialize_on_mesh(self._parallel, self._model, lambda key: (
+            ts.initialize(self._model, self._task.loss_layer, self._tx, key,
+                          shapes.signature(first), self._eval_model,
+                          [t.metrics for t in self._eval_tasks],
+                          [shapes.signature(b) for b in eval_firsts], info=info)),
+            base_key, self._jit)
         loss = self._task.loss_layer  # its padding id may lie outside [0, vocab)
         pad_id = getattr(loss, 'pad_id', getattr(loss, '_pad_id', None))
         self._token_ranges = TokenRanges(info, first, self._model.n_in, pad_id)
@@ -294,16 +301,16 @@ class Loop:
     def _jit(self, fn: Callable, **kwargs: Any) -> Callable:
         return fastmath.jit(fn, **kwargs) if self._use_jit else fn
 
-    def _place(self, init: dict, trees: ts.TrainState, n_devices: int | None) -> None:
-        """Devices: replicated trees, jit'd step functions."""
+    def _place(self, init: dict, trees: ts.TrainState) -> None:
+        """Devices: the train state split as its specs say, jit'd step functions."""
         self._model.rng = init['init_key']  # the model gets the weights at the end of run()
         self._train_key, self._eval_key = init['train_key'], init['eval_key']
-        self._parallel = DataParallel(n_devices)
-        self._train_state = ts.TrainState(*(self._parallel.replicate(t) for t in trees))
+        shardings = ts.TrainState(*(self._parallel.shardings(s) for s in self._specs))
+        self._train_state = self._parallel.place(trees, shardings)
         self._eval_state = self._parallel.replicate(init['eval_state'])
         self._train_step = self._jit(
             ts.make_train_step(self._model, self._task.loss_layer, init['loss'], self._tx),
-            donate_argnums=(0,))
+            donate_argnums=(0,), out_shardings=(shardings, self._parallel.replicated))
         self._evaluator.build([self._jit(ts.make_eval_step(self._eval_model, t.metrics, w))
                                for t, w in zip(self._eval_tasks, init['metrics'])])
 

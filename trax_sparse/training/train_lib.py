@@ -22,6 +22,7 @@ Example:
 """
 import functools
 import inspect
+import json
 import logging
 import os
 from typing import Any, Callable, Iterable
@@ -41,6 +42,7 @@ from trax_sparse.training.tasks import EvalTask, TrainTask, is_stream_factory, o
 
 log = logging.getLogger('trax_sparse.training')
 CONFIG_FILE = 'config.gin'
+RUN_INFO_FILE = 'run_info.json'   # the mesh, devices and bytes per device (Loop.run_info)
 MAX_STEPS = 2**31 - 1  # the step is an int32 in the jitted train step
 
 
@@ -109,7 +111,8 @@ def train(output_dir: str, model: Any = None, inputs: Any = None, eval_inputs: A
           eval_steps: int = 10, eval_every: int | None = None, checkpoint_every: int = 100,
           keep_checkpoints: int = 3, random_seed: int | None = 0, n_devices: int | None = None,
           use_jit: bool = True, operative_config: Callable[[], str] | None = None,
-          restart: bool = False, log_every: int | None = None, plot: bool = True) -> Loop:
+          restart: bool = False, log_every: int | None = None, plot: bool = True,
+          mesh_shape: dict | None = None, axis_rules: Any = None, fsdp: bool = False) -> Loop:
     """Trains `model` until `steps` steps are done in `output_dir` (resuming there); returns
     the Loop.
 
@@ -120,6 +123,9 @@ def train(output_dir: str, model: Any = None, inputs: Any = None, eval_inputs: A
     to output_dir/config.gin and stored in checkpoints (the trainer passes gin's).
     restart, log_every: see Loop. `loop.interrupted` names a signal that stopped it early.
     plot: write output_dir/loss.png at the end (when matplotlib is installed).
+    mesh_shape ({'data': 2, 'model': 4}; default all devices on 'data'), axis_rules (logical
+    axis -> mesh axis) and fsdp: how the weights are split (docs/sharding.md); the mesh, the
+    devices and the bytes per device go to output_dir/run_info.json.
     """
     steps = whole_number('train.steps', steps, minimum=0)
     checkpoint_every = whole_number('train.checkpoint_every', checkpoint_every)
@@ -135,7 +141,8 @@ def train(output_dir: str, model: Any = None, inputs: Any = None, eval_inputs: A
         return _train(output_dir, primary, model, inputs, eval_inputs, loss, optimizer,
                       lr_schedule, steps, eval_steps, eval_every, checkpoint_every,
                       keep_checkpoints, random_seed, n_devices, use_jit, operative_config,
-                      restart, log_every, plot)
+                      restart, log_every, plot, {'mesh_shape': mesh_shape,
+                                                 'axis_rules': axis_rules, 'fsdp': fsdp})
     finally:
         lock.release()
 
@@ -159,7 +166,7 @@ def whole_number(name: str, value: Any, minimum: int = 1) -> int:
 
 def _train(output_dir, primary, model, inputs, eval_inputs, loss, optimizer, lr_schedule,
            steps, eval_steps, eval_every, checkpoint_every, keep_checkpoints, random_seed,
-           n_devices, use_jit, operative_config, restart, log_every, plot) -> Loop:
+           n_devices, use_jit, operative_config, restart, log_every, plot, mesh) -> Loop:
     train_model, eval_model = _models(model)
     loss_layer = _built(loss, tl.Layer, tl.CrossEntropyLoss, 'loss')
     optimizer = _built(optimizer, opt.Optimizer, opt.Adam, 'optimizer')
@@ -179,9 +186,10 @@ def _train(output_dir, primary, model, inputs, eval_inputs, loss, optimizer, lr_
                 output_dir=output_dir, random_seed=random_seed,
                 eval_at=lambda step: step % eval_every == 0, keep_checkpoints=keep_checkpoints,
                 n_devices=n_devices, use_jit=use_jit, config_text=config_text,
-                restart=restart, log_every=log_every)
+                restart=restart, log_every=log_every, **mesh)
     if config_text is not None and primary:
         _write_config(output_dir, config_text, loop.step)
+    _write_run_info(output_dir, loop, primary)
     try:
         remaining = steps - loop.step
         if steps == 0:
@@ -196,6 +204,25 @@ def _train(output_dir, primary, model, inputs, eval_inputs, loss, optimizer, lr_
     if plot and primary:
         plot_lib.plot_if_possible(output_dir)
     return loop
+
+
+def _write_run_info(output_dir: str, loop: Loop, primary: bool) -> None:
+    """Logs the mesh and where the memory goes, and writes them to run_info.json."""
+    info = loop.run_info()           # every process compiles the same step: a collective
+    if not primary:
+        return
+    bytes_ = info['bytes']
+    log.info('mesh %s on %d devices (%d processes): weights %s, optimizer %s per device, '
+             'step temporaries %s per device', info['mesh'], info['devices'],
+             info['processes'], _mb(bytes_['weights']['per_device']),
+             _mb(bytes_['optimizer']['per_device']),
+             _mb(bytes_.get('temporaries', {}).get('per_device', 0)))
+    atomic_write_text(os.path.join(output_dir, RUN_INFO_FILE),
+                      json.dumps(info, indent=1, sort_keys=True) + '\n')
+
+
+def _mb(n_bytes: int) -> str:
+    return f'{n_bytes / 2 ** 20:.1f} MiB'
 
 
 def _write_config(output_dir: str, config_text: str, step: int) -> None:
@@ -218,4 +245,4 @@ def _write_config(output_dir: str, config_text: str, step: int) -> None:
     atomic_write_text(path, config_text)
 
 
-__all__ = ['CONFIG_FILE', 'MAX_STEPS', 'train', 'whole_number']
+__all__ = ['CONFIG_FILE', 'MAX_STEPS', 'RUN_INFO_FILE', 'train', 'whole_number']
