@@ -55,7 +55,7 @@ def chunked_ff(d_model: int, d_ff: int, chunk_len: int) -> Any:
 
 def make_models(args: argparse.Namespace, max_len: int) -> dict[str, tl.Layer]:
     """The two encoder-decoders at the same width and depth (train mode, no dropout)."""
-    common = dict(d_model=args.d_model, d_ff=4 * args.d_model, n_encoder_layers=args.layers,
+    common = dict(d_model=args.d_model, n_encoder_layers=args.layers,
                   n_decoder_layers=args.layers, n_heads=args.n_heads, dropout=0.0,
                   max_len=max_len, mode='train')
     d_head = args.d_model // args.n_heads
@@ -66,9 +66,10 @@ def make_models(args: argparse.Namespace, max_len: int) -> dict[str, tl.Layer]:
     attention = dict(masked=True, dropout=0.0, max_len=max_len, d_attention_key=d_head,
                      d_attention_value=d_head)
     return {
-        'Transformer (dense attention)': models.Transformer(args.vocab_size, **common),
+        'Transformer (dense attention)': models.Transformer(args.vocab_size,
+                                                            d_ff=4 * args.d_model, **common),
         'Terraformer (LSH, reversible)': models.Terraformer(
-            args.vocab_size, d_attention_key=d_head, d_attention_value=d_head,
+            args.vocab_size,
             encoder_attention=models.parts.attention(
                 'lsh', args.d_model, args.n_heads, causal=False,
                 lsh=dict(lsh, n_chunks_after=1), **attention),

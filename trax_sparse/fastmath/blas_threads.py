@@ -96,8 +96,9 @@ def blas_scope() -> Iterator[None]:
     holds inside; nothing changes when it is None).
 
     Example:
-        >>> with blas_scope():
-        ...     [lib.get_num_threads() for lib in blas_libraries()] in ([], [1])
+        >>> from trax_sparse.fastmath.settings import tuned
+        >>> with tuned(blas_threads=1), blas_scope():
+        ...     all(lib.get_num_threads() == 1 for lib in blas_libraries())
         True
     """
     n_threads = tuning().blas_threads

@@ -68,11 +68,15 @@ class StopBeforeTraining:
 
     def __init__(self):
         self._previous: dict = {}
+        self._runs_before = 0
 
     def _handle(self, signum: int, frame: Any) -> None:
-        raise SignalBeforeTraining(signal.Signals(signum).name, StopOnSignal.runs_started)
+        # Runs of a Loop begun inside this block (not earlier ones of the same process).
+        raise SignalBeforeTraining(signal.Signals(signum).name,
+                                   StopOnSignal.runs_started - self._runs_before)
 
     def __enter__(self) -> 'StopBeforeTraining':
+        self._runs_before = StopOnSignal.runs_started
         if threading.current_thread() is threading.main_thread():
             for sig in SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
