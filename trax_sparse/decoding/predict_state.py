@@ -27,7 +27,6 @@ Example:
 import weakref
 from typing import Any, Callable
 
-import numpy as onp
 
 from trax_sparse import fastmath, shapes
 from trax_sparse.fastmath import numpy as xnp
@@ -36,6 +35,7 @@ from trax_sparse.layers.flat import FlatForward
 
 _compiled_steps: 'weakref.WeakKeyDictionary[Layer, Callable]' = weakref.WeakKeyDictionary()
 _flat_programs: 'weakref.WeakKeyDictionary[Layer, FlatForward]' = weakref.WeakKeyDictionary()
+_sharded_steps: 'weakref.WeakKeyDictionary[Layer, dict]' = weakref.WeakKeyDictionary()
 
 
 def check_predict_model(model: Layer) -> None:
@@ -71,9 +71,12 @@ class PredictStep:
     - NumPy: the model runs as a flat program of leaf calls
       (`layers.flat.FlatForward`, built once per model): the same numbers as
       `pure_fn`, without its tree walk and per-call checks.
+    With a `mesh` (a `decoding.DecodingMesh`, JAX) and the state's shardings the jit
+    keeps the state split as given (its output shardings) and returns replicated logits.
     """
 
-    def __init__(self, model: Layer, accelerate: bool = True):
+    def __init__(self, model: Layer, accelerate: bool = True, mesh: Any = None,
+                 state_shardings: Any = None):
         # The compiled cache is keyed weakly by the model: its value must not hold the model
         # (else no decoded model is ever freed); this step object holds it instead.
         model_ref = weakref.ref(model)
@@ -85,7 +88,9 @@ class PredictStep:
 
         self.eager = step
         self.compiled = bool(accelerate and fastmath.is_jax())
-        if self.compiled:
+        if self.compiled and mesh is not None:
+            self._run = _sharded_step(model, step, mesh, state_shardings)
+        elif self.compiled:
             if model not in _compiled_steps:
                 _compiled_steps[model] = fastmath.jit(step, donate_argnums=(2,))
             self._run = _compiled_steps[model]
@@ -101,7 +106,8 @@ class PredictStep:
         program, memo = _flat_programs[model], {}   # memo: this decoding run's slots
 
         def flat_step(inputs, weights, state, rng):
-            out, new_state = program(inputs, weights, state, rng, memo)
+            with fastmath.blas_scope():      # BLAS threads set once per step, not per call
+                out, new_state = program(inputs, weights, state, rng, memo)
             return _last_logits(out), new_state
         return flat_step
 
@@ -109,14 +115,26 @@ class PredictStep:
         return self._run(inputs, weights, state, rng)
 
 
+def _sharded_step(model: Layer, step: Callable, mesh: Any, state_shardings: Any) -> Callable:
+    """The step jitted for one mesh and state shardings (kept for the model's lifetime)."""
+    steps = _sharded_steps.setdefault(model, {})
+    key = (mesh.key, tuple(fastmath.tree_leaves(state_shardings)),
+           str(fastmath.tree_structure(state_shardings)))
+    if key not in steps:
+        steps[key] = fastmath.jit(step, donate_argnums=(2,),
+                                  out_shardings=(mesh.replicated, state_shardings))
+    return steps[key]
+
+
 def _last_logits(out: Any) -> Any:
     logits = out[0] if isinstance(out, (tuple, list)) else out   # [B, L, V]
     return logits[:, -1, :]
 
 
-def predict_step(model: Layer, accelerate: bool = True) -> PredictStep:
+def predict_step(model: Layer, accelerate: bool = True, mesh: Any = None,
+                 state_shardings: Any = None) -> PredictStep:
     """The decoding step of `model` (see `PredictStep`)."""
-    return PredictStep(model, accelerate)
+    return PredictStep(model, accelerate, mesh, state_shardings)
 
 
 def later_inputs(inputs: Any) -> Any:

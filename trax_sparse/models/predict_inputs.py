@@ -24,6 +24,7 @@ from typing import Any
 from trax_sparse import fastmath
 from trax_sparse import layers as tl
 from trax_sparse.fastmath import numpy as xnp
+from trax_sparse.layers.flat import FlatForward
 
 
 class EncoderInputsOnce(tl.Layer):
@@ -42,6 +43,8 @@ class EncoderInputsOnce(tl.Layer):
             raise ValueError(f'EncoderInputsOnce wraps an encoder-decoder model taking '
                              f'(inputs, tokens); {model.name} takes {model.n_in} inputs')
         super().__init__(n_in=2, n_out=model.n_out, name=model.name, sublayers=[model])
+        self._flat: FlatForward | None = None      # the model as a flat program (eager calls)
+        self._memo: dict = {}
 
     def draws_random_numbers(self) -> bool:
         return False
@@ -65,15 +68,24 @@ class EncoderInputsOnce(tl.Layer):
                 return model.pure_fn((encoder_inputs, tokens), weights, state, rng)
 
         empty = inputs[:, :0]                                       # [B, 0]
-        if inputs.shape[1] == 0:
+        if fastmath.is_concrete(n_calls):   # eager (NumPy decoding): the flat program
+            encoder_inputs = inputs if int(n_calls) == 0 else empty
+            out, model_state = self._run_flat((encoder_inputs, tokens), weights, model_state,
+                                              rng)
+        elif inputs.shape[1] == 0:
             out, model_state = run(inputs, model_state)
-        elif fastmath.is_concrete(n_calls):
-            out, model_state = run(inputs if int(n_calls) == 0 else empty, model_state)
         else:
             out, model_state = fastmath.cond(n_calls == 0, lambda s: run(inputs, s),
                                              lambda s: run(empty, s), model_state)
         self.state = (model_state, n_calls + 1)
         return out
+
+    def _run_flat(self, xs: Any, weights: Any, state: Any, rng: Any) -> tuple[Any, Any]:
+        """The model's pure_fn as a flat program (the same numbers, no tree walk per call),
+        built once; its memo keeps the weights split into slots between calls."""
+        if self._flat is None:
+            self._flat = FlatForward(self.sublayers[0])
+        return self._flat(xs, weights, state, rng, self._memo)
 
 
 __all__ = ['EncoderInputsOnce']
