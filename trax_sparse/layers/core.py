@@ -70,6 +70,12 @@ class Dense(Layer):
         return y + self.weights[1] if self._use_bias else y
 
 
+def table_row_bytes(weights: Any) -> int:
+    """Bytes of one row of a (table [rows, d],) weights tree: what a lookup step reads."""
+    table = weights[0]
+    return onp.dtype(table.dtype).itemsize * int(table.shape[-1])
+
+
 class Embedding(Layer):
     """Token ids [...] (int) -> vectors [..., d_feature] from a [vocab_size, d_feature] table."""
 
@@ -93,11 +99,10 @@ class Embedding(Layer):
         return (Axes('vocab', 'embed'),)
 
     def bytes_read_per_step(self, weights: Any) -> int:
-        table = weights[0]                          # one row of the [vocab, d] table
-        return onp.dtype(table.dtype).itemsize * int(table.shape[-1])
+        return table_row_bytes(weights)
 
     def macs_per_step(self, weights: Any, n_keys: int = 1, kv_width: int = 0) -> int:
-        return 0
+        return 0                                    # a lookup
 
     def init_weights_and_state(self, input_signature: Any) -> None:
         if not onp.issubdtype(input_signature.dtype, onp.integer):
@@ -267,11 +272,10 @@ class PositionalEncoding(Layer):
         return (Axes('length', 'embed'),)
 
     def bytes_read_per_step(self, weights: Any) -> int:
-        table = weights[0]                          # one row of the [max_len, d] table
-        return onp.dtype(table.dtype).itemsize * int(table.shape[-1])
+        return table_row_bytes(weights)
 
     def macs_per_step(self, weights: Any, n_keys: int = 1, kv_width: int = 0) -> int:
-        return 0
+        return 0                                    # an add
 
     def init_weights_and_state(self, input_signature: Any) -> None:
         d = input_signature.shape[-1]

@@ -1,9 +1,9 @@
-"""Data parallelism over devices (and hosts) with jax.sharding, through fastmath.
+"""Processes and devices: jax.distributed for multi-host runs, and data parallelism.
 
-`DataParallel(n_devices)` builds a 1-D Mesh over the devices; batches are split
-along axis 0 ('batch' axis, NamedSharding P('batch')) and weights and optimizer
-state are replicated (P()), so a jit'd step computes the same global-batch loss
-as on one device while XLA inserts the gradient all-reduce. Multi-host runs call
+`DataParallel(n_devices)` is the plain placement (training/placement.py): a mesh of the
+devices on 'data'; batches are split along axis 0 and weights and optimizer state are
+replicated, so a jit'd step computes the same global-batch loss as on one device while
+XLA inserts the gradient all-reduce. Multi-host runs call
 `initialize_distributed` first (jax.distributed.initialize); each process then
 feeds its own part of the global batch.
 
@@ -13,9 +13,8 @@ Example:
     ...     DataParallel(1).n_devices
     1
 """
-from typing import Any
-
 from trax_sparse import fastmath
+from trax_sparse.training.placement import Placement
 
 
 def initialize_distributed(coordinator_address: str | None = None,
@@ -53,36 +52,11 @@ def is_primary() -> bool:
     return process_index() == 0
 
 
-class DataParallel:
-    """A Mesh over `n_devices` (default: all): batch sharded, weights replicated."""
+class DataParallel(Placement):
+    """A mesh of `n_devices` (default: all) on 'data': batch split, weights replicated."""
 
     def __init__(self, n_devices: int | None = None):
-        self._backend = fastmath.backend()
-        if fastmath.backend_name() != 'jax':
-            raise ValueError('DataParallel needs the JAX backend')
-        self.mesh = self._backend.data_parallel_mesh(n_devices)
-        self.n_devices = int(self.mesh.devices.size)
-        self.n_processes = self._backend.process_count()
-
-    def replicate(self, tree: Any) -> Any:
-        """Copies every leaf to all devices of the mesh."""
-        return self._backend.replicate(tree, self.mesh)
-
-    def shard_batch(self, batch: Any) -> Any:
-        """Splits axis 0 of every leaf across the devices (this process's part on multi-host)."""
-        local_devices = self.n_devices // self.n_processes
-        for x in fastmath.tree_leaves(batch):
-            shape = getattr(x, 'shape', ())
-            if not shape or shape[0] % local_devices:
-                raise ValueError(
-                    f'data-parallel training on {self.n_devices} devices needs a batch size '
-                    f'divisible by {local_devices} (devices per process); got a batch item of '
-                    f'shape {tuple(shape)}: change the batch size or pass n_devices')
-        return self._backend.shard_batch(batch, self.mesh)
-
-    def to_host(self, tree: Any) -> Any:
-        """NumPy copies of (replicated) device arrays."""
-        return self._backend.to_host(tree)
+        super().__init__(n_devices=n_devices)
 
 
 __all__ = ['DataParallel', 'any_process', 'initialize_distributed', 'is_primary',
