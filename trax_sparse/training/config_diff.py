@@ -1,7 +1,8 @@
 """The bindings that differ between two operative gin configs (a resume with a changed config).
 
 `bindings(text)` reads `name = value` statements (a value may run over several lines);
-`diff_lines(old, new)` lists the changes as '- name = old' / '+ name = new' pairs.
+`diff_lines(old, new)` lists the changes as 'name: old -> new'. `train.steps` is left out:
+asking for more steps is how a run is extended, not a change of what it trains.
 
 Example:
     >>> old = 'train.steps = 10\\nconstant.value = 0.05\\n'
@@ -12,6 +13,7 @@ Example:
 import re
 
 _STATEMENT = re.compile(r'^([A-Za-z_@%][\w./%@]*)\s*=\s*(.*)$')
+NOT_A_CHANGE = frozenset({'train.steps'})      # extending a run
 
 
 def bindings(text: str) -> dict[str, str]:
@@ -36,7 +38,8 @@ def diff_lines(old_text: str, new_text: str) -> list[str]:
     """'name: old -> new' for each changed binding ('(unset)' for a missing side), sorted."""
     old, new = bindings(old_text), bindings(new_text)
     return [f"{name}: {old.get(name, '(unset)')} -> {new.get(name, '(unset)')}"
-            for name in sorted(set(old) | set(new)) if old.get(name) != new.get(name)]
+            for name in sorted(set(old) | set(new))
+            if old.get(name) != new.get(name) and name not in NOT_A_CHANGE]
 
 
 __all__ = ['bindings', 'diff_lines']
