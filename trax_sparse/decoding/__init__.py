@@ -6,6 +6,7 @@ Example:
     ['autoregressive_sample', 'autoregressive_sample_stream']
 """
 from trax_sparse.decoding.beam_search import beam_search, length_normalizer
+from trax_sparse.decoding.mesh import DecodingMesh, cache_spec, place_for_decoding
 from trax_sparse.decoding.predict_state import (PredictStep, fresh_state,
                                                 init_predict_state, later_inputs, predict_step,
                                                 start_decoding)
@@ -13,7 +14,7 @@ from trax_sparse.decoding.sampling import (autoregressive_sample, autoregressive
                                            sample_logits)
 from trax_sparse.decoding.timing import bytes_read_per_token, time_per_token
 
-__all__ = ['PredictStep', 'autoregressive_sample', 'autoregressive_sample_stream',
-           'beam_search', 'bytes_read_per_token', 'fresh_state',
-           'init_predict_state', 'later_inputs', 'length_normalizer', 'predict_step',
-           'sample_logits', 'start_decoding', 'time_per_token']
+__all__ = ['DecodingMesh', 'PredictStep', 'autoregressive_sample', 'autoregressive_sample_stream',
+           'beam_search', 'bytes_read_per_token', 'cache_spec', 'fresh_state',
+           'init_predict_state', 'later_inputs', 'length_normalizer', 'place_for_decoding',
+           'predict_step', 'sample_logits', 'start_decoding', 'time_per_token']

@@ -23,6 +23,7 @@ import numpy as onp
 
 from trax_sparse import fastmath, shapes
 from trax_sparse.decoding.feed import checked_inputs, first_tokens, with_inputs
+from trax_sparse.decoding.mesh import DecodingMesh, as_decoding_mesh, place_for_decoding
 from trax_sparse.decoding.predict_state import (batch_leaf_mask, check_predict_model,
                                                 init_predict_state, later_inputs, predict_step,
                                                 reorder_state, start_decoding)
@@ -44,12 +45,14 @@ def _log_softmax(x: onp.ndarray) -> onp.ndarray:
 def beam_search(model: Layer, inputs: Any = None, batch_size: int = 1, beam_size: int = 4,
                 max_length: int = 50, length_penalty: float = 0.0, eos_id: int | None = None,
                 start_id: int = 0, prompt: Any = None, weights: Any = None,
-                accelerate: bool = True) -> tuple[onp.ndarray, onp.ndarray]:
+                accelerate: bool = True, mesh: DecodingMesh | dict | None = None
+                ) -> tuple[onp.ndarray, onp.ndarray]:
     """Returns (sequences [B, K, max_length], scores [B, K]), best first.
 
     A score is the sum of token log-probabilities divided by the length
     penalty; tokens after EOS are 0. Without eos_id every sequence has
-    max_length tokens.
+    max_length tokens. `mesh`: split the weights and caches over devices (JAX only), as
+    in `autoregressive_sample_stream`.
     """
     check_predict_model(model)
     weights = fastmath.to_backend(model.weights if weights is None else weights)
@@ -61,7 +64,11 @@ def beam_search(model: Layer, inputs: Any = None, batch_size: int = 1, beam_size
         raise ValueError(f'max_length must be >= 1, got {max_length}')
     enc = None if inputs is None else onp.repeat(inputs, k, axis=0)   # [B·K, L_in]
     state, batch_mask = _beam_state(model, enc, batch_size * k)
-    step = predict_step(model, accelerate)
+    mesh, shardings = as_decoding_mesh(mesh), None
+    if mesh is not None:
+        weights, state, shardings = place_for_decoding(mesh, model, weights, state, enc,
+                                                       batch_size * k)
+    step = predict_step(model, accelerate, mesh, shardings)
     rng = fastmath.random.get_prng(0)
     tokens = onp.repeat(first_tokens(model, batch_size, start_id, prompt), k, axis=0)
     beams = _Beams.start(batch_size, k, max_length, eos_id, length_penalty)
@@ -77,6 +84,8 @@ def beam_search(model: Layer, inputs: Any = None, batch_size: int = 1, beam_size
         if parent_rows is None:
             break
         state = reorder_state(state, batch_mask, xnp.asarray(parent_rows))
+        if mesh is not None:                  # the gathered rows back to the caches' split
+            state = mesh.place(state, shardings)
         tokens = beams.last_tokens()
     return beams.fin_seqs, beams.fin_scores
 

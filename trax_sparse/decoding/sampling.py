@@ -17,6 +17,7 @@ import numpy as onp
 
 from trax_sparse import fastmath, shapes
 from trax_sparse.decoding.feed import checked_inputs, first_tokens, with_inputs
+from trax_sparse.decoding.mesh import DecodingMesh, as_decoding_mesh, place_for_decoding
 from trax_sparse.decoding.predict_state import (check_predict_model, fresh_state, later_inputs,
                                                 predict_step, start_decoding)
 from trax_sparse.fastmath import numpy as xnp
@@ -44,7 +45,8 @@ def autoregressive_sample_stream(model: Layer, inputs: Any = None, batch_size: i
                                  prompt: Any = None, top_k: int | None = None, rng: Any = None,
                                  weights: Any = None, state: Any = None,
                                  accelerate: bool = True,
-                                 max_steps: int | None = None) -> Iterator[Any]:
+                                 max_steps: int | None = None,
+                                 mesh: DecodingMesh | dict | None = None) -> Iterator[Any]:
     """Yields the next token ids [B] until the model's caches are full (the caller stops it).
 
     model: a predict-mode model (initialized; its weights may come from a
@@ -56,6 +58,8 @@ def autoregressive_sample_stream(model: Layer, inputs: Any = None, batch_size: i
     weights/state: default to the model's weights and a fresh state; a given
       state is copied, never modified.
     max_steps: if given, checked against the caches before decoding starts.
+    mesh: a `DecodingMesh` (or its mesh_shape dict) to split the weights and caches
+      over devices (JAX only; `decoding.mesh`); the tokens are the same.
     Token ids and lengths are checked on the host before any jitted call.
     """
     check_predict_model(model)
@@ -67,7 +71,11 @@ def autoregressive_sample_stream(model: Layer, inputs: Any = None, batch_size: i
     tokens = first_tokens(model, batch_size, start_id, prompt)
     step_signature = shapes.signature(with_inputs(inputs, tokens[:, :1]))
     state = fresh_state(model, state, step_signature)
-    step = predict_step(model, accelerate)
+    mesh, state_shardings = as_decoding_mesh(mesh), None
+    if mesh is not None:
+        weights, state, state_shardings = place_for_decoding(mesh, model, weights, state,
+                                                             inputs, batch_size)
+    step = predict_step(model, accelerate, mesh, state_shardings)
     rng, step_rng, sample_rng = fastmath.random.split(rng, 3)
     n_more = None if max_steps is None else max_steps - 1
     logits, state, room = start_decoding(model, step, with_inputs(inputs, tokens), weights,
@@ -88,18 +96,20 @@ def autoregressive_sample(model: Layer, inputs: Any = None, batch_size: int = 1,
                           temperature: float = 1.0, start_id: int = 0, eos_id: int | None = None,
                           max_length: int = 100, prompt: Any = None, top_k: int | None = None,
                           rng: Any = None, weights: Any = None, state: Any = None,
-                          accelerate: bool = True) -> onp.ndarray:
+                          accelerate: bool = True,
+                          mesh: DecodingMesh | dict | None = None) -> onp.ndarray:
     """Samples [B, max_length] token ids (positions after an EOS are set to 0).
 
     Stops early once every row has produced `eos_id`. A `max_length` beyond
-    what the model's caches hold is an error before decoding starts.
+    what the model's caches hold is an error before decoding starts. `mesh`: as in
+    `autoregressive_sample_stream`.
     """
     if int(max_length) < 1:
         raise ValueError(f'max_length must be >= 1, got {max_length}')
     stream = autoregressive_sample_stream(
         model, inputs=inputs, batch_size=batch_size, temperature=temperature, start_id=start_id,
         prompt=prompt, top_k=top_k, rng=rng, weights=weights, state=state, accelerate=accelerate,
-        max_steps=max_length)
+        max_steps=max_length, mesh=mesh)
     rows, done = [], None
     for _ in range(max_length):
         ids = onp.asarray(next(stream))
