@@ -269,3 +269,41 @@ def test_every_checkpoint_corrupt_says_so_lists_them_and_warns_once_each(trained
     warned = [line for line in lines[:-1] if 'is unusable' in line]
     assert len(warned) == 2 and len(set(warned)) == 2, lines
     assert 'RuntimeWarning' not in result.stderr and 'Traceback' not in result.stderr
+
+
+def test_mesh_flags_parse_and_are_refused_with_the_true_reason(tmp_path):
+    assert decode.parse_mapping('mesh_shape', 'data=2, model=4', int) == {'data': 2, 'model': 4}
+    assert decode.parse_mapping('mesh_shape', "{'data': 1, 'model': 8}", int) == {
+        'data': 1, 'model': 8}
+    assert decode.parse_mapping('axis_rules', 'heads=model,vocab=None', str) == {
+        'heads': 'model', 'vocab': None}
+    assert decode.parse_mapping('mesh_shape', '', int) is None
+    with pytest.raises(decode.DecodeError, match=r"--mesh_shape='data:2': expected name=value"):
+        decode.parse_mapping('mesh_shape', 'data:2', int)
+    assert _main('--checkpoint_dir=x', '--mesh_shape=data=1,model=8') == (
+        'trax-sparse-decode: error: --mesh_shape=data=1,model=8 needs --backend=jax (NumPy '
+        'decoding runs on the host, on no mesh)')
+    with fastmath.use_backend('jax'):
+        with pytest.raises(decode.DecodeError, match=r"--mesh_shape: .* needs a 'data' axis"):
+            decode.run(str(tmp_path), mesh_shape={'model': 1})
+        with pytest.raises(decode.DecodeError, match='--axis_rules and --fsdp need --mesh_shape'):
+            decode.run(str(tmp_path), fsdp=True)
+
+
+def test_mesh_shape_flag_decodes_the_one_device_text_on_8_devices(trained_dir):
+    from tests.training.conftest import subprocess_env
+    with fastmath.use_backend('jax'):
+        expected, _ = decode.run(trained_dir, prompt='ROMEO:', max_length=10, out=io.StringIO())
+    script = textwrap.dedent(f'''
+        import sys
+        from trax_sparse import decode
+        sys.argv = ['trax-sparse-decode', '--checkpoint_dir={trained_dir}', '--backend=jax',
+                    '--prompt=ROMEO:', '--max_length=10', '--mesh_shape=data=2,model=4',
+                    '--fsdp']
+        decode.console_main()
+    ''')
+    env = subprocess_env(XLA_FLAGS='--xla_force_host_platform_device_count=8')
+    result = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout == 'ROMEO:' + expected + '\n'

@@ -8,12 +8,15 @@ DIR/config.gin), loads the newest valid checkpoint and streams the continuation 
 produced. --beam_size > 1 runs beam search instead (printed at the end). Encoder-decoder
 models (those taking two inputs: encoder inputs and tokens) read their input from
 --input_file.
-On --backend=numpy nothing imports jax.
+On --backend=numpy nothing imports jax. On --backend=jax, --mesh_shape=data=1,model=8 (the
+names and sizes of train.mesh_shape; also --axis_rules and --fsdp, as training's) splits the
+weights and K/V caches over the devices (docs/sharding.md, "Decoding").
 
 Every user error (bad flag values, a missing checkpoint or jax, token ids outside the
 vocabulary, a prompt + --max_length longer than the model's max_len) is one line on stderr
 and exit status 1, checked on the host before any jitted call; --debug shows the traceback.
 """
+import ast
 import os
 import sys
 import time
@@ -38,6 +41,11 @@ flags.DEFINE_integer('beam_size', 1, 'Beam search with this many beams when > 1 
                      '--temperature and --top_k do not apply).')
 flags.DEFINE_float('length_penalty', 0.6, 'Beam search: GNMT length penalty alpha.')
 flags.DEFINE_integer('seed', 0, 'Random seed for sampling.')
+flags.DEFINE_string('mesh_shape', None, 'JAX: split weights and caches over a device mesh, '
+                    'e.g. data=1,model=8.')
+flags.DEFINE_string('axis_rules', None, 'With --mesh_shape: logical -> mesh axes, e.g. '
+                    'heads=model,vocab=None.')
+flags.DEFINE_bool('fsdp', False, 'With --mesh_shape: also split each weight over data.')
 # Also defined by trainer.py: allow_override lets both binaries be imported in one process.
 flags.DEFINE_enum('backend', 'numpy', list(fastmath.BACKENDS), 'fastmath backend.',
                   allow_override=True)
@@ -75,6 +83,47 @@ def check_flags(max_length: int, temperature: float = 0.0, top_k: int | None = N
         raise DecodeError(f'--beam_size={beam_size} runs beam search, which does not use '
                           f'{" or ".join(ignored)}; drop {"them" if len(ignored) > 1 else "it"}, '
                           f'or sample with --beam_size=1')
+
+
+def parse_mapping(flag: str, text: str | None, value: Any) -> dict | None:
+    """`text` of --mesh_shape or --axis_rules as a dict: `a=1,b=2` or a Python dict literal;
+    each value goes through `value`. None or '' stays None.
+
+        >>> parse_mapping('mesh_shape', 'data=2,model=4', int)
+        {'data': 2, 'model': 4}
+        >>> parse_mapping('axis_rules', "{'heads': 'model', 'vocab': None}", str)
+        {'heads': 'model', 'vocab': None}
+    """
+    if not text:
+        return None
+    example = ("data=1,model=8 or {'data': 1, 'model': 8}" if flag == 'mesh_shape' else
+               'heads=model,vocab=None')
+    try:
+        if text.strip().startswith('{'):
+            pairs = ast.literal_eval(text).items()
+        else:
+            pairs = [item.split('=', 1) for item in text.split(',') if item.strip()]
+        return {str(k).strip(): None if v is None or str(v).strip() in ('None', '') else
+                value(str(v).strip()) for k, v in pairs}
+    except (ValueError, SyntaxError, AttributeError, TypeError):
+        raise DecodeError(f'--{flag}={text!r}: expected name=value pairs, e.g. '
+                          f'{example}') from None
+
+
+def decoding_mesh(mesh_shape: dict | None, axis_rules: dict | None = None,
+                  fsdp: bool = False) -> Any:
+    """The decoding.DecodingMesh of the mesh flags (None without --mesh_shape)."""
+    if mesh_shape is None:
+        if axis_rules or fsdp:
+            raise DecodeError('--axis_rules and --fsdp need --mesh_shape (the device mesh)')
+        return None
+    if not fastmath.is_jax():
+        raise DecodeError(f'--mesh_shape={mesh_shape} needs --backend=jax (NumPy decoding '
+                          f'runs on the host, on no mesh)')
+    try:
+        return decoding.DecodingMesh(mesh_shape, axis_rules, fsdp)
+    except ValueError as e:
+        raise DecodeError(f'--mesh_shape: {e}') from None
 
 
 def load_config(checkpoint_dir: str) -> str:
@@ -193,17 +242,20 @@ class PredictModel:
 def run(checkpoint_dir: str, prompt: str = '', input_file: str | None = None,
         max_length: int = 100, temperature: float = 0.0, top_k: int | None = None,
         beam_size: int = 1, length_penalty: float = 0.6, seed: int = 0,
-        out: Any = None, err: Any = None) -> tuple[str, float]:
+        out: Any = None, err: Any = None, mesh_shape: dict | None = None,
+        axis_rules: dict | None = None, fsdp: bool = False) -> tuple[str, float]:
     """Decodes and writes the text to `out` (stdout) as it comes; returns (text, seconds
     per token).
 
     Flags and token ids are checked on the host first (DecodeError), lengths by
     `decoding.start_decoding` before any token (ValueError); a notice
     goes to `err` (stderr) when the model ends at EOS before producing anything.
+    mesh_shape / axis_rules / fsdp (JAX): split the weights and caches over a device mesh.
     """
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
     check_flags(max_length, temperature, top_k, beam_size)
+    mesh = decoding_mesh(mesh_shape, axis_rules, fsdp)
     pm = PredictModel(checkpoint_dir)
     if top_k is not None and pm.vocab_size is not None and top_k > pm.vocab_size:
         raise DecodeError(f'--top_k={top_k} is more than the {pm.vocab_size} tokens of the '
@@ -225,11 +277,11 @@ def run(checkpoint_dir: str, prompt: str = '', input_file: str | None = None,
     start = time.perf_counter()
     if beam_size > 1:
         ids, text = _beam_search(pm, model, inputs, prompt_arg, beam_size, max_length,
-                                 length_penalty)
+                                 length_penalty, mesh)
         out.write(prompt + text + '\n')
     else:
         ids, text = _stream(pm, model, inputs, prompt_arg, max_length, temperature, top_k, seed,
-                            prompt, out)
+                            prompt, out, mesh)
     seconds = (time.perf_counter() - start) / max(len(ids), 1)
     if not ids:
         err.write(f'{PROG}: note: the model produced EOS (id {pm.eos_id}) first: nothing was '
@@ -238,10 +290,11 @@ def run(checkpoint_dir: str, prompt: str = '', input_file: str | None = None,
 
 
 def _beam_search(pm: PredictModel, model: Any, inputs: Any, prompt: Any, beam_size: int,
-                 max_length: int, length_penalty: float) -> tuple[list[int], str]:
+                 max_length: int, length_penalty: float, mesh: Any = None
+                 ) -> tuple[list[int], str]:
     seqs, _ = decoding.beam_search(model, inputs=inputs, beam_size=beam_size,
                                    max_length=max_length, length_penalty=length_penalty,
-                                   eos_id=pm.eos_id, prompt=prompt)
+                                   eos_id=pm.eos_id, prompt=prompt, mesh=mesh)
     ids = [int(t) for t in np.asarray(seqs)[0, 0]]
     if pm.eos_id in ids:
         ids = ids[:ids.index(pm.eos_id)]
@@ -250,10 +303,10 @@ def _beam_search(pm: PredictModel, model: Any, inputs: Any, prompt: Any, beam_si
 
 def _stream(pm: PredictModel, model: Any, inputs: Any, prompt_arg: Any, max_length: int,
             temperature: float, top_k: int | None, seed: int, prompt: str,
-            out: Any) -> tuple[list[int], str]:
+            out: Any, mesh: Any = None) -> tuple[list[int], str]:
     stream = decoding.autoregressive_sample_stream(
         model, inputs=inputs, temperature=temperature, top_k=top_k, prompt=prompt_arg,
-        rng=fastmath.random.get_prng(seed), max_steps=max_length)
+        rng=fastmath.random.get_prng(seed), max_steps=max_length, mesh=mesh)
     out.write(prompt)
     ids, shown = [], ''
     for _ in range(max_length):
@@ -288,12 +341,18 @@ def _main() -> None:
         if not FLAGS.checkpoint_dir:
             raise DecodeError('--checkpoint_dir is required')
         check_flags(FLAGS.max_length, FLAGS.temperature, FLAGS.top_k, FLAGS.beam_size)
+        mesh_shape = parse_mapping('mesh_shape', FLAGS.mesh_shape, int)
+        axis_rules = parse_mapping('axis_rules', FLAGS.axis_rules, str)
+        if mesh_shape is not None and FLAGS.backend != 'jax':
+            raise DecodeError(f'--mesh_shape={FLAGS.mesh_shape} needs --backend=jax (NumPy '
+                              f'decoding runs on the host, on no mesh)')
         if FLAGS.backend == 'jax' and not fastmath.jax_available():
             raise DecodeError("--backend=jax needs jax, which is not installed: pip install "
                               "'trax_sparse[jax]', or decode with --backend=numpy")
         fastmath.set_backend(FLAGS.backend)
         run(FLAGS.checkpoint_dir, FLAGS.prompt, FLAGS.input_file, FLAGS.max_length,
-            FLAGS.temperature, FLAGS.top_k, FLAGS.beam_size, FLAGS.length_penalty, FLAGS.seed)
+            FLAGS.temperature, FLAGS.top_k, FLAGS.beam_size, FLAGS.length_penalty, FLAGS.seed,
+            mesh_shape=mesh_shape, axis_rules=axis_rules, fsdp=FLAGS.fsdp)
     except user_errors as e:
         if FLAGS.debug:
             raise
