@@ -1,8 +1,8 @@
 """The predict-mode cache reads == the reference `testing.cached_causal_attention`, both backends.
 
-Two paths: `attend_filled` (concrete position: the cache cut to its filled slots) and
-`whole_buffer_attention` (under jit: all slots, masked), and their dispatcher
-`cached_attention_step`.
+Two paths: the filled slots (`attend_filled` with a concrete position: the cache cut to
+them; `filled_blocks_attention` under jit) and `whole_buffer_attention` (under jit: all
+slots, masked), and their dispatcher `cached_attention_step`.
 """
 import jax
 import numpy as np
@@ -60,11 +60,17 @@ def test_whole_buffer_attention_equals_reference(backend_name, masked):
 
 @pytest.mark.parametrize('masked', [False, True])
 @pytest.mark.parametrize('n_queries', [1, 3])
-def test_cached_attention_step_concrete_and_traced_agree(n_queries, masked):
-    # Concrete position: the filled slots; under jit (traced position): the whole buffer.
+@pytest.mark.parametrize('jit_path', [dict(), dict(attention_block_slots=4),
+                                      dict(attention_block_slots=4,
+                                           attention_whole_buffer_percent=0)],
+                         ids=['one_block_whole', 'filled_blocks', 'whole_by_fill'])
+def test_cached_attention_step_concrete_and_traced_agree(n_queries, masked, jit_path):
+    # Concrete position: the filled slots; under jit (traced position): the whole buffer of
+    # a one-block cache, else the filled blocks (4 slots: the last one shifted left), or the
+    # whole buffer again from attention_whole_buffer_percent of fill (0: always).
     k_cache, v_cache, key_mask = _cache_and_mask(masked)
     q = _floats(BATCH, HEADS, n_queries, D_HEAD)
-    with fastmath.use_backend('jax'):
+    with fastmath.use_backend('jax'), fastmath.tuned(**jit_path):
         traced = jax.jit(lambda start: core.cached_attention_step(q, k_cache, v_cache, start,
                                                                   key_mask))
         for start in range(0, SLOTS - n_queries + 1):
@@ -84,6 +90,18 @@ def test_a_concrete_step_never_reads_unfilled_slots(backend_name):
     q = _floats(BATCH, HEADS, 1, D_HEAD)
     got = core.cached_attention_step(q, k_cache, v_cache, 4)
     np.testing.assert_allclose(got, _reference(q, k_cache[:, :, :5], v_cache[:, :, :5], 4, None),
+                               atol=1e-5)
+
+
+def test_a_jitted_step_of_a_little_filled_cache_reads_only_the_filled_blocks():
+    k_cache, v_cache, _ = _cache_and_mask(masked=False)
+    k_cache[:, :, 4:], v_cache[:, :, 4:] = np.nan, np.nan     # beyond block 0 (slots 0-3)
+    q = _floats(BATCH, HEADS, 1, D_HEAD)
+    with fastmath.use_backend('jax'), fastmath.tuned(attention_block_slots=4):
+        step = jax.jit(lambda start: core.cached_attention_step(q, k_cache, v_cache, start))
+        assert 'while' in step.lower(np.int32(0)).as_text()
+        got = step(np.int32(2))                     # 3 of 11 slots filled (< 40%): 1 block
+    np.testing.assert_allclose(got, _reference(q, k_cache[:, :, :3], v_cache[:, :, :3], 2, None),
                                atol=1e-5)
 
 

@@ -51,6 +51,11 @@ class Tuning:
     JAX backend:
         jax_gather_parts: large row gathers (`take_rows_dot`, ...) go as this many gathers,
             which XLA runs concurrently (from parallel_gather_min_bytes on).
+    JAX backend, predict-mode attention under jit (`attention_core.cached_attention_step`):
+        attention_block_slots: the K/V cache is read in blocks of this many slots, only the
+            filled ones; a cache of at most one block is read whole.
+        attention_whole_buffer_percent: from this fill (percent of the slots) one pass over
+            the whole buffer is cheaper than the loop over the filled blocks.
     Both backends, `LocallyConvDense` (sparse QKV's convolutions):
         conv_patches_max_tokens: calls of at most this many tokens (decoding steps) gather
             patches and do one matmul per kernel.
@@ -64,6 +69,8 @@ class Tuning:
     parallel_matmuls_min_macs: int = 16_000_000
     blas_threads: int | None = 1
     jax_gather_parts: int = 4
+    attention_block_slots: int = 128
+    attention_whole_buffer_percent: int = 40
     conv_patches_max_tokens: int = 16
     conv_stacked_taps_min_width: int = 32
 
@@ -72,7 +79,8 @@ class Tuning:
             value = getattr(self, field.name)
             if field.name == 'blas_threads' and value is None:
                 continue
-            least = 1 if field.name in ('threads', 'blas_threads', 'jax_gather_parts') else 0
+            least = 1 if field.name in ('threads', 'blas_threads', 'jax_gather_parts',
+                                        'attention_block_slots') else 0
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ValueError(f'fastmath.Tuning.{field.name} must be an int >= {least}'
                                  f'{" or None" if field.name == "blas_threads" else ""}, '
