@@ -138,3 +138,17 @@ def test_every_weight_has_logical_axis_names(case):
         f'{layer.name}: weight_axes() {axes} does not match its weights tree'
     for names, weight in zip(tree_leaves(axes), tree_leaves(weights)):
         assert isinstance(names, Axes) and len(names.names) == np.ndim(weight), (names, weight.shape)
+
+
+def test_a_terraformer_step_reads_no_encoder_weights():
+    from trax_sparse import models
+    sizes = []
+    for n_encoder_layers in (1, 3):                    # the encoder runs on the first call only
+        model = models.Terraformer(32, d_model=16, d_ff=32, n_encoder_layers=n_encoder_layers,
+                                   n_decoder_layers=1, n_heads=2, d_attention_key=8,
+                                   d_attention_value=8, max_len=16, mode='predict')
+        with fastmath.use_backend('numpy'):
+            weights, _ = model.init((shapes.ShapeDtype((1, 4), np.int32),
+                                     shapes.ShapeDtype((1, 1), np.int32)))
+        sizes.append(bytes_read_per_token(model, weights))
+    assert sizes[0] == sizes[1] > 0

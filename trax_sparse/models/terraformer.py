@@ -123,6 +123,12 @@ class SkipWhenEmpty(tl.Layer):
     def sublayer_states(self, state: Any) -> tuple:
         return (state,)                 # its state is the layer's own, not (layer's, ...)
 
+    def bytes_read_per_step(self, weights: Any) -> int:
+        return 0                        # a decoding step after the first skips the encoder
+
+    def macs_per_step(self, weights: Any, n_keys: int = 1, kv_width: int = 0) -> int:
+        return 0
+
     def forward(self, inputs: Any) -> Any:
         tokens, mask = inputs
         if tl.is_empty_call(inputs, self.n_in):
