@@ -3,12 +3,13 @@ weights replicated (data parallelism) against weights and optimizer state split 
 tensor parallelism with FSDP).
 
 ScalingTransformerLM with sparse FF (1-in-32, d_ff = 4·d_model), sparse QKV (8 modules) and
-the sparse loss (4 modules), 8 layers, vocabulary 32000, Adam, batch 8 x 512 tokens. For each
+the sparse loss (4 modules), 8 layers, vocabulary 32000, Adam, batch 8 x 128 tokens (one
+sequence per device on {'data': 8}: the weights, not the activations, fill the devices). For each
 d_model of a grid the train step is compiled for 8 CPU devices with its shardings and not run:
 XLA's memory analysis gives the bytes one device needs (arguments + outputs - donated +
 temporaries). A model fits when that is at most the budget.
 
-Run: .venv/bin/python benchmarks/sharded_memory.py [--budget_gb=2] [--layers=8]
+Run: .venv/bin/python benchmarks/sharded_memory.py [--budget_gb=2] [--layers=8] [--seq_len=128]
 """
 import os
 import sys
@@ -44,12 +45,13 @@ def scaling_lm(d_model: int, n_layers: int) -> tl.Layer:
         dropout=0.0, mode='train')
 
 
-def step_bytes(d_model: int, n_layers: int, placement: Placement) -> tuple[int, int, float]:
+def step_bytes(d_model: int, n_layers: int, placement: Placement, seq_len: int
+               ) -> tuple[int, int, float]:
     """(bytes per device of the compiled train step, parameters, compile seconds)."""
     model, loss = scaling_lm(d_model, n_layers), tl.CrossEntropyLoss()
     tx = optimizers.Adam().transform(lambda step: 1e-3)
-    batch = (shapes.ShapeDtype((8, 512), np.int32),) * 2 + \
-        (shapes.ShapeDtype((8, 512), np.float32),)
+    batch = (shapes.ShapeDtype((8, seq_len), np.int32),) * 2 + \
+        (shapes.ShapeDtype((8, seq_len), np.float32),)
     key = np.array([0, 0], np.uint32)
     init = fastmath.abstract_eval(lambda k: ts.initialize(model, loss, tx, k, batch))(
         shapes.signature(key))
@@ -77,10 +79,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--budget_gb', type=float, default=2.0)
     parser.add_argument('--layers', type=int, default=8)
+    parser.add_argument('--seq_len', type=int, default=128)
     args = parser.parse_args()
     budget = int(args.budget_gb * 2**30)
     print(f'command: .venv/bin/python benchmarks/sharded_memory.py --budget_gb={args.budget_gb} '
-          f'--layers={args.layers}')
+          f'--layers={args.layers} --seq_len={args.seq_len}')
     largest = {}
     with fastmath.use_backend('jax'):
         print(f'{fastmath.device_count()} devices; budget {args.budget_gb} GB per device\n')
@@ -89,7 +92,8 @@ def main() -> None:
         for name, kwargs in PLACEMENTS.items():
             placement = Placement(**kwargs)
             for d_model in GRID:
-                needed, params, seconds = step_bytes(d_model, args.layers, placement)
+                needed, params, seconds = step_bytes(d_model, args.layers, placement,
+                                                     args.seq_len)
                 fits = needed <= budget
                 print(f'| {name} | {d_model} | {params / 1e6:,.0f}M | {needed / 2**30:.2f} | '
                       f'{"yes" if fits else "no"} | {seconds:.0f} |', flush=True)
