@@ -280,7 +280,7 @@ def test_mesh_flags_parse_and_are_refused_with_the_true_reason(tmp_path):
     assert decode.parse_mapping('mesh_shape', '', int) is None
     with pytest.raises(decode.DecodeError, match=r"--mesh_shape='data:2': expected name=value"):
         decode.parse_mapping('mesh_shape', 'data:2', int)
-    assert _main('--checkpoint_dir=x', '--mesh_shape=data=1,model=8') == (
+    assert _main('--checkpoint_dir=x', '--backend=numpy', '--mesh_shape=data=1,model=8') == (
         'trax-sparse-decode: error: --mesh_shape=data=1,model=8 needs --backend=jax (NumPy '
         'decoding runs on the host, on no mesh)')
     with fastmath.use_backend('jax'):
