@@ -123,19 +123,12 @@ class Placement:
         report = {}
         for name, sig, spec in (('weights', signature.weights, specs.weights),
                                 ('optimizer', signature.opt_state, specs.opt_state)):
-            total = sum(int(_size(x)) * x.dtype.itemsize for x in fastmath.tree_leaves(sig))
+            total = sum(x.size * x.dtype.itemsize for x in fastmath.tree_leaves(sig))
             report[name] = {'total': total, 'per_device': sharding.bytes_per_device(
                 sig, spec, self.mesh_shape)}
         if step_memory is not None:
             report['temporaries'] = {'per_device': step_memory['temporaries']}
         return report
-
-
-def _size(x: Any) -> int:
-    size = 1
-    for n in x.shape:
-        size *= int(n)
-    return size
 
 
 

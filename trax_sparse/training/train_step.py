@@ -28,7 +28,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from trax_sparse import fastmath, shapes
+from trax_sparse import fastmath
 from trax_sparse import layers as tl
 from trax_sparse.fastmath import numpy as xnp
 from trax_sparse.fastmath import tree_leaves, tree_map, tree_structure
@@ -70,11 +70,6 @@ def _stack_signature(model: tl.Layer, batch_sig: Sequence, weights: Any, state: 
     return to_stack(out_sig, model.n_out) + list(batch_sig[model.n_in:])
 
 
-def embedding_vocab_sizes(layer: tl.Layer) -> list[int]:
-    """The vocabularies of the embeddings in `layer` ([] if none): `Layer.vocab_sizes`."""
-    return list(layer.vocab_sizes())
-
-
 def initialize(model: tl.Layer, loss: tl.Layer, tx: Any, base_key: Any, batch_sig: Sequence,
                eval_model: tl.Layer | None = None, eval_metrics: Sequence = (),
                eval_batch_sigs: Sequence = (), info: dict | None = None) -> dict:
@@ -88,7 +83,7 @@ def initialize(model: tl.Layer, loss: tl.Layer, tx: Any, base_key: Any, batch_si
     weights, state = model.pure_init(from_stack(batch_sig, model.n_in), rng=init_key)
     stack_sig = _stack_signature(model, batch_sig, weights, state, init_key)
     if info is not None:
-        info['vocab_sizes'] = embedding_vocab_sizes(model)
+        info['vocab_sizes'] = list(model.vocab_sizes())
         info['output_shape'] = tuple(stack_sig[0].shape)
     values = {'init_key': init_key, 'train_key': train_key, 'eval_key': eval_key,
               'weights': weights, 'state': state, 'opt_state': tx.init(weights),
@@ -159,7 +154,5 @@ def make_eval_step(model: tl.Layer, metrics: Sequence[tl.Layer],
     return eval_fn
 
 
-__all__ = ['TrainState', 'TreeMismatchError', 'check_same_tree', 'embedding_vocab_sizes',
-           'from_stack',
-           'initialize', 'is_prediction_stack', 'make_eval_step', 'make_train_step',
-           'to_stack']
+__all__ = ['TrainState', 'TreeMismatchError', 'check_same_tree', 'from_stack', 'initialize',
+           'is_prediction_stack', 'make_eval_step', 'make_train_step', 'to_stack']
