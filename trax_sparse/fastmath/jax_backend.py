@@ -224,20 +224,9 @@ def tree_unflatten(treedef: Any, leaves: Sequence) -> Any:
     return jax.tree_util.tree_unflatten(treedef, list(leaves))
 
 
-def data_parallel_mesh(n_devices: int | None = None, axis_name: str = 'batch'):
-    """A 1-D Mesh over the first `n_devices` devices (all by default), Auto axis type."""
-    devices = jax.devices()
-    n = len(devices) if n_devices is None else int(n_devices)
-    if not 1 <= n <= len(devices):
-        raise ValueError(f'data_parallel_mesh: n_devices must be in [1, {len(devices)}] '
-                         f'(the devices visible to jax), got {n}')
-    return jax.make_mesh((n,), (axis_name,), axis_types=(jax.sharding.AxisType.Auto,),
-                         devices=devices[:n])
-
-
 def replicate(tree: Any, mesh) -> Any:
     """Places every leaf of `tree` on all devices of `mesh` (NamedSharding, spec P())."""
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    sharding = replicated(mesh)
     return jax.tree_util.tree_map(lambda x: jax.device_put(x, sharding), tree)
 
 
