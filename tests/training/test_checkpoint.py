@@ -44,10 +44,13 @@ def test_round_trip_keeps_trees_dtypes_and_metadata(tmp_path):
     assert loaded.metadata['data_position'] == {'batches': 10}
     np.testing.assert_array_equal(loaded.opt_state_leaves[1], -np.ones((2, 3)))
     meta = json.load(open(json_path))
-    assert meta['format'] == 'trax_sparse.checkpoint' and meta['format_version'] == 2
-    assert meta['leaves']['weights/0/0'] == {'dtype': 'float32', 'shape': [2, 3]}
+    assert meta['format'] == 'trax_sparse.checkpoint' and meta['format_version'] == 3
+    assert meta['leaves']['weights/0/0'] == {'dtype': 'float32', 'shape': [2, 3],
+                                             'pieces': [[0, [0, 0], [2, 3]]]}
     assert meta['leaves']['weights/2/scale']['dtype'] == 'bfloat16'
-    assert len(meta['arrays']['sha256']) == 64
+    [shard] = meta['arrays']
+    assert shard['file'] == 'ckpt-00000010.npz' and shard['process'] == 0
+    assert len(shard['sha256']) == 64
 
 
 def test_keep_last_k(tmp_path):
@@ -124,8 +127,9 @@ def test_archive_with_a_pickled_object_is_refused(tmp_path):
     npz = json_path.replace('.json', '.npz')
     np.savez(npz, **{'weights/0/0': np.array([{'run': 'code'}], dtype=object)})
     meta = json.load(open(json_path))
-    meta['arrays'].update(sha256=ckpt.sha256_of(npz), bytes=os.path.getsize(npz))
-    meta['leaves'] = {'weights/0/0': {'dtype': 'object', 'shape': [1]}}
+    meta['arrays'][0].update(sha256=ckpt.sha256_of(npz), bytes=os.path.getsize(npz))
+    meta['leaves'] = {'weights/0/0': {'dtype': 'object', 'shape': [1],
+                                      'pieces': [[0, [0], [1]]]}}
     meta['trees'] = {'weights': [['*']], 'state': [], 'opt_state': {'n_leaves': 0}}
     meta[ckpt.METADATA_SHA256] = ckpt.metadata_digest(meta)  # a consistent forgery
     json.dump(meta, open(json_path, 'w'))

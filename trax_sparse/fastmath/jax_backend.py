@@ -344,3 +344,48 @@ def set_debug_options(disable_jit: bool | None = None, debug_nans: bool | None =
         jax.config.update('jax_disable_jit', bool(disable_jit))
     if debug_nans is not None:
         jax.config.update('jax_debug_nans', bool(debug_nans))
+
+
+# ---- sharded checkpoints (used by trax_sparse.training.placement) -----------------------------
+def array_pieces(x: Any) -> list:
+    """The distinct pieces of a global array, each once: [(start, shape, process, local)],
+    where `process` writes it (the process of the first device holding that slice, in the
+    sharding's device order: the same answer on every process) and `local` is this process's
+    device copy of the piece when it writes it, else None. A host array is one piece."""
+    if not isinstance(x, jax.Array):
+        a = onp.asarray(x)
+        return [((0,) * a.ndim, a.shape, 0, a)]
+    local = {shard.device: shard.data for shard in x.addressable_shards}
+    me, seen, pieces = jax.process_index(), set(), []
+    for device, index in x.sharding.devices_indices_map(x.shape).items():
+        bounds = tuple(s.indices(n)[:2] for s, n in zip(index, x.shape))
+        if bounds in seen:
+            continue
+        seen.add(bounds)
+        start = tuple(b[0] for b in bounds)
+        shape = tuple(b[1] - b[0] for b in bounds)
+        mine = device.process_index == me
+        pieces.append((start, shape, device.process_index, local[device] if mine else None))
+    return pieces
+
+
+def process_allgather(x: onp.ndarray) -> onp.ndarray:
+    """Every process's `x` stacked on a new axis 0 (a collective: all processes call it)."""
+    if jax.process_count() == 1:
+        return onp.asarray(x)[None]
+    from jax.experimental import multihost_utils
+    return onp.asarray(multihost_utils.process_allgather(onp.asarray(x)))
+
+
+def put_from_callback(x: Any, sharding: Any) -> Any:
+    """A global array of `x.shape` with `sharding` whose devices receive `x[index]` for their
+    slice only (x: any object with shape, dtype and numpy-style slicing, e.g. a lazy reader of
+    checkpoint pieces); each distinct slice is read once per process."""
+    read: dict = {}
+
+    def slice_of(index):
+        key = tuple((s.start, s.stop, s.step) for s in index)
+        if key not in read:
+            read[key] = onp.asarray(x[index])
+        return read[key]
+    return jax.make_array_from_callback(tuple(x.shape), sharding, slice_of)

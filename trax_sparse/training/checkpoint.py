@@ -1,30 +1,42 @@
 """Checkpoints: pickle-free `.npz` arrays plus JSON metadata, written atomically.
 
-Format version 2. A checkpoint of step N in a checkpoint directory is two files:
+Format version 3. A checkpoint of step N in a checkpoint directory is its shard files and,
+written last, its metadata:
 
-- `ckpt-0000000N.npz`: an `np.savez` archive (no pickle; loaded with allow_pickle=False)
-  holding every leaf of the weights, the model state and the optimizer state, each under
-  a stable key: its path in the tree, e.g. 'weights/3/0', 'state/1', 'opt_state/000012'
-  (optimizer leaves in jax.tree_util order). Dtypes numpy cannot store natively
-  (bfloat16, ...) are stored as same-width unsigned-integer views.
-- `ckpt-0000000N.json`: the metadata, written last (it is the commit record: an npz
-  without its JSON is not a checkpoint):
-  `{"format": "trax_sparse.checkpoint", "format_version": 2, "step": N,
-    "arrays": {"file": "ckpt-0000000N.npz", "sha256": "...", "bytes": 1234},
+- `ckpt-0000000N.npz` (process 0) and `ckpt-0000000N.pK.npz` (process K > 0, five digits):
+  uncompressed `np.savez` archives (no pickle; loaded with allow_pickle=False). Each leaf
+  of the weights, the model state and the optimizer state has a stable key, its path in
+  the tree: 'weights/3/0', 'state/1', 'opt_state/000012' (optimizer leaves in
+  jax.tree_util order). A leaf is stored as pieces, rectangular slices that tile it, each
+  written once, by the process of the first device holding that slice (the others hold
+  copies): so no process gathers an array split over devices. A whole-array piece is
+  stored under the key, a smaller one under `key@start` ('weights/3/0@0,512'); a process
+  with no piece writes no file. Dtypes numpy cannot store natively (bfloat16, ...) are
+  stored as same-width unsigned-integer views.
+- `ckpt-0000000N.json`: the commit record, written by process 0 after every process wrote
+  its shard file (a shard file without its JSON is not a checkpoint):
+  `{"format": "trax_sparse.checkpoint", "format_version": 3, "step": N,
+    "arrays": [{"file": "ckpt-0000000N.npz", "process": 0, "sha256": "...", "bytes": 1234},
+               ...one entry per shard file],
     "trees": {"weights": S, "state": S, "opt_state": {"treedef": "...", "n_leaves": k}},
-    "leaves": {key: {"dtype": "float32", "shape": [d, ...]}, ...},
-    ...extra entries given by the caller: "rng", "data_position", "gin_config", ...,
+    "leaves": {key: {"dtype": "float32", "shape": [d, ...],
+                     "pieces": [[file index in "arrays", [start, ...], [size, ...]], ...]}},
+    ...extra entries given by the caller: "rng", "data_position", "gin_config", "mesh", ...,
     "metadata_sha256": "..."}`
   where a structure S is JSON: a list per tuple, an object per dict, "*" per array
   and null per None. "metadata_sha256" is the sha256 of every other entry (JSON with sorted
   keys, no spaces), so an edit of the stored gin config makes the checkpoint corrupt.
-  Version 1 files (no metadata checksum) still load.
+  Versions 1 and 2 still load: one `ckpt-0000000N.npz` of whole arrays, "arrays" a single
+  {"file", "sha256", "bytes"} object, no "pieces" (version 1: no metadata checksum).
 
-Each file is written to a temporary file in the same directory, fsync'd and moved into
-place with os.replace (io_utils.atomic_write: the umask decides the file mode). Loading
-verifies both checksums and that every leaf of the metadata is in the archive with its
-dtype and shape; a checkpoint that fails is reported (a warning naming the file) and the
-previous one is used.
+Every file is written to a temporary file in the same directory, fsync'd and moved into
+place with os.replace (io_utils.atomic_write: the umask decides the file mode). Several
+processes write into one directory (a filesystem they share); process 0 checks every
+shard file is there before it commits. Loading verifies the metadata checksum, every shard
+file's size and sha256, and every piece's dtype and shape; a checkpoint that fails is
+reported (a warning naming the file) and the previous one is used. `read_checkpoint`
+assembles whole NumPy arrays (no JAX needed), or gives lazy readers (`lazy=True`) from
+which each device of another mesh reads only its slice (checkpoint_shards.PieceReader).
 
 Example:
     >>> import numpy as np, tempfile
@@ -41,18 +53,19 @@ import logging
 import os
 import re
 import warnings
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from trax_sparse.io_utils import TEMP_PREFIX, atomic_write, atomic_write_text, sha256_of
+from trax_sparse.training import checkpoint_shards as shards
 
 FORMAT = 'trax_sparse.checkpoint'
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 FILE_PREFIX = 'ckpt-'
 METADATA_SHA256 = 'metadata_sha256'
-_NAME = re.compile(r'^ckpt-(\d+)\.(npz|json)$')
+_NAME = re.compile(r'^ckpt-(\d+)(\.p\d+)?\.(npz|json)$')
 log = logging.getLogger('trax_sparse.training')
 
 
@@ -114,23 +127,6 @@ def tree_from_json(structure: Any, arrays: dict, prefix: str) -> Any:
     raise CheckpointError(f'bad tree structure entry {structure!r} at {prefix!r}')
 
 
-def _to_storable(a: np.ndarray) -> np.ndarray:
-    if a.dtype.kind in 'biufc':
-        return a
-    return a.view(f'uint{8 * a.dtype.itemsize}')  # e.g. bfloat16 -> uint16 bits.
-
-
-def _from_storable(a: np.ndarray, dtype_name: str) -> np.ndarray:
-    if a.dtype.name == dtype_name:
-        return a
-    try:
-        import ml_dtypes  # noqa: F401 - registers bfloat16 & co. with numpy.
-        dtype = np.dtype(getattr(ml_dtypes, dtype_name, dtype_name))
-    except (ImportError, TypeError) as e:
-        raise CheckpointError(f'cannot restore dtype {dtype_name}: {e}') from e
-    return a.view(dtype)
-
-
 # ---- metadata ---------------------------------------------------------------------------
 def _json_default(x: Any) -> Any:
     if isinstance(x, np.generic):
@@ -148,44 +144,110 @@ def metadata_digest(meta: dict) -> str:
 
 
 # ---- saving -------------------------------------------------------------------------------------
+def shard_file_name(step: int, process: int) -> str:
+    """The shard file of `process`: ckpt-0000000N.npz for process 0, else ckpt-0000000N.pK.npz."""
+    suffix = '' if process == 0 else f'.p{process:05d}'
+    return f'{FILE_PREFIX}{step:08d}{suffix}.npz'
+
+
 def checkpoint_paths(directory: str, step: int) -> tuple[str, str]:
-    """(npz path, json path) of the checkpoint of `step` in `directory`."""
+    """(process 0's shard file, json path) of the checkpoint of `step` in `directory`."""
     base = os.path.join(directory, f'{FILE_PREFIX}{step:08d}')
     return base + '.npz', base + '.json'
 
 
+def step_files(directory: str, step: int) -> list[str]:
+    """Every file of the checkpoint of `step` in `directory`: the JSON first, then shards."""
+    names = [n for n in os.listdir(directory)
+             if (match := _NAME.match(n)) and int(match.group(1)) == step]
+    names.sort(key=lambda n: (not n.endswith('.json'), n))
+    return [os.path.join(directory, n) for n in names]
+
+
+def host_pieces(leaf: Any) -> list[tuple]:
+    """The pieces of a host array: the whole array, written by process 0."""
+    a = np.asarray(leaf)
+    return [((0,) * a.ndim, a.shape, 0, a)]
+
+
+def _single_process(record: tuple) -> list[tuple]:
+    return [record]
+
+
 def save_checkpoint(directory: str, step: int, weights: Any, state: Any,
                     opt_state_leaves: Sequence = (), opt_treedef: str = '',
-                    metadata: dict | None = None, keep: int | None = None) -> str:
-    """Writes the checkpoint of `step` (host arrays) atomically; returns the JSON path.
+                    metadata: dict | None = None, keep: int | None = None,
+                    pieces: Callable[[Any], list] = host_pieces, process: int = 0,
+                    exchange: Callable[[tuple], list[tuple]] = _single_process) -> str | None:
+    """Writes the checkpoint of `step` atomically; returns the JSON path (None on processes
+    other than 0).
 
-    `metadata` entries (JSON-serializable) are stored in the JSON file; `keep` > 0
-    deletes all but the newest `keep` checkpoints up to this step.
+    `metadata` entries (JSON-serializable) are stored in the JSON file; `keep` > 0 deletes
+    all but the newest `keep` checkpoints up to this step. Several processes (each calls
+    this with the same global arrays): `pieces(leaf)` gives [(start, shape, writing process,
+    this process's copy or None)] of each leaf; every process writes its pieces into its
+    shard file; `exchange(record)` (a collective) gives every process's (status, bytes,
+    sha256) of its file; then process 0 writes the JSON (the commit record).
     """
     os.makedirs(directory, exist_ok=True)
     items = (flatten_with_keys(weights, 'weights') + flatten_with_keys(state, 'state')
              + [(f'opt_state/{i:06d}', leaf) for i, leaf in enumerate(opt_state_leaves)])
-    arrays, leaves = {}, {}
+    leaves, mine = {}, {}
     for key, leaf in items:
-        a = np.asarray(leaf)
-        arrays[key] = _to_storable(a)
-        leaves[key] = {'dtype': a.dtype.name, 'shape': list(a.shape)}
-    npz_path, json_path = checkpoint_paths(directory, step)
-    atomic_write(npz_path, lambda f: np.savez(f, allow_pickle=False, **arrays))
+        parts = pieces(leaf)
+        shape = tuple(int(n) for n in np.shape(leaf))
+        leaves[key] = {'dtype': np.dtype(leaf.dtype).name, 'shape': list(shape), 'pieces': []}
+        for start, size, owner, local in parts:
+            leaves[key]['pieces'].append([int(owner), [int(b) for b in start],
+                                          [int(n) for n in size]])
+            if owner == process:
+                mine[shards.piece_name(key, start, size, shape)] = local
+    path = os.path.join(directory, shard_file_name(step, process))
+    records = shards.write_and_exchange(path, mine, exchange, f'step {step}')
+    if process != 0:
+        return shards.wait_for_commit(exchange, f'step {step}')
+    try:
+        json_path = _commit(directory, step, records, leaves, weights, state,
+                            len(opt_state_leaves), opt_treedef, metadata)
+    except BaseException:
+        exchange((shards.FAILED, 0, ''))
+        raise
+    exchange((shards.WRITTEN, 0, ''))
+    if keep:
+        prune_checkpoints(directory, keep, up_to_step=step)
+    return json_path
+
+
+def _commit(directory: str, step: int, records: list[tuple], leaves: dict, weights: Any,
+            state: Any, n_opt: int, opt_treedef: str, metadata: dict | None) -> str:
+    """Checks every process's shard file is in `directory`, then writes the JSON."""
+    files, index = [], {}
+    for process, (status, n_bytes, sha) in enumerate(records):
+        if status != shards.WRITTEN:
+            continue
+        name = shard_file_name(step, process)
+        path = os.path.join(directory, name)
+        if not os.path.isfile(path) or os.path.getsize(path) != n_bytes:
+            raise OSError(f'process {process} wrote {name} ({n_bytes} bytes), but {path} '
+                          f'is missing or has another size: every process must write to the '
+                          f'same checkpoint directory (give all processes the same '
+                          f'output_dir, on a filesystem they share)')
+        index[process] = len(files)
+        files.append({'file': name, 'process': process, 'sha256': sha, 'bytes': n_bytes})
+    for spec in leaves.values():
+        spec['pieces'] = [[index[owner], start, size] for owner, start, size in spec['pieces']]
     record = dict(metadata or {})
     record.update({
         'format': FORMAT, 'format_version': FORMAT_VERSION, 'step': int(step),
-        'arrays': {'file': os.path.basename(npz_path), 'sha256': sha256_of(npz_path),
-                   'bytes': os.path.getsize(npz_path)},
+        'arrays': files,
         'trees': {'weights': tree_to_json(weights), 'state': tree_to_json(state),
-                  'opt_state': {'treedef': opt_treedef, 'n_leaves': len(opt_state_leaves)}},
+                  'opt_state': {'treedef': opt_treedef, 'n_leaves': n_opt}},
         'leaves': leaves,
     })
     record = json.loads(json.dumps(record, default=_json_default))  # as a reader will see it
     record[METADATA_SHA256] = metadata_digest(record)
+    json_path = checkpoint_paths(directory, step)[1]
     atomic_write_text(json_path, json.dumps(record, indent=1))
-    if keep:
-        prune_checkpoints(directory, keep, up_to_step=step)
     return json_path
 
 
@@ -196,7 +258,7 @@ def list_checkpoints(directory: str) -> list[tuple[int, str]]:
     found = []
     for name in os.listdir(directory):
         match = _NAME.match(name)
-        if match and match.group(2) == 'json':
+        if match and match.group(3) == 'json':
             found.append((int(match.group(1)), os.path.join(directory, name)))
     return sorted(found)
 
@@ -209,8 +271,7 @@ def prune_checkpoints(directory: str, keep: int, up_to_step: int) -> None:
         if match and int(match.group(1)) <= up_to_step:
             steps.add(int(match.group(1)))
     for step in sorted(steps)[:-keep]:
-        npz_path, json_path = checkpoint_paths(directory, step)
-        for path in (json_path, npz_path):
+        for path in step_files(directory, step):
             with contextlib.suppress(FileNotFoundError):
                 os.remove(path)
 
@@ -225,8 +286,7 @@ def remove_temp_files(directory: str) -> None:
 
 
 # ---- loading ------------------------------------------------------------------------------------
-def read_checkpoint(json_path: str) -> Checkpoint:
-    """Loads and verifies one checkpoint; raises CheckpointError saying what is wrong."""
+def _read_metadata(json_path: str) -> dict:
     try:
         with open(json_path, encoding='utf-8') as f:
             meta = json.load(f)
@@ -240,37 +300,39 @@ def read_checkpoint(json_path: str) -> Checkpoint:
     if version >= 2 and meta.get(METADATA_SHA256) != metadata_digest(meta):
         raise CheckpointError(f'{METADATA_SHA256} does not match the metadata (corrupt: '
                               f'the stored config or another entry was changed)')
+    return meta
+
+
+def _layout(meta: dict) -> tuple[list[dict], dict]:
+    """(shard files, leaves with their pieces) of any format version: versions 1 and 2 are
+    one file holding every array whole."""
+    files, leaves = meta['arrays'], meta['leaves']
+    if meta['format_version'] >= 3:
+        return list(files), leaves
+    whole = {key: dict(spec, pieces=[[0, [0] * len(spec['shape']), spec['shape']]])
+             for key, spec in leaves.items()}
+    return [dict(files)], whole
+
+
+def read_checkpoint(json_path: str, lazy: bool = False) -> Checkpoint:
+    """Loads and verifies one checkpoint; raises CheckpointError saying what is wrong.
+
+    Every file's size and sha256 and every piece's dtype and shape are checked first. The
+    trees hold NumPy arrays (assembled from their pieces), or with `lazy` PieceReaders that
+    read a slice when indexed (`reader[index]`): restoring onto a mesh reads each device's
+    slice only.
+    """
+    meta = _read_metadata(json_path)
     try:
-        npz_path = os.path.join(os.path.dirname(json_path), meta['arrays']['file'])
-        expected_sha, leaves, trees = meta['arrays']['sha256'], meta['leaves'], meta['trees']
-        step = int(meta['step'])
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f'metadata lacks {e}') from e
-    if not os.path.exists(npz_path):
-        raise CheckpointError(f'array file {npz_path} is missing')
-    size = os.path.getsize(npz_path)
-    if size != meta['arrays'].get('bytes', size):
-        raise CheckpointError(f"array file {npz_path} has {size} bytes, the metadata says "
-                              f"{meta['arrays']['bytes']} (truncated?)")
-    if sha256_of(npz_path) != expected_sha:
-        raise CheckpointError(f'sha256 of {npz_path} does not match the metadata (corrupt)')
-    arrays = {}
-    try:
-        with np.load(npz_path, allow_pickle=False) as npz:
-            if set(npz.files) != set(leaves):
-                raise CheckpointError(f'array keys differ from the metadata: '
-                                      f'{sorted(set(npz.files) ^ set(leaves))[:5]}')
-            for key, spec in leaves.items():
-                a = _from_storable(npz[key], spec['dtype'])
-                if a.dtype.name != spec['dtype'] or list(a.shape) != spec['shape']:
-                    raise CheckpointError(f'array {key!r} is {a.dtype.name}{list(a.shape)}, the '
-                                          f"metadata says {spec['dtype']}{spec['shape']}")
-                arrays[key] = a
-    except CheckpointError:
-        raise
-    except Exception as e:  # noqa: BLE001 - any failure to read the archive is corruption.
-        raise CheckpointError(f'unreadable array file {npz_path}: {type(e).__name__}: {e}') from e
-    n_opt = int(trees.get('opt_state', {}).get('n_leaves', 0))
+        files, leaves = _layout(meta)
+        trees, step = meta['trees'], int(meta['step'])
+        n_opt = int(trees.get('opt_state', {}).get('n_leaves', 0))
+        readers = shards.open_readers(os.path.dirname(json_path), files, leaves)
+        arrays = readers if lazy else {key: r[()] for key, r in readers.items()}
+    except shards.PieceError as e:
+        raise CheckpointError(str(e)) from e
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise CheckpointError(f'metadata lacks or garbles {type(e).__name__}: {e}') from e
     return Checkpoint(
         step=step,
         weights=tree_from_json(trees['weights'], arrays, 'weights'),
@@ -320,6 +382,6 @@ def load_weights(checkpoint_dir: str) -> tuple[Any, Any]:
 __all__ = ['Checkpoint', 'CheckpointError', 'FORMAT', 'FORMAT_VERSION', 'METADATA_SHA256',
            'READABLE_VERSIONS', 'TEMP_PREFIX', 'atomic_write', 'metadata_digest',
            'atomic_write_text', 'checkpoint_paths', 'find_checkpoint_dir', 'flatten_with_keys',
-           'list_checkpoints', 'load_latest', 'load_weights', 'prune_checkpoints',
-           'read_checkpoint', 'remove_temp_files', 'save_checkpoint', 'tree_from_json',
-           'tree_to_json']
+           'host_pieces', 'list_checkpoints', 'load_latest', 'load_weights',
+           'prune_checkpoints', 'read_checkpoint', 'remove_temp_files', 'save_checkpoint',
+           'shard_file_name', 'step_files', 'tree_from_json', 'tree_to_json']

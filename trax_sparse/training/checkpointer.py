@@ -21,7 +21,7 @@ import logging
 import os
 import shutil
 import warnings
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from trax_sparse import fastmath, io_utils
 from trax_sparse.training import checkpoint as ckpt
@@ -66,11 +66,10 @@ def move_aside(directory: str, step: int) -> list[str]:
     target_dir = os.path.join(directory, CORRUPT_DIR)
     os.makedirs(target_dir, exist_ok=True)
     moved = []
-    for path in ckpt.checkpoint_paths(directory, step):
-        if os.path.exists(path):
-            target = _unused_name(os.path.join(target_dir, os.path.basename(path)))
-            os.replace(path, target)
-            moved.append(target)
+    for path in ckpt.step_files(directory, step):   # the JSON first: no longer committed
+        target = _unused_name(os.path.join(target_dir, os.path.basename(path)))
+        os.replace(path, target)
+        moved.append(target)
     io_utils.fsync_dir(directory)
     return moved
 
@@ -103,7 +102,8 @@ def restore_train_state(restored: ckpt.Checkpoint, template: TrainState,
 class Checkpointer:
     """Saves and restores the checkpoints of one directory (see the module docstring).
 
-    `write=False` (processes other than 0 in a multi-host run) reads but never changes files.
+    `write=False` (processes other than 0 in a multi-host run): writes its own shard files
+    of a checkpoint but never commits, deletes or moves a checkpoint.
     """
 
     def __init__(self, directory: str, keep: int = 3, restart: bool = False,
@@ -126,17 +126,27 @@ class Checkpointer:
             need = int(n_bytes * SPACE_MARGIN) + 2**20
             io_utils.check_writable_dir(self.directory, 'checkpoint dir', need_bytes=need)
 
-    def restore(self, run_files: Sequence[str] = ()) -> ckpt.Checkpoint | None:
-        """The newest usable checkpoint, None when there is none (or after a restart).
+    def restore(self, run_files: Sequence[str] = (),
+                exchange: Callable[[tuple], list[tuple]] | None = None
+                ) -> ckpt.Checkpoint | None:
+        """The newest usable checkpoint, None when there is none (or after a restart). Its
+        files are verified (checksums, headers); its arrays are PieceReaders, read when placed.
 
         On a restart, `run_files` of the output dir (metrics.jsonl, TensorBoard folders)
-        are moved into output_dir/previous-run/ so the new run starts clean.
+        are moved into output_dir/previous-run/ so the new run starts clean. `exchange`
+        (Placement.exchange, multi-host): every process must restore the same step.
         """
+        restored = self._restore(run_files)
+        if exchange is not None:
+            check_same_checkpoint(restored, exchange)
+        return restored
+
+    def _restore(self, run_files: Sequence[str]) -> ckpt.Checkpoint | None:
         found = ckpt.list_checkpoints(self.directory)
         failures = []
         for step, json_path in reversed(found):
             try:
-                restored = ckpt.read_checkpoint(json_path)
+                restored = ckpt.read_checkpoint(json_path, lazy=True)
             except ckpt.CheckpointError as e:
                 failures.append((step, json_path, str(e)))
                 continue
@@ -167,11 +177,15 @@ class Checkpointer:
         warnings.warn(message, RuntimeWarning, stacklevel=3)
 
     def save(self, step: int, weights: Any, state: Any, opt_leaves: Sequence, opt_treedef: str,
-             metadata: dict) -> str:
-        """Writes the checkpoint of `step`; an OSError becomes a CheckpointWriteError."""
+             metadata: dict, **sharded: Any) -> str | None:
+        """Writes the checkpoint of `step`; an OSError becomes a CheckpointWriteError.
+
+        `sharded`: pieces, process and exchange of checkpoint.save_checkpoint (every process
+        of a multi-host run calls save; each writes its pieces, process 0 commits).
+        """
         try:
             return ckpt.save_checkpoint(self.directory, step, weights, state, opt_leaves,
-                                        opt_treedef, metadata, keep=self.keep)
+                                        opt_treedef, metadata, keep=self.keep, **sharded)
         except OSError as e:
             where = getattr(e, 'filename', None) or self.directory
             raise CheckpointWriteError(
@@ -193,6 +207,20 @@ def archive_previous_run(output_dir: str, names: Sequence[str]) -> str | None:
     return target
 
 
+def check_same_checkpoint(restored: ckpt.Checkpoint | None,
+                          exchange: Callable[[tuple], list[tuple]]) -> None:
+    """Multi-host: raises CheckpointError unless every process restored the same step
+    (`exchange`: Placement.exchange, a collective); they must share one directory."""
+    step = -1 if restored is None else restored.step
+    steps = [s for s, _, _ in exchange((step, 0, ''))]
+    if len(set(steps)) > 1:
+        found = ', '.join(f'process {i}: {"none" if s < 0 else f"step {s}"}'
+                          for i, s in enumerate(steps))
+        raise ckpt.CheckpointError(
+            f'the processes found different checkpoints ({found}): give every process the '
+            f'same output_dir, on a filesystem they all see')
+
+
 def choose_seed(restored: ckpt.Checkpoint | None, random_seed: int | None) -> int:
     """The run's seed: the checkpoint's when resuming (a different random_seed is noted),
     else random_seed, else a random one."""
@@ -207,5 +235,5 @@ def choose_seed(restored: ckpt.Checkpoint | None, random_seed: int | None) -> in
 
 
 __all__ = ['CORRUPT_DIR', 'CheckpointWriteError', 'Checkpointer', 'OutputDir', 'OutputDirError',
-           'archive_previous_run', 'choose_seed', 'move_aside', 'prepare_output_dir',
-           'restore_train_state', 'tree_bytes']
+           'archive_previous_run', 'check_same_checkpoint', 'choose_seed', 'move_aside',
+           'prepare_output_dir', 'restore_train_state', 'tree_bytes']

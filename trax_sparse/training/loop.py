@@ -204,7 +204,8 @@ class Loop:
         return records
 
     def save_checkpoint(self) -> str | None:
-        """Writes the checkpoint of the current step (on process 0); returns its JSON path."""
+        """Writes the checkpoint of the current step, each process its own pieces (nothing is
+        gathered), process 0 the commit record; returns its JSON path (None elsewhere)."""
         if self._checkpointer is None:
             raise ValueError('Loop.save_checkpoint needs an output_dir')
         with fastmath.use_backend('jax'):
@@ -212,17 +213,17 @@ class Loop:
             if self._diverged:
                 raise NonFiniteLossError('refusing to save weights after a non-finite loss')
             self._last_saved_step = self._step
-            if not is_primary():
-                peers.note_checkpoint(self._step, None)
-                return None
             opt_leaves, opt_treedef = fastmath.backend().tree_flatten(
-                self._parallel.to_host(self._train_state.opt_state))
-            self._last_checkpoint = self._checkpointer.save(
-                self._step, self.weights, self.state, opt_leaves, str(opt_treedef),
-                self._checkpoint_metadata())
-            peers.note_checkpoint(self._step, self._last_checkpoint)
-            log.info('step %d: saved checkpoint %s', self._step, self._last_checkpoint)
-            return self._last_checkpoint
+                self._train_state.opt_state)
+            path = self._checkpointer.save(
+                self._step, self._train_state.weights, self._train_state.state, opt_leaves,
+                str(opt_treedef), self._checkpoint_metadata(), pieces=self._parallel.pieces,
+                process=self._parallel.process_index, exchange=self._parallel.exchange)
+            peers.note_checkpoint(self._step, path)
+            if path is not None:
+                self._last_checkpoint = path
+                log.info('step %d: saved checkpoint %s', self._step, path)
+            return path
 
     def run_info(self) -> dict:
         """The mesh, processes and devices, and the bytes of the weights and optimizer state
@@ -245,7 +246,8 @@ class Loop:
         if self._checkpointer is not None:
             self._checkpointer.prepare()
             restored = self._checkpointer.restore(
-                run_files=[METRICS_FILE, 'train'] + [t.name for t in self._eval_tasks])
+                [METRICS_FILE, 'train'] + [t.name for t in self._eval_tasks],
+                exchange=self._parallel.exchange)   # multi-host: all restore the same step
         self._seed = choose_seed(restored, random_seed)
         self._make_feeds(restored)
         init = self._initialize()
@@ -326,6 +328,7 @@ class Loop:
                           'hyper_parameters': optimizer.hyper_parameters,
                           'clip_gradient_norm': optimizer.clip_gradient_norm},
             'model': self._model.name, 'n_devices': self.n_devices,
+            'mesh': self._parallel.describe(),
         }
 
     # ---- steps ----------------------------------------------------------------------------------

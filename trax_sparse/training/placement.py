@@ -20,9 +20,14 @@ Example:
 """
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+
 from trax_sparse import fastmath, shapes, sharding
 from trax_sparse import layers as tl
+from trax_sparse.training.checkpoint_shards import PieceReader
 from trax_sparse.training.train_step import TrainState
+
+_RECORD_BYTES = 8 + 8 + 32   # Placement.exchange: status, bytes, sha256
 
 
 class Placement:
@@ -54,6 +59,7 @@ class Placement:
         self.mesh = self._backend.make_mesh(ordered)
         self.n_devices = int(self.mesh.devices.size)
         self.n_processes = self._backend.process_count()
+        self.process_index = self._backend.process_index()
 
     @property
     def splits_weights(self) -> bool:
@@ -91,9 +97,18 @@ class Placement:
 
     # ---- moving arrays --------------------------------------------------------------------------
     def place(self, tree: Any, shardings: Any) -> Any:
-        """Puts `tree` (host or device arrays, the same full values on every process) on the
-        mesh with `shardings`: each device receives its shard only."""
-        return self._backend.put_sharded(tree, shardings)
+        """Puts `tree` on the mesh with `shardings`: each device receives its shard only.
+
+        Leaves: host or device arrays (the same full values on every process), or lazy
+        readers of a checkpoint (checkpoint_shards.PieceReader: each device reads its slice).
+        """
+        leaves, treedef = self._backend.tree_flatten(tree)
+        targets, _ = self._backend.tree_flatten(shardings)
+        if len(targets) != len(leaves):
+            raise ValueError(f'place: {len(leaves)} arrays but {len(targets)} shardings')
+        placed = [self._backend.put_from_callback(x, s) if isinstance(x, PieceReader)
+                  else self._backend.put_sharded(x, s) for x, s in zip(leaves, targets)]
+        return self._backend.tree_unflatten(treedef, placed)
 
     def replicate(self, tree: Any) -> Any:
         """Copies every leaf to all devices of the mesh."""
@@ -114,6 +129,25 @@ class Placement:
     def to_host(self, tree: Any) -> Any:
         """NumPy copies of device arrays (split ones gathered)."""
         return self._backend.to_host(tree)
+
+    # ---- sharded checkpoints --------------------------------------------------------------------
+    def pieces(self, leaf: Any) -> list:
+        """The distinct pieces of a (global) array: [(start, shape, writing process, this
+        process's device copy or None)], the same list on every process."""
+        return self._backend.array_pieces(leaf)
+
+    def exchange(self, record: tuple[int, int, str]) -> list[tuple[int, int, str]]:
+        """Every process's (status, n_bytes, sha256 hex or '') record, in process order: a
+        collective that all processes call at the same point (checkpoint.save_checkpoint)."""
+        status, n_bytes, digest = record
+        packed = np.zeros(_RECORD_BYTES, np.uint8)
+        packed[:8] = np.frombuffer(np.int64(status).tobytes(), np.uint8)
+        packed[8:16] = np.frombuffer(np.int64(n_bytes).tobytes(), np.uint8)
+        packed[16:] = np.frombuffer(bytes.fromhex(digest or '00' * 32), np.uint8)
+        gathered = self._backend.process_allgather(packed).reshape(-1, _RECORD_BYTES)
+        return [(int(row[:8].view(np.int64)[0]), int(row[8:16].view(np.int64)[0]),
+                 row[16:].tobytes().hex() if row[16:].any() else '')
+                for row in gathered]
 
     # ---- memory ---------------------------------------------------------------------------------
     def memory(self, signature: TrainState, specs: TrainState,
