@@ -8,8 +8,9 @@
         (BASE/w2.npz, BASE/w4.npz); then is killed (SIGKILL to itself) in the middle of
         writing its shard file of step 5.
     python -m tests.training.sharded_child multi BASE ADDRESS PROCESS_ID
-        one of 2 processes x 4 devices: restores BASE/two (step 2) onto {'data': 2, 'model': 4}
-        with FSDP, checks its weights, trains steps 3-4 (each process writes its shards of the
+        one of 2 processes x 4 devices: trains 2 steps from scratch on {'data': 2, 'model': 4}
+        with FSDP (checkpoints in BASE/fresh), restores BASE/two (step 2) onto that mesh,
+        checks its weights, trains steps 3-4 (each process writes its shards of the
         checkpoints), writes BASE/multi-ID.json; then process 0 is killed (SIGKILL) after both
         shard files of step 5 are written and before the commit record.
 """
@@ -104,8 +105,10 @@ def multi(base, address, process_id):
     os.environ.setdefault('JAX_CPU_COLLECTIVES_IMPLEMENTATION', 'gloo')
     from trax_sparse import training
     training.initialize_distributed(address, 2, process_id)
+    fresh = make_loop(f'{base}/fresh', process_id, 2, **MESH)
+    fresh.run(2)
     loop = make_loop(f'{base}/two', process_id, 2, **MESH)
-    result = {'step': loop.step, 'n_devices': loop.n_devices,
+    result = {'step': loop.step, 'n_devices': loop.n_devices, 'fresh': losses(fresh, 2),
               'same_weights': same_weights(loop, f'{base}/w2.npz')}
     loop.run(2)
     result['losses'] = losses(loop, 2)

@@ -165,8 +165,9 @@ def _leaves(path):
 def test_sharded_checkpoint_restores_onto_other_meshes_and_processes(tmp_path):
     """Saved on {'data': 2, 'model': 4} with FSDP (8 devices, one process): restored onto
     {'data': 8}, onto 1 device and onto 2 processes x 4 devices over 127.0.0.1, the weights
-    are identical and the next steps' losses equal those of the saving run (the 2-process run:
-    each process writes its own pieces; its losses are those of 1 process x 8 devices). A
+    are identical and the next steps' losses equal those of the saving run. 2 processes x 4
+    devices train from scratch with the losses of 1 process x 8 devices, each process writing
+    its own pieces of the checkpoints. A
     kill -9 in the middle of a save (of a shard file; before the commit record after every
     process wrote its shards) leaves the previous checkpoint usable."""
     base = str(tmp_path)
@@ -201,7 +202,13 @@ def test_sharded_checkpoint_restores_onto_other_meshes_and_processes(tmp_path):
     for i in range(2):
         multi = json.load(open(tmp_path / f'multi-{i}.json'))
         assert multi['step'] == 2 and multi['n_devices'] == 8 and multi['same_weights']
+        np.testing.assert_allclose(multi['fresh'], reference[:2], rtol=1e-6)
         np.testing.assert_allclose(multi['losses'], reference[2:], rtol=1e-6)
+    fresh = str(tmp_path / 'fresh' / 'checkpoints')
+    newest = ckpt.read_checkpoint(ckpt.list_checkpoints(fresh)[-1][1])
+    assert newest.step == 2 and [f['process'] for f in newest.metadata['arrays']] == [0, 1]
+    for a, b in zip(fastmath.tree_leaves(newest.weights), _leaves(tmp_path / 'w2.npz')):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
     two = str(tmp_path / 'two' / 'checkpoints')
     assert {'ckpt-00000005.npz', 'ckpt-00000005.p00001.npz'} <= set(os.listdir(two))
     newest = ckpt.read_checkpoint(ckpt.list_checkpoints(two)[-1][1])
