@@ -65,7 +65,7 @@ FORMAT_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
 FILE_PREFIX = 'ckpt-'
 METADATA_SHA256 = 'metadata_sha256'
-_NAME = re.compile(r'^ckpt-(\d+)(\.p\d+)?\.(npz|json)$')
+_NAME = re.compile(r'^ckpt-(\d+)(\.json|\.npz|\.p\d{5}\.npz)$')   # JSON, shard files
 log = logging.getLogger('trax_sparse.training')
 
 
@@ -258,7 +258,7 @@ def list_checkpoints(directory: str) -> list[tuple[int, str]]:
     found = []
     for name in os.listdir(directory):
         match = _NAME.match(name)
-        if match and match.group(3) == 'json':
+        if match and match.group(2) == '.json':
             found.append((int(match.group(1)), os.path.join(directory, name)))
     return sorted(found)
 
