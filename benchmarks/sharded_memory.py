@@ -10,12 +10,16 @@ XLA's memory analysis gives the bytes one device needs (arguments + outputs - do
 temporaries). A model fits when that is at most the budget.
 
 Run: .venv/bin/python benchmarks/sharded_memory.py [--budget_gb=2] [--layers=8] [--seq_len=128]
+Extra XLA flags (e.g. XLA_FLAGS=--xla_disable_hlo_passes=cpu-all-reduce-combiner) are kept; the
+benchmark adds the 8 CPU devices to them.
 """
 import os
 import sys
 
 if 'jax' not in sys.modules:
-    os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+    _flags = os.environ.get('XLA_FLAGS', '')
+    if 'xla_force_host_platform_device_count' not in _flags:
+        os.environ['XLA_FLAGS'] = f'{_flags} --xla_force_host_platform_device_count=8'.strip()
 
 import argparse  # noqa: E402
 import time  # noqa: E402
@@ -82,8 +86,9 @@ def main() -> None:
     parser.add_argument('--seq_len', type=int, default=128)
     args = parser.parse_args()
     budget = int(args.budget_gb * 2**30)
-    print(f'command: .venv/bin/python benchmarks/sharded_memory.py --budget_gb={args.budget_gb} '
-          f'--layers={args.layers} --seq_len={args.seq_len}')
+    print(f"command: XLA_FLAGS='{os.environ.get('XLA_FLAGS', '')}' .venv/bin/python "
+          f'benchmarks/sharded_memory.py --budget_gb={args.budget_gb} --layers={args.layers} '
+          f'--seq_len={args.seq_len}')
     largest = {}
     with fastmath.use_backend('jax'):
         print(f'{fastmath.device_count()} devices; budget {args.budget_gb} GB per device\n')
