@@ -55,14 +55,15 @@ def _trees(seed):
     return weights, (np.array(seed, np.float32),), [np.ones((4, 2), np.float32) * seed]
 
 
-def _save_two_processes(directory, step, seed, keep=None, fail=None):
+def _save_two_processes(directory, step, seed, keep=None, directory_1=None):
     weights, state, opt = _trees(seed)
     exchange, results = Exchange(2), [None, None]
 
     def run(process):
         try:
             results[process] = ckpt.save_checkpoint(
-                directory, step, weights, state, opt, 'treedef', {'rng': {'seed': 1}}, keep,
+                directory_1 if process and directory_1 else directory, step, weights, state,
+                opt, 'treedef', {'rng': {'seed': 1}}, keep,
                 pieces=_split_rows(2), process=process, exchange=exchange(process))
         except OSError as e:
             results[process] = e
@@ -113,6 +114,13 @@ def test_a_failed_shard_write_commits_nothing_on_any_process(tmp_path):
     assert isinstance(results[1], OSError)
     assert 'process 1 could not write its shard file of step 5' in str(results[0])
     assert [s for s, _ in ckpt.list_checkpoints(str(tmp_path))] == [3]
+
+
+def test_processes_writing_to_different_directories_commit_nothing(tmp_path):
+    results = _save_two_processes(str(tmp_path / 'a'), 3, 3.0, directory_1=str(tmp_path / 'b'))
+    assert 'every process must write to the same checkpoint directory' in str(results[0])
+    assert 'process 0 could not commit the checkpoint of step 3' in str(results[1])
+    assert ckpt.list_checkpoints(str(tmp_path / 'a')) == []
 
 
 def test_keep_prunes_the_shard_files_of_every_process(tmp_path):
