@@ -107,6 +107,58 @@ def test_missing_or_damaged_shard_file_falls_back_and_moves_all_files_aside(tmp_
                                                         'ckpt-00000004.npz']
 
 
+def _restore_two_processes(directory):
+    exchange, results = Exchange(2), [None, None]
+
+    def run(process):
+        try:
+            results[process] = checkpointer.Checkpointer(directory, write=process == 0).restore(
+                exchange=exchange(process), process=process)
+        except ckpt.CheckpointError as e:
+            results[process] = e
+    threads = [threading.Thread(target=run, args=(p,)) for p in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+@pytest.mark.filterwarnings('ignore:checkpoint .* is unusable')
+def test_processes_share_the_hashing_and_agree_on_a_corrupt_shard_file(tmp_path, caplog):
+    _save_two_processes(str(tmp_path), 3, 3.0)
+    _save_two_processes(str(tmp_path), 4, 4.0)
+    shard = tmp_path / 'ckpt-00000004.p00001.npz'    # hashed by process 1 only
+    data = bytearray(shard.read_bytes())
+    data[data.index(np.float32(48.0).tobytes())] ^= 1  # a value of weights/0's rows 3-5
+    shard.write_bytes(bytes(data))
+    first, second = _restore_two_processes(str(tmp_path))
+    assert first.step == second.step == 3
+    assert 'process 1 found it corrupt' in caplog.text and 'sha256 of' in caplog.text
+    assert sorted(os.listdir(tmp_path / 'corrupt')) == [
+        'ckpt-00000004.json', 'ckpt-00000004.npz', 'ckpt-00000004.p00001.npz']
+    os.remove(tmp_path / 'ckpt-00000003.p00001.npz')   # as if process 1 had its own dir
+    os.mkdir(tmp_path / 'other')
+    exchange, results = Exchange(2), [None, None]
+    threads = [threading.Thread(target=lambda p=p, d=d: results.__setitem__(p, _expect_error(
+        lambda: checkpointer.Checkpointer(d).restore(exchange=exchange(p), process=p))))
+        for p, d in ((0, str(tmp_path)), (1, str(tmp_path / 'other')))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all('the processes found different checkpoints (process 0: 1, the newest step 3, '
+               'process 1: none)' in r for r in results), results
+
+
+def _expect_error(fn):
+    try:
+        fn()
+    except ckpt.CheckpointError as e:
+        return str(e)
+    return 'no error'
+
+
 def test_a_failed_shard_write_commits_nothing_on_any_process(tmp_path):
     _save_two_processes(str(tmp_path), 3, 3.0)
     (tmp_path / 'ckpt-00000005.p00001.npz').mkdir()      # process 1 cannot write its file

@@ -314,20 +314,22 @@ def _layout(meta: dict) -> tuple[list[dict], dict]:
     return [dict(files)], whole
 
 
-def read_checkpoint(json_path: str, lazy: bool = False) -> Checkpoint:
+def read_checkpoint(json_path: str, lazy: bool = False,
+                    hashed: Callable[[int], bool] | None = None) -> Checkpoint:
     """Loads and verifies one checkpoint; raises CheckpointError saying what is wrong.
 
-    Every file's size and sha256 and every piece's dtype and shape are checked first. The
-    trees hold NumPy arrays (assembled from their pieces), or with `lazy` PieceReaders that
-    read a slice when indexed (`reader[index]`): restoring onto a mesh reads each device's
-    slice only.
+    Every file's size and sha256 (`hashed`: only of the shard files whose index it accepts;
+    the processes of a multi-host restore share the work) and every piece's dtype and shape
+    are checked first. The trees hold NumPy arrays (assembled from their pieces), or with
+    `lazy` PieceReaders that read a slice when indexed (`reader[index]`): restoring onto a
+    mesh reads each device's slice only.
     """
     meta = _read_metadata(json_path)
     try:
         files, leaves = _layout(meta)
         trees, step = meta['trees'], int(meta['step'])
         n_opt = int(trees.get('opt_state', {}).get('n_leaves', 0))
-        readers = shards.open_readers(os.path.dirname(json_path), files, leaves)
+        readers = shards.open_readers(os.path.dirname(json_path), files, leaves, hashed)
         arrays = readers if lazy else {key: r[()] for key, r in readers.items()}
     except shards.PieceError as e:
         raise CheckpointError(str(e)) from e

@@ -115,6 +115,13 @@ def wait_for_commit(exchange: Callable[[tuple], list[tuple]], what: str) -> None
                       f'why)')
 
 
+def _seek_data(f: Any, info: zipfile.ZipInfo) -> None:
+    """Moves `f` (the archive's raw file) to the first byte of a stored member's data."""
+    f.seek(info.header_offset + 26)
+    name_len, extra_len = np.frombuffer(f.read(4), '<u2')
+    f.seek(info.header_offset + 30 + int(name_len) + int(extra_len))
+
+
 def _member_array(path: str, name: str) -> np.ndarray:
     """Member `name` of an archive: memory-mapped when stored uncompressed, else loaded."""
     try:
@@ -122,9 +129,7 @@ def _member_array(path: str, name: str) -> np.ndarray:
             info = archive.getinfo(name + '.npy')
             if info.compress_type == zipfile.ZIP_STORED:
                 with open(path, 'rb') as f:
-                    f.seek(info.header_offset + 26)
-                    name_len, extra_len = np.frombuffer(f.read(4), '<u2')
-                    f.seek(info.header_offset + 30 + int(name_len) + int(extra_len))
+                    _seek_data(f, info)
                     shape, dtype, fortran = _read_header(f, f'{path}: member {name!r}')
                     offset = f.tell()
                 if not fortran and int(np.prod(shape)) > 0 and shape:
@@ -226,15 +231,20 @@ def _read_header(f: Any, where: str) -> tuple[tuple, np.dtype, bool]:
 
 
 def member_headers(path: str) -> dict[str, tuple[tuple, np.dtype]]:
-    """{member name (without .npy): (shape, dtype)} of a shard file, from the headers only;
-    PieceError when unreadable or when a member holds Python objects."""
+    """{member name (without .npy): (shape, dtype)} of a shard file, from the headers only
+    (no array data is read); PieceError when unreadable or a member holds Python objects."""
     try:
         headers = {}
-        with zipfile.ZipFile(path) as archive:
+        with zipfile.ZipFile(path) as archive, open(path, 'rb') as raw:
             for info in archive.infolist():
                 name = info.filename[:-4] if info.filename.endswith('.npy') else info.filename
-                with archive.open(info) as f:
-                    shape, dtype, _ = _read_header(f, f'{path}: member {name!r}')
+                where = f'{path}: member {name!r}'
+                if info.compress_type == zipfile.ZIP_STORED:
+                    _seek_data(raw, info)
+                    shape, dtype, _ = _read_header(raw, where)
+                else:
+                    with archive.open(info) as f:
+                        shape, dtype, _ = _read_header(f, where)
                 headers[name] = (shape, dtype)
         return headers
     except PieceError:
@@ -243,24 +253,26 @@ def member_headers(path: str) -> dict[str, tuple[tuple, np.dtype]]:
         raise PieceError(f'unreadable shard file {path}: {type(e).__name__}: {e}') from e
 
 
-def _check_file(path: str, spec: dict) -> None:
+def _check_file(path: str, spec: dict, hash_it: bool) -> None:
     if not os.path.exists(path):
         raise PieceError(f'array file {path} is missing')
     size = os.path.getsize(path)
     if size != spec.get('bytes', size):
         raise PieceError(f"array file {path} has {size} bytes, the metadata says "
                          f"{spec['bytes']} (truncated?)")
-    if sha256_of(path) != spec['sha256']:
+    if hash_it and sha256_of(path) != spec['sha256']:
         raise PieceError(f'sha256 of {path} does not match the metadata (corrupt)')
 
 
-def open_readers(directory: str, files: list[dict], leaves: dict) -> dict:
+def open_readers(directory: str, files: list[dict], leaves: dict,
+                 hashed: Callable[[int], bool] | None = None) -> dict:
     """{key: PieceReader} of a checkpoint's `leaves` ({key: {dtype, shape, pieces: [[file,
     start, shape]]}}) in its shard `files` ([{file, sha256, bytes}]), after checking every
-    file's size and sha256 and every piece's name, dtype and shape (headers only)."""
+    file's size and sha256 (only of the files whose index `hashed` accepts, when given) and
+    every piece's name, dtype and shape (headers only)."""
     paths = [os.path.join(directory, f['file']) for f in files]
-    for path, spec in zip(paths, files):
-        _check_file(path, spec)
+    for i, (path, spec) in enumerate(zip(paths, files)):
+        _check_file(path, spec, hashed is None or hashed(i))
     expected: list[dict] = [{} for _ in files]
     for key, spec in leaves.items():
         stored = to_storable(np.empty(0, dtype_named(spec['dtype']))).dtype

@@ -127,32 +127,44 @@ class Checkpointer:
             io_utils.check_writable_dir(self.directory, 'checkpoint dir', need_bytes=need)
 
     def restore(self, run_files: Sequence[str] = (),
-                exchange: Callable[[tuple], list[tuple]] | None = None
+                exchange: Callable[[tuple], list[tuple]] | None = None, process: int = 0
                 ) -> ckpt.Checkpoint | None:
         """The newest usable checkpoint, None when there is none (or after a restart). Its
         files are verified (checksums, headers); its arrays are PieceReaders, read when placed.
 
         On a restart, `run_files` of the output dir (metrics.jsonl, TensorBoard folders)
-        are moved into output_dir/previous-run/ so the new run starts clean. `exchange`
-        (Placement.exchange, multi-host): every process must restore the same step.
+        are moved into output_dir/previous-run/ so the new run starts clean. Multi-host
+        (`exchange`: Placement.exchange, a collective; `process`: this one's index): the
+        processes must find the same checkpoints; each hashes its share of the shard files
+        and they agree on each verdict, so all restore the same step.
         """
-        restored = self._restore(run_files)
-        if exchange is not None:
-            check_same_checkpoint(restored, exchange)
-        return restored
-
-    def _restore(self, run_files: Sequence[str]) -> ckpt.Checkpoint | None:
         found = ckpt.list_checkpoints(self.directory)
+        mine = None
+        if exchange is not None:
+            n_processes = check_same_checkpoints(found, exchange)
+            mine = lambda index: index % n_processes == process  # noqa: E731
         failures = []
         for step, json_path in reversed(found):
             try:
-                restored = ckpt.read_checkpoint(json_path, lazy=True)
+                restored, reason = ckpt.read_checkpoint(json_path, lazy=True, hashed=mine), ''
             except ckpt.CheckpointError as e:
-                failures.append((step, json_path, str(e)))
+                restored, reason = None, str(e)
+            if exchange is not None:
+                verdicts = exchange((int(bool(reason)), 0, ''))
+                bad = [i for i, (failed, _, _) in enumerate(verdicts) if failed]
+                if bad and not reason:
+                    restored, reason = None, (f'process {bad[0]} found it corrupt (its log '
+                                              f'says why)')
+            if restored is None:
+                failures.append((step, json_path, reason))
                 continue
-            for bad_step, bad_path, reason in failures:
-                self._set_aside(bad_step, bad_path, reason, 'using an older one')
+            for bad_step, bad_path, bad_reason in failures:
+                self._set_aside(bad_step, bad_path, bad_reason, 'using an older one')
             return restored
+        return self._none_usable(failures, run_files)
+
+    def _none_usable(self, failures: list, run_files: Sequence[str]) -> None:
+        """No usable checkpoint: refuse to start (unless restart), or move them aside."""
         if failures and not self.restart:
             lines = '; '.join(f'{os.path.basename(p)}: {r}' for _, p, r in failures)
             raise ckpt.CheckpointError(
@@ -207,18 +219,20 @@ def archive_previous_run(output_dir: str, names: Sequence[str]) -> str | None:
     return target
 
 
-def check_same_checkpoint(restored: ckpt.Checkpoint | None,
-                          exchange: Callable[[tuple], list[tuple]]) -> None:
-    """Multi-host: raises CheckpointError unless every process restored the same step
-    (`exchange`: Placement.exchange, a collective); they must share one directory."""
-    step = -1 if restored is None else restored.step
-    steps = [s for s, _, _ in exchange((step, 0, ''))]
-    if len(set(steps)) > 1:
-        found = ', '.join(f'process {i}: {"none" if s < 0 else f"step {s}"}'
-                          for i, s in enumerate(steps))
+def check_same_checkpoints(found: list[tuple[int, str]],
+                           exchange: Callable[[tuple], list[tuple]]) -> int:
+    """Multi-host: raises CheckpointError unless every process found as many checkpoints,
+    the newest of the same step (they must share one directory); returns the number of
+    processes (`exchange`: Placement.exchange, a collective)."""
+    newest = found[-1][0] if found else -1
+    seen = exchange((len(found), newest, ''))
+    if len(set((n, s) for n, s, _ in seen)) > 1:
+        listed = ', '.join(f'process {i}: ' + (f'{n}, the newest step {s}' if n else 'none')
+                           for i, (n, s, _) in enumerate(seen))
         raise ckpt.CheckpointError(
-            f'the processes found different checkpoints ({found}): give every process the '
+            f'the processes found different checkpoints ({listed}): give every process the '
             f'same output_dir, on a filesystem they all see')
+    return len(seen)
 
 
 def choose_seed(restored: ckpt.Checkpoint | None, random_seed: int | None) -> int:
@@ -235,5 +249,5 @@ def choose_seed(restored: ckpt.Checkpoint | None, random_seed: int | None) -> in
 
 
 __all__ = ['CORRUPT_DIR', 'CheckpointWriteError', 'Checkpointer', 'OutputDir', 'OutputDirError',
-           'archive_previous_run', 'check_same_checkpoint', 'choose_seed', 'move_aside',
+           'archive_previous_run', 'check_same_checkpoints', 'choose_seed', 'move_aside',
            'prepare_output_dir', 'restore_train_state', 'tree_bytes']

@@ -247,7 +247,7 @@ class Loop:
             self._checkpointer.prepare()
             restored = self._checkpointer.restore(
                 [METRICS_FILE, 'train'] + [t.name for t in self._eval_tasks],
-                exchange=self._parallel.exchange)   # multi-host: all restore the same step
+                self._parallel.exchange, self._parallel.process_index)
         self._seed = choose_seed(restored, random_seed)
         self._make_feeds(restored)
         init = self._initialize()
