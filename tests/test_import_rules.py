@@ -17,14 +17,16 @@ ALLOWED = {
     'io_utils': set(),   # file helpers (sha256, atomic writes) shared by data and training
     'fastmath': {'fastmath', 'shapes'},
     'sharding': {'fastmath'},   # logical weight axes and their mesh rules (pure Python)
-    'layers': {'fastmath', 'shapes', 'sharding', 'layers'},
-    'models': {'fastmath', 'shapes', 'sharding', 'layers', 'models'},
+    'precision': {'fastmath'},  # the compute dtypes and the casts of the precision policy
+    'layers': {'fastmath', 'shapes', 'sharding', 'precision', 'layers'},
+    'models': {'fastmath', 'shapes', 'sharding', 'precision', 'layers', 'models'},
     'data': {'fastmath', 'shapes', 'io_utils', 'data'},
-    'training': {'fastmath', 'shapes', 'io_utils', 'sharding', 'layers', 'data', 'training'},
-    'decoding': {'fastmath', 'shapes', 'sharding', 'layers', 'data', 'decoding'},
+    'training': {'fastmath', 'shapes', 'io_utils', 'sharding', 'precision', 'layers', 'data',
+                 'training'},
+    'decoding': {'fastmath', 'shapes', 'sharding', 'precision', 'layers', 'data', 'decoding'},
     'testing': {'fastmath', 'shapes', 'layers'},   # test oracles (references), not API
-    '__init__': {'fastmath', 'shapes', 'sharding', 'layers', 'models', 'data', 'training',
-                 'decoding'},
+    '__init__': {'fastmath', 'shapes', 'sharding', 'precision', 'layers', 'models', 'data',
+                 'training', 'decoding'},
 }
 EDGES = {'configurables', 'trainer', 'decode'}   # binaries and gin registration: anything
 JAX_MODULE = 'fastmath/jax_backend.py'

@@ -13,13 +13,15 @@ import numpy as np
 
 from trax_sparse import shapes
 from trax_sparse.fastmath import tree
-from trax_sparse.fastmath.blas_threads import limited_blas, limited_numpy
+from trax_sparse.fastmath.blas_threads import BLAS_FUNCTIONS, limited_blas, limited_numpy
+from trax_sparse.fastmath.numpy_16bit import float32_products, with_float32_products
 # Large work shared among worker threads: row gathers, cache reads by heads, big products.
 from trax_sparse.fastmath.numpy_parallel import (in_parts, parallel_matmul,  # noqa: F401
                                                  parallel_matmuls)
 
 name = 'numpy'
-array_module = limited_numpy()   # `fastmath.numpy` on this backend: numpy, BLAS threads limited
+# `fastmath.numpy` on this backend: numpy, BLAS threads limited, 16-bit products in float32.
+array_module = with_float32_products(limited_numpy(), BLAS_FUNCTIONS)
 
 
 class BackendError(RuntimeError):
@@ -136,14 +138,18 @@ def take_permutation(x, perm, inverse, axis: int):
 
 
 def rows_dot(xp: Any, table, rows, x):
-    """take_rows_dot in array module `xp` (shared with the JAX backend)."""
+    """take_rows_dot in array module `xp` (shared with the JAX backend); rows stored in
+    another float dtype than x's (e.g. 16 bits) are cast after the read."""
     chosen = xp.take(table, rows, axis=0, mode='clip')                  # [T, k, d]
+    chosen = chosen if chosen.dtype == x.dtype else chosen.astype(x.dtype)
     return xp.matmul(chosen, x[:, :, None])[..., 0]
 
 
 def rows_weighted_sum(xp: Any, table, rows, h):
-    """take_rows_weighted_sum in array module `xp` (shared with the JAX backend)."""
+    """take_rows_weighted_sum in array module `xp` (shared with the JAX backend); rows are
+    cast to h's dtype after the read."""
     chosen = xp.take(table, rows, axis=0, mode='clip')                  # [T, k, d]
+    chosen = chosen if chosen.dtype == h.dtype else chosen.astype(h.dtype)
     return xp.matmul(h[:, None, :], chosen)[:, 0, :]
 
 
@@ -153,7 +159,7 @@ def take_rows_dot(table, rows, x):
 
     Reads only the chosen rows (clipped into range). Sparse FF's predict path, step 1.
     """
-    return rows_dot(np, table, rows, x)
+    return rows_dot(array_module, table, rows, x)
 
 
 @limited_blas
@@ -162,7 +168,7 @@ def take_rows_weighted_sum(table, rows, h):
 
     Reads only the chosen rows (clipped into range). Sparse FF's predict path, step 2.
     """
-    return rows_weighted_sum(np, table, rows, h)
+    return rows_weighted_sum(array_module, table, rows, h)
 
 
 def after_cotangent(tree, ct):
@@ -234,6 +240,7 @@ def same_padding(size: int, window: int, stride: int) -> tuple[int, int]:
 
 
 @limited_blas
+@float32_products
 def conv(x, kernel, strides: Sequence[int] | None = None, padding: str = 'VALID'):
     """N-d convolution: x [B, *spatial, C_in], kernel [*window, C_in, C_out]."""
     n_spatial = kernel.ndim - 2

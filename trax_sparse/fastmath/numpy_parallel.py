@@ -23,11 +23,15 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from trax_sparse.fastmath.blas_threads import limited_blas
+from trax_sparse.fastmath.numpy_16bit import float32_products
 from trax_sparse.fastmath.settings import tuning
 
 _POOL_THREAD_PREFIX = 'fastmath'
 # (pid, workers, pool): made on first use, again in a forked child or for more threads.
 _pool_of_process: tuple[int, int, concurrent.futures.ThreadPoolExecutor] | None = None
+
+# 16-bit floats multiply in float32 (numpy_16bit.py).
+_matmul = float32_products(np.matmul)
 
 
 def _even_slices(n: int, parts: int) -> list[slice]:
@@ -95,9 +99,9 @@ def parallel_matmul(a, b):
              or b.nbytes >= settings.parallel_matvec_min_bytes)
     parts = settings.threads if large else 1
     if b.ndim != 2 or parts == 1 or n_inner < parts:
-        return np.matmul(a, b)
+        return _matmul(a, b)
     rows = a.reshape(-1, n_inner)                                        # [m', k]
-    products = _in_parallel(lambda inner: np.matmul(rows[:, inner], b[inner]),
+    products = _in_parallel(lambda inner: _matmul(rows[:, inner], b[inner]),
                             _even_slices(n_inner, parts))
     return sum(products[1:], products[0]).reshape(a.shape[:-1] + (b.shape[1],))
 
@@ -113,7 +117,7 @@ def parallel_matmuls(pairs: Sequence[tuple]) -> list:
     n_groups = (min(settings.threads, len(pairs))
                 if sum(macs) >= settings.parallel_matmuls_min_macs else 1)
     if n_groups == 1:
-        return [np.matmul(a, b) for a, b in pairs]
+        return [_matmul(a, b) for a, b in pairs]
     groups, loads = [[] for _ in range(n_groups)], [0] * n_groups
     for i in sorted(range(len(pairs)), key=lambda i: -macs[i]):
         lightest = loads.index(min(loads))
@@ -121,7 +125,7 @@ def parallel_matmuls(pairs: Sequence[tuple]) -> list:
         loads[lightest] += macs[i]
     products = [None] * len(pairs)
     for group, results in zip(groups, _in_parallel(
-            lambda group: [np.matmul(*pairs[i]) for i in group], groups)):
+            lambda group: [_matmul(*pairs[i]) for i in group], groups)):
         for i, product in zip(group, results):
             products[i] = product
     return products

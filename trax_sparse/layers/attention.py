@@ -39,6 +39,7 @@ from typing import Any
 
 from trax_sparse import fastmath
 from trax_sparse.fastmath import numpy as xnp
+from trax_sparse.precision import cast_like
 from trax_sparse.layers.attention_core import (cached_attention_step, causal_mask,
                                                check_divisible, merge_heads,
                                                multihead_attention, padding_mask, split_heads)
@@ -316,10 +317,16 @@ class EncDecAttention(Layer):
 
         if self._mode == 'predict':
             k_cache, v_cache, filled = self.state
+
+            def encoder_kv_as_cache(_):       # the cache may be kept in another dtype
+                k, v = encoder_kv(None)
+                return cast_like(k, k_cache), cast_like(v, v_cache)
+
             if fastmath.is_concrete(filled):
-                k, v = (k_cache, v_cache) if bool(filled) else encoder_kv(None)
+                k, v = (k_cache, v_cache) if bool(filled) else encoder_kv_as_cache(None)
             else:
-                k, v = fastmath.cond(filled, lambda _: (k_cache, v_cache), encoder_kv, None)
+                k, v = fastmath.cond(filled, lambda _: (k_cache, v_cache), encoder_kv_as_cache,
+                                     None)
             self.state = (k, v, xnp.ones((), xnp.bool_))
         else:
             k, v = encoder_kv(None)

@@ -25,6 +25,7 @@ from typing import Any
 
 from trax_sparse import fastmath
 from trax_sparse.fastmath import numpy as xnp
+from trax_sparse.precision import cast_like, float32_stats, stats_dtype
 
 # Score given to masked positions. Finite, so a row with every key masked gets
 # a uniform distribution instead of NaN (exp(-inf - -inf)).
@@ -88,15 +89,16 @@ def dot_product_attention(q: Any, k: Any, v: Any, mask: Any = None, dropout: flo
 
     q [..., Lq, d_h], k [..., Lk, d_h], v [..., Lk, d_v]; mask (bool, True =
     attend) broadcastable to [..., Lq, Lk] or None. A row with every key masked
-    averages all values (no NaN). Returns [..., Lq, d_v].
+    averages all values (no NaN). Returns [..., Lq, d_v] in q's dtype; the softmax is
+    computed in float32 and its probabilities cast to q's dtype.
     """
     q = q * (1.0 / math.sqrt(q.shape[-1]))
-    scores = xnp.matmul(q, xnp.swapaxes(k, -1, -2))           # [..., Lq, Lk]
+    scores = float32_stats(xnp.matmul(q, xnp.swapaxes(k, -1, -2)))   # [..., Lq, Lk]
     if mask is not None:
         scores = xnp.where(mask, scores, xnp.full_like(scores, MASK_VALUE))
     probs = xnp.exp(scores - fastmath.logsumexp(scores, axis=-1, keepdims=True))
-    probs = attention_dropout(probs, dropout, rng)
-    return xnp.matmul(probs, v)                                # [..., Lq, d_v]
+    probs = attention_dropout(cast_like(probs, q), dropout, rng)
+    return cast_like(xnp.matmul(probs, v), q)                  # [..., Lq, d_v]
 
 
 def multihead_attention(q: Any, k: Any, v: Any, mask: Any, n_heads: int,
@@ -162,9 +164,10 @@ def whole_buffer_attention(q: Any, k_cache: Any, v_cache: Any, start: Any,
     all masked gets 0. q [B, H, Lq, d_h], caches [B, H, N, d_h|d_vh] -> [B, H, Lq, d_vh].
     The prefix call holds scores [B, H, Lq, N], as eval holds [B, H, L, L]."""
     q = q * (1.0 / math.sqrt(q.shape[-1]))
-    scores = head_scores(q, k_cache)                                        # [B, H, Lq, N]
+    scores = float32_stats(head_scores(q, k_cache))                        # [B, H, Lq, N]
     probs, total = _visible_softmax(scores, start, key_mask)
-    return xnp.matmul(probs, v_cache) / xnp.maximum(total, 1e-30)           # [B, H, Lq, d_vh]
+    out = float32_stats(xnp.matmul(cast_like(probs, q), v_cache))          # [B, H, Lq, d_vh]
+    return cast_like(out / xnp.maximum(total, 1e-30), q)    # all keys masked: 0
 
 
 def filled_blocks_attention(q: Any, k_cache: Any, v_cache: Any, start: Any, block: int,
@@ -187,13 +190,14 @@ def filled_blocks_attention(q: Any, k_cache: Any, v_cache: Any, start: Any, bloc
     def score_block(j, scores):
         k_block = fastmath.dynamic_slice(k_cache, (0, 0, read_start(j), 0),
                                          (batch, n_heads, block, d_head))       # [B,H,blk,d_h]
-        return fastmath.dynamic_update_slice(scores, head_scores(q, k_block),
+        return fastmath.dynamic_update_slice(scores, float32_stats(head_scores(q, k_block)),
                                              (0, 0, 0, read_start(j)))           # [B,H,Lq,N]
 
     scores = fastmath.fori_loop(0, n_blocks, score_block,
                                 xnp.full((batch, n_heads, n_queries, n_slots), MASK_VALUE,
-                                         q.dtype))
+                                         stats_dtype(q.dtype)))
     probs, total = _visible_softmax(scores, start, key_mask)                  # [B,H,Lq,N|1]
+    probs = cast_like(probs, q)
 
     def value_block(j, acc):
         first = read_start(j)
@@ -202,11 +206,12 @@ def filled_blocks_attention(q: Any, k_cache: Any, v_cache: Any, start: Any, bloc
         p_block = fastmath.dynamic_slice(probs, (0, 0, 0, first),
                                          (batch, n_heads, n_queries, block))    # [B,H,Lq,blk]
         p_block = xnp.where(first + xnp.arange(block) >= j * block, p_block, 0.0)
-        return acc + xnp.matmul(p_block, v_block)                             # [B,H,Lq,d_v]
+        return acc + float32_stats(xnp.matmul(p_block, v_block))              # [B,H,Lq,d_v]
 
     acc = fastmath.fori_loop(0, n_blocks, value_block,
-                             xnp.zeros((batch, n_heads, n_queries, d_value), q.dtype))
-    return acc / xnp.maximum(total, 1e-30)      # a query whose keys are all masked gets 0
+                             xnp.zeros((batch, n_heads, n_queries, d_value),
+                                       stats_dtype(q.dtype)))
+    return cast_like(acc / xnp.maximum(total, 1e-30), q)   # all keys masked: 0
 
 
 def head_scores(q: Any, keys: Any) -> Any:
@@ -246,8 +251,8 @@ def attend_filled(q: Any, keys: Any, values: Any, start: int, key_mask: Any = No
 def _attend_filled_heads(q: Any, keys: Any, values: Any, start: int, key_mask: Any) -> Any:
     """`attend_filled` for some of the heads."""
     n_queries, n_keys = q.shape[2], keys.shape[2]
-    scores = xnp.matmul(q * (1.0 / math.sqrt(q.shape[-1])),
-                        xnp.swapaxes(keys, -1, -2))                      # [B, H, Lq, Lk]
+    scores = float32_stats(xnp.matmul(q * (1.0 / math.sqrt(q.shape[-1])),
+                                      xnp.swapaxes(keys, -1, -2)))       # [B, H, Lq, Lk]
     visible = None
     if n_queries > 1:
         visible = prefix_causal_mask(start, n_queries, n_keys)          # [Lq, Lk]
@@ -258,7 +263,8 @@ def _attend_filled_heads(q: Any, keys: Any, values: Any, start: int, key_mask: A
         scores = xnp.where(visible, scores, MASK_VALUE)
     probs = xnp.exp(scores - xnp.max(scores, axis=-1, keepdims=True))   # [B, H, Lq, Lk]
     total = xnp.sum(probs, axis=-1, keepdims=True)                      # [B, H, Lq, 1]
-    return xnp.matmul(probs, values) / total                            # [B, H, Lq, d_vh]
+    out = float32_stats(xnp.matmul(cast_like(probs, q), values))       # [B, H, Lq, d_vh]
+    return cast_like(out / total, q)
 
 
 __all__ = ['MASK_VALUE', 'attend_filled', 'attention_dropout', 'cached_attention_step',

@@ -16,6 +16,8 @@ import numpy as onp
 from trax_sparse import fastmath
 from trax_sparse.fastmath import numpy as xnp
 from trax_sparse.layers import initializers as init
+from trax_sparse.precision import cast_like, check_compute_dtype, float32_stats
+from trax_sparse.precision import compute_dtype as compute_dtype_of
 from trax_sparse.sharding import Axes
 from trax_sparse.layers.base import (Fn, Layer, check_mode, check_rate, note_predict_use,
                                      split_rngs)
@@ -64,10 +66,10 @@ class Dense(Layer):
         self.state = ()
 
     def forward(self, x: Any) -> Any:
-        w = self.weights[0]
+        w = cast_like(self.weights[0], x)          # the weights in x's (the compute) dtype
         check_last_axis(self, x, w.shape[0])
         y = fastmath.parallel_matmul(x, w)         # [..., n_units]; NumPy: large w on 2 threads
-        return y + self.weights[1] if self._use_bias else y
+        return y + cast_like(self.weights[1], x) if self._use_bias else y
 
 
 def table_row_bytes(weights: Any) -> int:
@@ -77,16 +79,25 @@ def table_row_bytes(weights: Any) -> int:
 
 
 class Embedding(Layer):
-    """Token ids [...] (int) -> vectors [..., d_feature] from a [vocab_size, d_feature] table."""
+    """Token ids [...] (int) -> vectors [..., d_feature] from a [vocab_size, d_feature] table.
+
+    compute_dtype: the dtype of the vectors it returns, where a model's activations
+    start (the rows are cast after the lookup, so a table stored in 16 bits is read as
+    16 bits); None returns the table's dtype, and so does 'float32' for a float64 table
+    (gradient checks in float64).
+    """
 
     def draws_random_numbers(self) -> bool:
         return False
 
     def __init__(self, vocab_size: int, d_feature: int,
-                 kernel_initializer: init.Initializer | None = None):
+                 kernel_initializer: init.Initializer | None = None,
+                 compute_dtype: str | None = None):
         super().__init__(name=f'Embedding_{vocab_size}_{d_feature}')
         self._vocab_size, self._d_feature = int(vocab_size), int(d_feature)
         self._kernel_init = kernel_initializer or init.RandomNormalInitializer(1.0)
+        self._dtype = (None if compute_dtype is None else
+                       compute_dtype_of(check_compute_dtype(self.name, compute_dtype)))
 
     @property
     def vocab_size(self) -> int:
@@ -122,7 +133,11 @@ class Embedding(Layer):
             #       of range give NaN vectors (take's fill mode), never a silent wrong row.
             ids = xnp.where(ids < 0, self._vocab_size, ids)
         table = xnp.asarray(self.weights[0])  # a no-op unless weights come from the other backend
-        return xnp.take(table, ids, axis=0)  # [..., d_feature]
+        rows = xnp.take(table, ids, axis=0)  # [..., d_feature]
+        dtype = self._dtype
+        if dtype is None or rows.dtype == dtype or (dtype.itemsize == 4 and rows.dtype.itemsize > 4):
+            return rows                      # (float32 compute keeps a float64 table's rows)
+        return rows.astype(dtype)
 
 
 class Dropout(Layer):
@@ -177,10 +192,13 @@ class LayerNorm(Layer):
         check_last_axis(self, x, d)
         # sum / d is what mean computes (both backends), without np.mean's Python
         # wrapper: ~10 µs a call, a quarter of a decoding step's LayerNorm.
+        # The statistics and the normalized values in float32, the output in x's dtype.
+        dtype, x = x.dtype, float32_stats(x)
         if self._center:
             x = x - x.sum(axis=-1, keepdims=True) / d
         variance = (x * x).sum(axis=-1, keepdims=True) / d
-        return x / xnp.sqrt(variance + self._epsilon) * scale + bias
+        y = x / xnp.sqrt(variance + self._epsilon) * float32_stats(scale) + float32_stats(bias)
+        return y if y.dtype == dtype else y.astype(dtype)
 
 
 def Relu() -> Layer:  # noqa: N802
@@ -198,8 +216,15 @@ def FastGelu() -> Layer:  # noqa: N802
     return Fn('FastGelu', lambda x: 0.5 * x * (1.0 + xnp.tanh(c * (x + 0.044715 * x * x * x))))
 
 
+def log_softmax(x: Any, axis: int = -1) -> Any:
+    """log softmax(x) along `axis`, computed in float32 (a 16-bit x is widened first)."""
+    x = float32_stats(x)
+    return x - fastmath.logsumexp(x, axis=axis, keepdims=True)
+
+
 def LogSoftmax(axis: int = -1) -> Layer:  # noqa: N802
-    return Fn('LogSoftmax', lambda x: x - fastmath.logsumexp(x, axis=axis, keepdims=True))
+    """log softmax along `axis`, in float32 statistics, returned in the input's dtype."""
+    return Fn('LogSoftmax', lambda x: cast_like(log_softmax(x, axis), x))
 
 
 def Add() -> Layer:  # noqa: N802
@@ -290,14 +315,14 @@ class PositionalEncoding(Layer):
             if length > self._max_len:
                 raise ValueError(f'{self.name}: sequence length {length} exceeds max_len '
                                  f'{self._max_len}')
-            y = x + table[:length]
+            y = x + cast_like(table[:length], x)
         else:
             start = self.state
             note_predict_use(self.name, self._max_len, length)
             if fastmath.is_concrete(start) and int(start) + length > self._max_len:
                 raise ValueError(f'{self.name}: predict position {int(start) + length} exceeds '
                                  f'max_len {self._max_len}')
-            y = x + fastmath.dynamic_slice(table, (start, 0), (length, table.shape[1]))
+            y = x + cast_like(fastmath.dynamic_slice(table, (start, 0), (length, table.shape[1])), x)
             self.state = start + length
         out, _ = self._dropout.pure_fn(y, (), (), self.rng)
         return out

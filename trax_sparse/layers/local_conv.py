@@ -28,6 +28,7 @@ import numpy as onp
 
 from trax_sparse import fastmath
 from trax_sparse.fastmath import numpy as xnp
+from trax_sparse.precision import cast_like
 from trax_sparse.layers import initializers as init
 from trax_sparse.layers.base import Layer, check_mode, check_positive_int, split_rngs
 from trax_sparse.sharding import Axes
@@ -119,8 +120,8 @@ class _LocalConvBase(Layer):
         """The convolutions of x [B, L, d] with every (kernel, bias): [B, L, S·n_units] each."""
         batch, length = x.shape[:2]
         window = self._window(x, kernels_and_biases[0][0].shape[2])
-        ys = local_convolutions(window, [kernel for kernel, _ in kernels_and_biases])
-        return [(y + bias).reshape(batch, length, self._n_modules * self._n_units)
+        ys = local_convolutions(window, [cast_like(kernel, x) for kernel, _ in kernels_and_biases])
+        return [(y + cast_like(bias, x)).reshape(batch, length, self._n_modules * self._n_units)
                 for y, (_, bias) in zip(ys, kernels_and_biases)]
 
 

@@ -26,6 +26,7 @@ import numpy as onp
 from trax_sparse import fastmath
 from trax_sparse.fastmath import numpy as xnp
 from trax_sparse.layers.base import Layer
+from trax_sparse.precision import float32_stats
 
 
 class _WeightedMetric(Layer):
@@ -42,6 +43,7 @@ class _WeightedMetric(Layer):
         else:
             logits, targets = inputs
             weights = (targets != self._pad_id).astype(xnp.float32)
+        logits = float32_stats(logits)         # losses and metrics are float32 (or wider)
         if tuple(targets.shape) != tuple(logits.shape[:-1]):
             raise ValueError(f'{self.name}: targets shape {tuple(targets.shape)} must equal the '
                              f'logits shape without its last axis {tuple(logits.shape[:-1])}')

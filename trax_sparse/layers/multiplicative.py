@@ -18,6 +18,7 @@ from typing import Any
 
 from trax_sparse import fastmath
 from trax_sparse.fastmath import numpy as xnp
+from trax_sparse.precision import cast_all_like, cast_like
 from trax_sparse.layers import initializers as init
 from trax_sparse.layers.base import Layer, check_mode, check_positive_int, split_rngs
 from trax_sparse.layers.combinators import Serial
@@ -78,7 +79,7 @@ class MultiplicativeDense(Layer):
         self.state = ()
 
     def forward(self, x: Any) -> Any:
-        gate, proj = self.weights[:2]
+        gate, proj = cast_all_like(self.weights[:2], x)
         d_in = gate.shape[1]
         check_last_axis(self, x, d_in)
         n_tokens = x.size // d_in
@@ -92,7 +93,7 @@ class MultiplicativeDense(Layer):
             product = gate[:, :, None] * proj              # [S, d_in, M]
             product = xnp.transpose(product, (1, 0, 2)).reshape(d_in, self._d_out)
             y = xnp.matmul(x, product)                     # [..., d_out], index s·M + m
-        return y + self.weights[2] if self._use_bias else y
+        return y + cast_like(self.weights[2], x) if self._use_bias else y
 
 
 SPARSITY_TYPES = ('mult', 'lowrank')

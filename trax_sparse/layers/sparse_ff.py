@@ -28,6 +28,7 @@ import numpy as onp
 
 from trax_sparse import fastmath
 from trax_sparse.fastmath import numpy as xnp
+from trax_sparse.precision import cast_all_like, cast_like, float32_stats
 from trax_sparse.layers import initializers as init
 from trax_sparse.layers.base import Layer, check_mode, is_replaying, split_rngs
 from trax_sparse.layers.core import Dropout, Relu, check_last_axis
@@ -79,11 +80,12 @@ def _takes_no_arguments(fn: Callable) -> bool:
 
 
 def controller_logits(x: Any, controller: tuple, n_blocks: int, block_size: int) -> Any:
-    """Low-rank logits (x W_c1) W_c2 + b_c, as [..., d_ff/N, N]: two plain matmuls."""
-    w_c1, w_c2, b_c = controller                        # [d, r], [r, d_ff], [d_ff]
+    """Low-rank logits (x W_c1) W_c2 + b_c, as [..., d_ff/N, N]: two plain matmuls in x's
+    dtype; the logits in float32 (or wider), for the softmax and the choice."""
+    w_c1, w_c2, b_c = cast_all_like(controller, x)      # [d, r], [r, d_ff], [d_ff]
     low = xnp.matmul(x, w_c1)                           # [..., r]
     logits = xnp.matmul(low, w_c2) + b_c                # [..., d_ff]
-    return logits.reshape(x.shape[:-1] + (n_blocks, block_size))
+    return float32_stats(logits.reshape(x.shape[:-1] + (n_blocks, block_size)))
 
 
 def one_hot(choices: Any, block_size: int, dtype: Any) -> Any:
@@ -123,10 +125,10 @@ def masked_dense_hidden(x: Any, mask: Any, main: tuple, act: ArrayFn) -> Any:
     w1t, b1, _, _ = split_main(main)
     n_blocks, block_size, d = w1t.shape
     d_ff = n_blocks * block_size
-    hidden = xnp.matmul(x, w1t.reshape(d_ff, d).T)      # [..., d_ff]
+    hidden = xnp.matmul(x, cast_like(w1t, x).reshape(d_ff, d).T)   # [..., d_ff]
     hidden = hidden.reshape(x.shape[:-1] + (n_blocks, block_size))
     if b1 is not None:
-        hidden = hidden + b1
+        hidden = hidden + cast_like(b1, x)
     hidden = act(hidden * mask)                         # [..., d_ff/N, N]
     return hidden.reshape(x.shape[:-1] + (d_ff,))
 
@@ -135,7 +137,8 @@ def dense_output(hidden: Any, main: tuple) -> Any:
     """hidden [..., d_ff] @ W2 + b2 -> [..., d]."""
     _, _, w2, b2 = split_main(main)
     n_blocks, block_size, d = w2.shape
-    return xnp.matmul(hidden, w2.reshape(n_blocks * block_size, d)) + b2
+    return (xnp.matmul(hidden, cast_like(w2, hidden).reshape(n_blocks * block_size, d))
+            + cast_like(b2, hidden))
 
 
 @functools.lru_cache(maxsize=64)
@@ -148,8 +151,8 @@ def gathered_ff(x: Any, choices: Any, main: tuple, act: ArrayFn) -> Any:
     """The predict path: reads only the chosen row of W1ᵀ and of W2 in each block.
 
     x [..., d], choices [..., d_ff/N] -> [..., d]; per token it reads
-    2·d·d_ff/N main weights (one contiguous row of d floats per block and matrix).
-    The blocks are independent, so large reads go in parts of the blocks, each read
+    2·d·d_ff/N main weights (one contiguous row of d floats per block and matrix; rows
+    stored in 16 bits are cast to x's dtype after the read). The blocks are independent, so large reads go in parts of the blocks, each read
     and finished in one go (`fastmath.in_parts`: threads on NumPy).
     """
     w1t, b1, w2, b2 = split_main(main)
@@ -163,12 +166,12 @@ def gathered_ff(x: Any, choices: Any, main: tuple, act: ArrayFn) -> Any:
         chosen = rows[:, blocks]                                          # [T, nb']
         mid = fastmath.take_rows_dot(w1_rows, chosen, tokens)             # [T, nb']
         if b1 is not None:
-            mid = mid + xnp.take(b1.reshape(-1), chosen, mode='clip')
+            mid = mid + cast_like(xnp.take(b1.reshape(-1), chosen, mode='clip'), mid)
         return fastmath.take_rows_weighted_sum(w2_rows, chosen, act(mid))  # [T, d]
 
     parts = fastmath.in_parts(blocks_output, n_blocks, 2 * rows.size * d * w1t.dtype.itemsize)
     y = sum(parts[1:], parts[0])                                          # [T, d]
-    return (y + b2).reshape(x.shape)
+    return (y + cast_like(b2, y)).reshape(x.shape)
 
 
 class SparseFF(Layer):
@@ -311,6 +314,7 @@ class SparseFF(Layer):
             # XLA differentiate both branches over [T, d_ff].
             probs = xnp.exp(logits - fastmath.logsumexp(logits, axis=-1, keepdims=True))
             mask = probs + fastmath.stop_gradient(xnp.where(hard, mask - probs, 0.0))
+            mask = cast_like(mask, x)             # the float32 mask in the compute dtype
         hidden = masked_dense_hidden(tokens, mask, main, self._act)      # [T, d_ff]
         hidden, _ = self._dropout.pure_fn(hidden, (), (), rng_dropout)
         return dense_output(hidden, main).reshape(x.shape)

@@ -35,6 +35,7 @@ from typing import Any, Callable
 
 from trax_sparse import fastmath
 from trax_sparse.fastmath import numpy as xnp
+from trax_sparse.precision import cast_all_like, cast_like, float32_stats, stats_dtype
 from trax_sparse.layers import initializers as init
 from trax_sparse.layers.base import Layer, check_mode, split_rngs
 from trax_sparse.layers.errors import check_mask_shape
@@ -95,7 +96,7 @@ class SRU(Layer):
 
     def forward(self, inputs: Any) -> Any:
         x, mask = inputs if self._masked else (inputs, None)
-        kernel, bias = self.weights
+        kernel, bias = cast_all_like(self.weights, x)
         n = self._n_units
         if len(x.shape) != 3 or x.shape[-1] != n:
             raise ValueError(f'{self.name} expects x [batch, length, {n}], got {tuple(x.shape)}')
@@ -113,10 +114,13 @@ class SRU(Layer):
                 raise ValueError(f'{self.name}: the predict state was made for batch '
                                  f'{c0.shape[0]}, got x {tuple(x.shape)}')
         else:
-            c0 = xnp.zeros((x.shape[0], n), x.dtype)
-        c, c_last = sru_recurrence(u, f, c0.astype(x.dtype))     # [B, L, n]
+            c0 = xnp.zeros((x.shape[0], n), stats_dtype(x.dtype))
+        # The cell state sums over the whole sequence: float32 (16-bit gates are widened).
+        c, c_last = sru_recurrence(float32_stats(u), float32_stats(f),
+                                   float32_stats(c0))             # [B, L, n]
+        c = cast_like(c, x)
         if self._mode == 'predict':
-            self.state = c_last
+            self.state = c_last if c_last.dtype == c0.dtype else c_last.astype(c0.dtype)
         if self._activation is not None:
             c, _ = self._activation.pure_fn(c, (), ())
         h = r * c + (1.0 - r) * x * HIGHWAY_SCALE                 # [B, L, n]

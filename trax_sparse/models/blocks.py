@@ -51,15 +51,21 @@ def PaddingMask(pad_id: int = 0) -> tl.Layer:  # noqa: N802
 
 
 def embedding_stack(vocab_size: int, d_model: int, dropout: float, max_len: int,
-                    mode: str) -> list:
-    """Token ids [B, L] -> Embedding -> Dropout -> PositionalEncoding -> [B, L, d]."""
-    return [tl.Embedding(vocab_size, d_model), tl.Dropout(dropout, mode=mode),
+                    mode: str, compute_dtype: str = 'float32') -> list:
+    """Token ids [B, L] -> Embedding -> Dropout -> PositionalEncoding -> [B, L, d].
+
+    The model's activations start here, in `compute_dtype` (the precision policy:
+    trax_sparse/precision.py).
+    """
+    return [tl.Embedding(vocab_size, d_model, compute_dtype=compute_dtype),
+            tl.Dropout(dropout, mode=mode),
             tl.PositionalEncoding(max_len, mode=mode)]
 
 
 def EncoderDecoderFront(encoder: tl.Layer, output_vocab_size: int, d_model: int,  # noqa: N802
                         dropout: float, max_len: int, mode: str,
-                        predict_encoder: Callable[[tl.Layer], tl.Layer] = tl.Cache) -> list:
+                        predict_encoder: Callable[[tl.Layer], tl.Layer] = tl.Cache,
+                        compute_dtype: str = 'float32') -> list:
     """(tokens_e, tokens_d) -> (x_d, enc, mask_e, tokens_d): encode, then embed the targets.
 
     `encoder` maps (tokens_e, mask_e) -> (enc, mask_e); in predict mode it is wrapped in
@@ -73,5 +79,5 @@ def EncoderDecoderFront(encoder: tl.Layer, output_vocab_size: int, d_model: int,
         predict_encoder(encoder) if mode == 'predict' else encoder,     # enc, mask, tok_d, tok_d
         tl.Select([2, 0, 1, 3]),                                        # tok_d, enc, mask, tok_d
         tl.ShiftRight(mode=mode),
-        embedding_stack(output_vocab_size, d_model, dropout, max_len, mode),
+        embedding_stack(output_vocab_size, d_model, dropout, max_len, mode, compute_dtype),
     ]                                                                   # x_d, enc, mask, tok_d

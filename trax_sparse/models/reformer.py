@@ -21,6 +21,7 @@ from trax_sparse.models import blocks, parts
 from trax_sparse.models import reversible_blocks as rb
 from trax_sparse.models.options import check_kind, check_part_or_flags
 from trax_sparse.models.parts import Part
+from trax_sparse.precision import check_compute_dtype
 
 
 def ReformerLM(vocab_size: int, d_model: int = 512, d_ff: int = 2048,  # noqa: N802
@@ -31,14 +32,18 @@ def ReformerLM(vocab_size: int, d_model: int = 512, d_ff: int = 2048,  # noqa: N
                ff_sparsity: parts.FFSparsity = 0, loss_sparsity: int = 0, dropout: float = 0.1,
                max_len: int = 2048, ff_activation: Callable[[], tl.Layer] = tl.FastGelu,
                attention: Part | None = None, ff: Part | None = None,
-               output: Part | None = None, mode: str = 'train') -> tl.Layer:
+               output: Part | None = None, compute_dtype: str = 'float32',
+               mode: str = 'train') -> tl.Layer:
     """Token ids [B, L] -> logits [B, L, vocab_size].
+
+    compute_dtype: the activations' dtype, as in TransformerLM (docs/precision.md).
 
     attention / ff / output are parts (mode -> layer), as in TransformerLM; by default
     they are built from the flags: attention_type ('lsh', 'dense' or 'sparse_qkv') with
     the LSH settings, ff_sparsity, loss_sparsity.
     """
     tl.check_mode(mode, 'ReformerLM')
+    compute_dtype = check_compute_dtype('ReformerLM', compute_dtype)
     check_kind('ReformerLM', 'attention_type', attention_type, parts.ATTENTION_KINDS)
     check_part_or_flags('ReformerLM', 'attention', attention,
                         attention_type=(attention_type, 'lsh'), chunk_len=(chunk_len, 64),
@@ -60,7 +65,8 @@ def ReformerLM(vocab_size: int, d_model: int = 512, d_ff: int = 2048,  # noqa: N
     output = output or parts.output_layer(vocab_size, loss_sparsity)
     return tl.Serial(                                                    # tokens [B, L]
         tl.ShiftRight(mode=mode),
-        blocks.embedding_stack(vocab_size, d_model, dropout, max_len, mode),   # [B, L, d]
+        blocks.embedding_stack(vocab_size, d_model, dropout, max_len, mode,
+                               compute_dtype),                           # [B, L, d]
         tl.Dup(),                                                        # x1, x2
         tl.ReversibleSerial([rb.ReversibleBlock([attention], ff, dropout, mode)
                              for _ in range(n_layers)]),

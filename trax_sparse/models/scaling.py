@@ -43,12 +43,17 @@ def ScalingTransformerLM(vocab_size: int, d_model: int = 512, d_ff: int = 2048, 
                          max_len: int = 2048, ff_activation: Callable[[], tl.Layer] = tl.Relu,
                          ff_sparsity: parts.FFSparsity = 0, attention_type: str = 'dense',
                          qkv_sparsity: int | None = None, length_kernel_size: int = 3,
-                         loss_sparsity: int = 0, mode: str = 'train') -> tl.Layer:
-    """TransformerLM with the paper's sparse options (all off by default = the dense baseline)."""
+                         loss_sparsity: int = 0, compute_dtype: str = 'float32',
+                         mode: str = 'train') -> tl.Layer:
+    """TransformerLM with the paper's sparse options (all off by default = the dense baseline).
+
+    compute_dtype: the activations' dtype ('bfloat16' for mixed precision; docs/precision.md).
+    """
     model_parts = _parts('ScalingTransformerLM', vocab_size, d_model, d_ff, n_heads, dropout, max_len, ff_activation,
                    ff_sparsity, attention_type, qkv_sparsity, length_kernel_size, loss_sparsity)
     return TransformerLM(vocab_size, d_model, n_layers=n_layers, n_heads=n_heads,
-                         dropout=dropout, max_len=max_len, mode=mode, **model_parts)
+                         dropout=dropout, max_len=max_len, compute_dtype=compute_dtype,
+                         mode=mode, **model_parts)
 
 
 def ScalingTransformer(input_vocab_size: int, output_vocab_size: int | None = None,  # noqa: N802
@@ -58,7 +63,7 @@ def ScalingTransformer(input_vocab_size: int, output_vocab_size: int | None = No
                        ff_sparsity: parts.FFSparsity = 0, attention_type: str = 'dense',
                        qkv_sparsity: int | None = None, length_kernel_size: int = 3,
                        loss_sparsity: int = 0, encoder_d_ff: int | None = None,
-                       mode: str = 'train') -> tl.Layer:
+                       compute_dtype: str = 'float32', mode: str = 'train') -> tl.Layer:
     """Encoder-decoder Scaling Transformer (the paper's C4 setting: sparse FF in both stacks,
     sparse QKV in the decoder self-attention, sparse loss).
 
@@ -74,4 +79,5 @@ def ScalingTransformer(input_vocab_size: int, output_vocab_size: int | None = No
     return Transformer(input_vocab_size, output_vocab_size, d_model,
                        n_encoder_layers=n_encoder_layers, n_decoder_layers=n_decoder_layers,
                        n_heads=n_heads, dropout=dropout, max_len=max_len,
-                       encoder_ff=encoder_ff, mode=mode, **model_parts)
+                       encoder_ff=encoder_ff, compute_dtype=compute_dtype, mode=mode,
+                       **model_parts)

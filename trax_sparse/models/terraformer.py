@@ -45,6 +45,7 @@ from trax_sparse.models import blocks, parts
 from trax_sparse.models import reversible_blocks as rb
 from trax_sparse.models.options import check_kind, check_part_or_flags
 from trax_sparse.models.parts import Part
+from trax_sparse.precision import check_compute_dtype
 from trax_sparse.models.predict_inputs import EncoderInputsOnce
 
 
@@ -147,11 +148,12 @@ def StripEncoderPart() -> tl.Layer:  # noqa: N802
 
 
 def _encoder(vocab_size: int, d_model: int, n_layers: int, attention: Part, ff: Part,
-             dropout: float, max_len: int, ff_takes_mask: bool, mode: str) -> tl.Layer:
+             dropout: float, max_len: int, ff_takes_mask: bool, mode: str,
+             compute_dtype: str) -> tl.Layer:
     """(tokens_e [B, Le], mask) -> (enc [B, Le, d], mask): reversible blocks, streams averaged."""
     mode = 'eval' if mode == 'predict' else mode                   # runs once, on the inputs
     return tl.Serial(                                                   # tokens_e, mask
-        blocks.embedding_stack(vocab_size, d_model, dropout, max_len, mode),
+        blocks.embedding_stack(vocab_size, d_model, dropout, max_len, mode, compute_dtype),
         tl.Dup(),                                                       # x1, x2, mask
         tl.ReversibleSerial([rb.ReversibleBlock([attention], ff, dropout, mode, masked=True,
                                                 ff_takes_mask=ff_takes_mask)
@@ -162,7 +164,10 @@ def _encoder(vocab_size: int, d_model: int, n_layers: int, attention: Part, ff: 
 
 
 def _check_parts_or_flags(args: dict) -> None:
-    """Kind strings name their parameter; a part and a flag that builds it only: an error."""
+    """mode, kind strings and compute_dtype are checked (errors name their parameter); a part
+    and a flag that builds it: an error."""
+    tl.check_mode(args['mode'], 'Terraformer')
+    check_compute_dtype('Terraformer', args['compute_dtype'])
     check_kind('Terraformer', 'encoder_attention_type', args['encoder_attention_type'],
                ('dense', 'lsh'))
     check_kind('Terraformer', 'decoder_attention_type', args['decoder_attention_type'],
@@ -200,8 +205,8 @@ def Terraformer(input_vocab_size: int, output_vocab_size: int | None = None,  # 
                 dropout: float = 0.1, max_len: int = 2048,
                 ff_activation: Callable[[], tl.Layer] = tl.Relu, ff_use_sru: Any = 0,
                 encoder_attention: Part | None = None, decoder_attention: Part | None = None,
-                ff: Part | None = None, encoder_ff: Part | None = None,
-                output: Part | None = None, mode: str = 'train') -> tl.Layer:
+                ff: Part | None = None, encoder_ff: Part | None = None, output: Part | None = None,
+                compute_dtype: str = 'float32', mode: str = 'train') -> tl.Layer:
     """(inputs [B, Le], targets [B, Ld]) -> (logits [B, Ld, V], targets). Input id 0 is padding.
 
     Parts (mode -> layer) as in TransformerLM: encoder_attention (bidirectional) and
@@ -209,9 +214,9 @@ def Terraformer(input_vocab_size: int, output_vocab_size: int | None = None,  # 
     encoder_ff (default ff), output. Missing ones are built from the flags (attention types:
     encoder 'dense' | 'lsh', decoder 'dense' | 'sparse_qkv' | 'lsh'). max_len bounds Le + Ld.
     ff_use_sru: k or (k, n_units) puts k SRU layers of n_units (default 32) beside every
-    feed-forward, given ones too (the paper's C4 Terraformer: (1, 32)); 0 = none.
+    feed-forward, given ones too (the paper's C4 Terraformer: (1, 32)); 0 = none. compute_dtype:
+    the activations' dtype, as in TransformerLM (docs/precision.md).
     """
-    tl.check_mode(mode, 'Terraformer')
     _check_parts_or_flags(locals())
     output_vocab_size = output_vocab_size or input_vocab_size
     lsh = dict(chunk_len=chunk_len, n_hashes=n_hashes, n_buckets=n_buckets,
@@ -231,10 +236,10 @@ def Terraformer(input_vocab_size: int, output_vocab_size: int | None = None,  # 
                           for f in (ff, encoder_ff))
     output = output or parts.output_layer(output_vocab_size, loss_sparsity)
     encoder = _encoder(input_vocab_size, d_model, n_encoder_layers, encoder_attention,
-                       encoder_ff, dropout, max_len, bool(ff_use_sru), mode)
+                       encoder_ff, dropout, max_len, bool(ff_use_sru), mode, compute_dtype)
     model = tl.Serial(                                                  # tok_e, tok_d
         blocks.EncoderDecoderFront(encoder, output_vocab_size, d_model, dropout, max_len, mode,
-                                   predict_encoder=SkipWhenEmpty),
+                                   predict_encoder=SkipWhenEmpty, compute_dtype=compute_dtype),
         ConcatenateWithPadding(mode),                                   # joint, jmask, tok_d
         tl.Select([0, 0, 1]),                                           # x1, x2, jmask, tok_d
         tl.ReversibleSerial([rb.ReversibleBlock(

@@ -12,6 +12,8 @@ def _loss_inputs():
 CASES = [
     Case('Dense', lambda mode: tl.Dense(4), lambda: floats(2, 3)),
     Case('Embedding', lambda mode: tl.Embedding(7, 4), lambda: ints(2, 3, high=7)),
+    Case('Embedding', lambda mode: tl.Embedding(7, 4, compute_dtype='bfloat16'),
+         lambda: ints(2, 3, high=7), grad_check=False, id='Embedding_bfloat16'),
     Case('Dropout', lambda mode: tl.Dropout(0.5, mode=mode), lambda: floats(2, 6),
          grad_check=False),
     Case('LayerNorm', lambda mode: tl.LayerNorm(), lambda: floats(2, 3, 6)),

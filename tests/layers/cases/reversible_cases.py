@@ -3,6 +3,7 @@ from typing import Any
 
 from trax_sparse import layers as tl
 from trax_sparse.fastmath import numpy as xnp
+from trax_sparse.precision import cast_like
 from trax_sparse.sharding import Axes
 from tests.layers.cases import Case, floats
 
@@ -18,11 +19,11 @@ class ExpScale(tl.ReversibleLayer):
         self.state = ()
 
     def forward(self, x: Any) -> Any:
-        return x * xnp.exp(self.weights[0])
+        return x * cast_like(xnp.exp(self.weights[0]), x)   # the policy: weights in x's dtype
 
     def reverse(self, output: Any, weights: Any = (), state: Any = (), new_state: Any = (),
                 rng: Any = None) -> Any:
-        return output * xnp.exp(-weights[0])
+        return output * cast_like(xnp.exp(-weights[0]), output)
 
 
 def revnet_block(d: int, d_ff: int, mode: str = 'eval', dropout: float = 0.0) -> list:

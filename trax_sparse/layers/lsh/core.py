@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 from trax_sparse import fastmath
 from trax_sparse.fastmath import numpy as xnp
+from trax_sparse.precision import cast_like, float32_stats
 from trax_sparse.layers.attention_core import MASK_VALUE
 from trax_sparse.layers.lsh.hashing import (ATTENTION_DROPOUT_STREAM, OUTPUT_DROPOUT_STREAM,
                                             bucket_factors, hash_rotations, hash_vectors,
@@ -157,7 +158,7 @@ def lsh_attention_rounds(qk: Any, v: Any, buckets: Any, valid: Any, causal: bool
     kv_valid = look_adjacent(s_valid, before, after)[..., None, :]       # [B,H,R,nc,1,w]
     q_pos = q_pos[..., None]                                             # [B,H,R,nc,c,1]
 
-    scores = xnp.matmul(sq, xnp.swapaxes(k_window, -1, -2))              # [B,H,R,nc,c,w]
+    scores = float32_stats(xnp.matmul(sq, xnp.swapaxes(k_window, -1, -2)))   # [B,H,R,nc,c,w]
     scores = xnp.where(kv_pos == q_pos, SELF_VALUE, scores)
     masked = ~kv_valid
     if causal:
@@ -168,7 +169,7 @@ def lsh_attention_rounds(qk: Any, v: Any, buckets: Any, valid: Any, causal: bool
     if dropout > 0.0:
         keep = portable_bernoulli(rng, 1.0 - dropout, probs.shape, ATTENTION_DROPOUT_STREAM)
         probs = xnp.where(keep, probs / (1.0 - dropout), 0.0)
-    o_sorted = xnp.matmul(probs, v_window)                               # [B,H,R,nc,c,dv]
+    o_sorted = xnp.matmul(cast_like(probs, sq), v_window)                # [B,H,R,nc,c,dv]
 
     o_sorted = o_sorted.reshape((batch, n_heads, n_rounds, length, -1))  # [B,H,R,L,dv]
     o_rounds = permute(o_sorted, inverse, sorted_positions)
@@ -185,17 +186,18 @@ def combine_rounds(o_rounds: Any, lse: Any) -> tuple[Any, Any]:
     shifted = lse - fastmath.stop_gradient(xnp.max(lse, axis=2, keepdims=True))  # [B,H,R,L]
     unnormalized = xnp.exp(shifted)
     weights = unnormalized / xnp.sum(unnormalized, axis=2, keepdims=True)
-    return xnp.sum(weights[..., None] * o_rounds, axis=2), weights
+    return cast_like(xnp.sum(weights[..., None] * o_rounds, axis=2), o_rounds), weights
 
 
 def project_qkv(x: Any, w_qk: Any, w_v: Any) -> tuple[Any, Any]:
     """x [B, L, d] -> (qk [B, H, L, d_qk], v [B, H, L, d_v]) with per-head weights."""
+    w_qk, w_v = cast_like(w_qk, x), cast_like(w_v, x)
     return xnp.einsum('bld,hdk->bhlk', x, w_qk), xnp.einsum('bld,hdk->bhlk', x, w_v)
 
 
 def project_output(o: Any, w_o: Any) -> Any:
     """o [B, H, L, d_v], w_o [H, d_v, d] -> Σ_h o_h W_o,h [B, L, d] (head outputs summed)."""
-    return xnp.einsum('bhlv,hvd->bld', o, w_o)
+    return xnp.einsum('bhlv,hvd->bld', o, cast_like(w_o, o))
 
 
 def output_dropout(y: Any, rate: float, rng: Any) -> Any:
@@ -245,7 +247,7 @@ def hash_buckets(x: Any, valid: Any, w_qk: Any, rng: Any, *, settings: LSHSettin
     s = settings
     x_pad, valid_pad = _pad_to_chunks(x, valid, s.chunk_len)
     qk = xnp.einsum('bld,hdk->bhlk', fastmath.stop_gradient(x_pad),
-                    fastmath.stop_gradient(w_qk))                        # [B, H, Lp, d_qk]
+                    fastmath.stop_gradient(cast_like(w_qk, x_pad)))      # [B, H, Lp, d_qk]
     rotations = hash_rotations(rng, s.n_heads, s.d_qk, s.n_hashes, s.bucket_factors)
     buckets = hash_vectors(qk, rotations, s.bucket_factors)            # [B, H, R, Lp]
     return xnp.where(valid_pad[:, None, None, :], buckets, s.n_buckets)

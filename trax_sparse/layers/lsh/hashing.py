@@ -26,6 +26,7 @@ import math
 from typing import Any
 
 from trax_sparse.fastmath import numpy as xnp
+from trax_sparse.precision import cast_like, float32_stats
 
 # Tags mixed into the key so that each use of a key draws its own bits.
 _ROTATION_STREAM = 0x4C534852          # 'LSHR'
@@ -124,6 +125,7 @@ def hash_vectors(vectors: Any, rotations: Any, factors: tuple[int, ...] | None =
     [xR; -xR] (ties: the lowest index, on both backends). Several: one argmax per
     factor's slice of R, combined as b_1 + f_1·b_2 + f_1·f_2·b_3 + ...
     """
+    vectors = float32_stats(vectors)                 # hashed in float32: no bf16 ties
     rotated = xnp.einsum('bhld,hdrk->bhrlk', vectors, rotations.astype(vectors.dtype))
     factors = factors or (2 * rotations.shape[-1],)
     buckets, scale, start = 0, 1, 0
@@ -138,8 +140,9 @@ def hash_vectors(vectors: Any, rotations: Any, factors: tuple[int, ...] | None =
 def normalize_keys(qk: Any) -> Any:
     """Shared-QK keys: qk / sqrt(sum(qk²) + d·1e-6), i.e. unit length (Trax's RMS norm / √d)."""
     d = qk.shape[-1]
-    mean_square = xnp.mean(qk * qk, axis=-1, keepdims=True)     # [..., 1]
-    return qk / (xnp.sqrt(mean_square + 1e-6) * math.sqrt(d))
+    wide = float32_stats(qk)
+    mean_square = xnp.mean(wide * wide, axis=-1, keepdims=True)   # [..., 1] (float32)
+    return cast_like(wide / (xnp.sqrt(mean_square + 1e-6) * math.sqrt(d)), qk)
 
 
 __all__ = ['ATTENTION_DROPOUT_STREAM', 'OUTPUT_DROPOUT_STREAM', 'bucket_factors', 'check_n_buckets',

@@ -184,7 +184,7 @@ class LSHSelfAttention(Layer):
                         init.RandomUniformInitializer(lim_v)((h, d, d_v), rng_v),
                         init.RandomUniformInitializer(lim_o)((h, d_v, d), rng_o))
         if self._mode == 'predict':
-            self.state = init_cache(batch, d_v, self._predict_settings(), xnp.float32)
+            self.state = init_cache(batch, d_v, self._predict_settings(), x_sig.dtype)
         else:
             self.state = xnp.zeros((batch, h, s.n_hashes * self.padded_length(length)),
                                    xnp.int32)

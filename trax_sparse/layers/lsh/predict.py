@@ -41,6 +41,7 @@ from typing import Any
 
 from trax_sparse import fastmath
 from trax_sparse.fastmath import numpy as xnp
+from trax_sparse.precision import cast_like, float32_stats
 from trax_sparse.layers.attention_core import MASK_VALUE
 from trax_sparse.layers.base import note_predict_use
 from trax_sparse.layers.lsh.core import (SELF_VALUE, LSHSettings, combine_rounds,
@@ -129,11 +130,12 @@ def step_forward(x: Any, valid: Any, weights: tuple, cache: tuple, *,
     chosen_keys = xnp.take_along_axis(cached_keys, chosen[..., None], axis=2)     # [B,H,K,dk]
     chosen_values = xnp.take_along_axis(cached_values, chosen[..., None], axis=2)  # [B,H,K,dv]
     chosen_priority = xnp.take_along_axis(priority, chosen, axis=2)[:, :, None, :]
-    scores = xnp.matmul(qk, xnp.swapaxes(chosen_keys, -1, -2))              # [B, H, 1, K]
+    scores = float32_stats(xnp.matmul(qk, xnp.swapaxes(chosen_keys, -1, -2)))  # [B, H, 1, K]
     scores = xnp.where((chosen == pos)[:, :, None, :], SELF_VALUE, scores)
     scores = xnp.where(chosen_priority < 0, MASK_VALUE, scores)
     probs = xnp.exp(scores - fastmath.logsumexp(scores, axis=-1, keepdims=True))
-    y = project_output(xnp.matmul(probs, chosen_values), w_o)               # [B, 1, d]
+    o = cast_like(xnp.matmul(cast_like(probs, qk), chosen_values), qk)      # [B, H, 1, dv]
+    y = project_output(o, w_o)                                              # [B, 1, d]
     return y, (keys, values, buckets, rotations, pos + 1)
 
 
