@@ -13,6 +13,8 @@ log-perplexity in nats/byte, verdicts, step times) and a PNG of the validation c
     .venv/bin/python examples/perplexity_parity.py                 # the full run
     .venv/bin/python examples/perplexity_parity.py --quick         # tiny sizes, seconds
     .venv/bin/python examples/perplexity_parity.py --report_only   # table + PNG from runs/
+    .venv/bin/python examples/perplexity_parity.py --compute_dtype bfloat16 --main_only
+        # mixed precision: dense and all sparse, 2 seeds each, in runs/parity_bfloat16
 
 Runs resume: rerunning the same command continues each unfinished run from its checkpoint.
 """
@@ -47,9 +49,11 @@ ORDER = [('dense', 0), ('all sparse', 0), ('+ sparse FF', 0), ('+ sparse QKV', 0
 QUICK = ['d_model = 16', 'n_heads = 2', 'n_layers = 1', 'seq_len = 16', 'batch_size = 2',
          'eval/tfds_lm_stream.batch_size = 2', 'train.steps = 2', 'train.eval_every = 2',
          'train.eval_steps = 1', 'train.checkpoint_every = 2', 'train.plot = False']
-# --quick trains the main comparison only (compiling dominates: 3 XLA compiles per variant);
-# every variant is still configured and counted, the others show as 'not run' in the table.
-QUICK_ORDER = [('dense', 0), ('all sparse', 0), ('dense', 1), ('all sparse', 1)]
+# --quick and --main_only train the main comparison only (quick: compiling dominates, 3 XLA
+# compiles per variant); every variant is still configured and counted, the others show as
+# 'not run' in the table.
+MAIN_ORDER = [('dense', 0), ('all sparse', 0), ('dense', 1), ('all sparse', 1)]
+MODEL_FUNCTIONS = ('TransformerLM', 'ScalingTransformerLM')   # the variants' train.model
 QUICK_XLA_FLAGS = ('--xla_backend_optimization_level=0 '
                    '--xla_llvm_disable_expensive_passes=true')
 PARAMS_TOLERANCE = 0.03
@@ -239,6 +243,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument('--timing_steps', type=int, default=5)
     parser.add_argument('--config', action='append', default=[],
                         help='extra gin binding for every variant (repeatable)')
+    parser.add_argument('--compute_dtype', default=None,
+                        help="the models' compute_dtype (e.g. bfloat16; default: the configs' "
+                        "float32); default output_dir runs/parity_<dtype>")
+    parser.add_argument('--main_only', action='store_true',
+                        help='train dense and all sparse only (2 seeds each)')
     args = parser.parse_args(argv)
     if args.quick:      # tiny graphs: XLA's expensive LLVM passes would dominate (set before
         os.environ.setdefault('XLA_FLAGS', QUICK_XLA_FLAGS)   # the backend starts)
@@ -252,7 +261,11 @@ def main(argv: list[str] | None = None) -> dict:
         jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
     fastmath.set_backend('jax')
     bindings = (QUICK if args.quick else []) + args.config
-    out = args.output_dir or os.path.join(ROOT, 'runs', 'parity_quick' if args.quick else 'parity')
+    runs = 'parity_quick' if args.quick else 'parity'
+    if args.compute_dtype:
+        bindings += [f"{fn}.compute_dtype = '{args.compute_dtype}'" for fn in MODEL_FUNCTIONS]
+        runs += f'_{args.compute_dtype}'
+    out = args.output_dir or os.path.join(ROOT, 'runs', runs)
     os.makedirs(out, exist_ok=True)
     print(f'== perplexity parity: {" ".join(sys.argv)}  ({time.strftime("%Y-%m-%d %H:%M")})')
     print(f'   bindings: {bindings or "(none)"}; runs in {out}', flush=True)
@@ -268,7 +281,7 @@ def main(argv: list[str] | None = None) -> dict:
                 for name, seed in ORDER}
     if not args.report_only:
         print('== training', flush=True)
-        for name, seed in (QUICK_ORDER if args.quick else ORDER):
+        for name, seed in (MAIN_ORDER if args.quick or args.main_only else ORDER):
             train_one(name, seed, bindings, run_dirs[name, seed])
     timings = None
     if not (args.skip_timing or args.report_only or args.quick):

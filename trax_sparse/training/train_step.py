@@ -64,6 +64,16 @@ def check_same_tree(name: str, got: Any, expected: Any, source: str) -> None:
                 f'has {np.dtype(b.dtype)}{list(np.shape(b))}')
 
 
+def check_trainable_precision(output_dtype: Any) -> None:
+    """Refuses a model that computes in float16: training it needs loss scaling, which this
+    library does not do (bfloat16 has float32's range and needs none)."""
+    if np.dtype(output_dtype) == np.float16:
+        raise ValueError("the model computes in float16 (compute_dtype='float16'): training in "
+                         "float16 needs loss scaling, which trax_sparse does not do; train with "
+                         "compute_dtype='bfloat16' (float32's range, no loss scaling) and use "
+                         "float16 for eval and decoding only")
+
+
 def _stack_signature(model: tl.Layer, batch_sig: Sequence, weights: Any, state: Any,
                      key: Any) -> list:
     out_sig = model.abstract_forward(from_stack(batch_sig, model.n_in), weights, state, key)
@@ -82,6 +92,7 @@ def initialize(model: tl.Layer, loss: tl.Layer, tx: Any, base_key: Any, batch_si
     init_key, train_key, eval_key = fastmath.random.split(base_key, 3)
     weights, state = model.pure_init(from_stack(batch_sig, model.n_in), rng=init_key)
     stack_sig = _stack_signature(model, batch_sig, weights, state, init_key)
+    check_trainable_precision(stack_sig[0].dtype)
     if info is not None:
         info['vocab_sizes'] = list(model.vocab_sizes())
         info['output_shape'] = tuple(stack_sig[0].shape)
@@ -154,5 +165,5 @@ def make_eval_step(model: tl.Layer, metrics: Sequence[tl.Layer],
     return eval_fn
 
 
-__all__ = ['TrainState', 'TreeMismatchError', 'check_same_tree', 'from_stack', 'initialize',
+__all__ = ['TrainState', 'TreeMismatchError', 'check_same_tree', 'check_trainable_precision', 'from_stack', 'initialize',
            'is_prediction_stack', 'make_eval_step', 'make_train_step', 'to_stack']
