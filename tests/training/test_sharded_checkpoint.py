@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -52,7 +53,8 @@ def _split_rows(process_count):
 
 def _trees(seed):
     weights = (np.arange(24, dtype=np.float32).reshape(6, 4) * seed, np.full(3, seed, np.int32))
-    return weights, (np.array(seed, np.float32),), [np.ones((4, 2), np.float32) * seed]
+    opt = [(np.ones((4, 2)) * seed).astype(ml_dtypes.bfloat16)]   # stored as uint16 pieces
+    return weights, (np.array(seed, np.float32),), opt
 
 
 def _save_two_processes(directory, step, seed, keep=None, directory_1=None):
@@ -89,8 +91,10 @@ def test_each_process_writes_its_pieces_and_numpy_assembles_them(tmp_path):
                                           loaded.opt_state_leaves)),
                     fastmath.tree_leaves((weights, state, opt))):
         np.testing.assert_array_equal(a, b)
+    assert loaded.opt_state_leaves[0].dtype == ml_dtypes.bfloat16
     lazy = ckpt.read_checkpoint(json_path, lazy=True)   # a slice across both files
     np.testing.assert_array_equal(lazy.weights[0][2:5, 1:3], weights[0][2:5, 1:3])
+    assert lazy.opt_state_leaves[0][1:3].tolist() == opt[0][1:3].tolist()
     assert lazy.weights[0].shape == (6, 4) and lazy.weights[0].nbytes == 96
 
 
