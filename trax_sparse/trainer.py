@@ -10,8 +10,9 @@ the same command again and it resumes from DIR's newest valid checkpoint.
 --debug runs without jit and with jax_debug_nans, and shows tracebacks (otherwise user
 errors -- a bad config, a missing file or dataset, an unusable checkpoint dir, a failed
 save -- end in one line and status 1). --coordinator_address, --num_processes and
---process_id join a multi-host run (jax.distributed.initialize): each process then reads
-its shard of the data; when a process dies or stops answering for --peer_timeout seconds,
+--process_id join a multi-host run (jax.distributed.initialize; every process gets the same
+DIR, where each writes its shards of the checkpoints): each process reads its shard of the
+data; when a process dies or stops answering for --peer_timeout seconds,
 every other one stops with a line naming it and the last checkpoint (status 1). One trainer
 per DIR: a second one refuses (DIR/trainer.lock names the holder). SIGTERM / SIGINT stop
 after the current step with a checkpoint and exit 0 (before step 1: at once, exit 0). --restart starts from step 0 when every checkpoint in DIR is unusable (they are

@@ -48,7 +48,7 @@ def any_process(flag: bool) -> bool:
 
 
 def is_primary() -> bool:
-    """True on the process that writes checkpoints and metrics (process 0)."""
+    """True on the process that commits checkpoints and writes metrics (process 0)."""
     return process_index() == 0
 
 
