@@ -16,6 +16,7 @@ import pytest
 
 from trax_sparse import fastmath
 from trax_sparse.training import checkpoint as ckpt
+from trax_sparse.training import checkpoint_shards as shards
 from trax_sparse.training import checkpointer
 from tests.training.conftest import subprocess_env
 
@@ -95,6 +96,10 @@ def test_each_process_writes_its_pieces_and_numpy_assembles_them(tmp_path):
     lazy = ckpt.read_checkpoint(json_path, lazy=True)   # a slice across both files
     np.testing.assert_array_equal(lazy.weights[0][2:5, 1:3], weights[0][2:5, 1:3])
     assert lazy.opt_state_leaves[0][1:3].tolist() == opt[0][1:3].tolist()
+    os.remove(tmp_path / 'ckpt-00000003.p00001.npz')     # a slice reads only its pieces' files
+    np.testing.assert_array_equal(lazy.weights[0][:3, 1:], weights[0][:3, 1:])
+    with pytest.raises(shards.PieceError, match='p00001.npz'):
+        lazy.weights[0][3:]
     assert lazy.weights[0].shape == (6, 4) and lazy.weights[0].nbytes == 96
 
 
