@@ -117,10 +117,24 @@ def test_prompt_characters_outside_the_vocabulary():
                                          r'--beam_size=1'),
     (dict(beam_size=2, temperature=1.0, top_k=5), r'does not use --temperature=1.0 or --top_k=5; '
                                                   r'drop them'),
+    (dict(weights_dtype='bf16'), r"--weights_dtype='bf16': expected one of auto, float32, "
+                                 r'bfloat16, float16, gathered_bfloat16'),
+    (dict(cache_dtype='half'), r"--cache_dtype='half': expected one of float32, bfloat16, "
+                               r'float16'),
 ])
 def test_flag_values_are_refused_with_the_true_reason(flags, reason, tmp_path):
     with pytest.raises(decode.DecodeError, match=reason):
         decode.run(str(tmp_path), **{'max_length': 5, **flags})    # before any checkpoint read
+
+
+def test_bf16_weights_and_caches_decode_and_bad_dtypes_are_one_line(trained_dir):
+    with fastmath.use_backend('numpy'):
+        text, _ = decode.run(trained_dir, prompt='ROMEO:', max_length=6, out=io.StringIO(),
+                             weights_dtype='bfloat16', cache_dtype='bfloat16')
+    assert isinstance(text, str)
+    assert _main(f'--checkpoint_dir={trained_dir}', '--weights_dtype=bf16') == (
+        "trax-sparse-decode: error: --weights_dtype='bf16': expected one of auto, float32, "
+        'bfloat16, float16, gathered_bfloat16')
 
 
 def test_top_k_larger_than_the_vocabulary(trained_dir):

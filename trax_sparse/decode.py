@@ -11,6 +11,8 @@ models (those taking two inputs: encoder inputs and tokens) read their input fro
 On --backend=numpy nothing imports jax. On --backend=jax, --mesh_shape=data=1,model=8 (the
 names and sizes of train.mesh_shape; also --axis_rules and --fsdp, as training's) splits the
 weights and K/V caches over the devices (docs/sharding.md, "Decoding").
+--weights_dtype (auto: gathered_bfloat16 on a CPU, bfloat16 on a GPU/TPU) stores the weights
+in 16 bits once, --cache_dtype=bfloat16 the K/V caches (docs/precision.md).
 
 Every user error (bad flag values, a missing checkpoint or jax, token ids outside the
 vocabulary, a prompt + --max_length longer than the model's max_len) is one line on stderr
@@ -46,6 +48,10 @@ flags.DEFINE_string('mesh_shape', None, 'JAX: split weights and caches over a de
 flags.DEFINE_string('axis_rules', None, 'With --mesh_shape: logical -> mesh axes, e.g. '
                     'heads=model,vocab=None.')
 flags.DEFINE_bool('fsdp', False, 'With --mesh_shape: also split each weight over data.')
+flags.DEFINE_string('weights_dtype', 'auto', 'Store the weights as: '
+                    f'{", ".join(decoding.WEIGHTS_DTYPES)} (docs/precision.md).')
+flags.DEFINE_string('cache_dtype', None, 'Store the K/V caches as: '
+                    f'{", ".join(decoding.CACHE_DTYPES)} (default: the compute dtype).')
 # Also defined by trainer.py: allow_override lets both binaries be imported in one process.
 flags.DEFINE_enum('backend', 'numpy', list(fastmath.BACKENDS), 'fastmath backend.',
                   allow_override=True)
@@ -58,7 +64,8 @@ class DecodeError(ValueError):
 
 
 def check_flags(max_length: int, temperature: float = 0.0, top_k: int | None = None,
-                beam_size: int = 1) -> None:
+                beam_size: int = 1, weights_dtype: str = 'auto',
+                cache_dtype: str | None = None) -> None:
     """DecodeError for flag values no model could decode with (checked before loading one).
 
         >>> try:
@@ -77,6 +84,11 @@ def check_flags(max_length: int, temperature: float = 0.0, top_k: int | None = N
     if beam_size < 1:
         raise DecodeError(f'--beam_size={beam_size} must be >= 1 (1 samples, more runs beam '
                           f'search)')
+    try:
+        decoding.check_weights_dtype(weights_dtype, '--weights_dtype')
+        decoding.check_cache_dtype(cache_dtype, '--cache_dtype')
+    except ValueError as e:
+        raise DecodeError(str(e)) from None
     ignored = [f'--{name}={value}' for name, value, default in
                (('temperature', temperature, 0.0), ('top_k', top_k, None)) if value != default]
     if beam_size > 1 and ignored:
@@ -243,7 +255,8 @@ def run(checkpoint_dir: str, prompt: str = '', input_file: str | None = None,
         max_length: int = 100, temperature: float = 0.0, top_k: int | None = None,
         beam_size: int = 1, length_penalty: float = 0.6, seed: int = 0,
         out: Any = None, err: Any = None, mesh_shape: dict | None = None,
-        axis_rules: dict | None = None, fsdp: bool = False) -> tuple[str, float]:
+        axis_rules: dict | None = None, fsdp: bool = False, weights_dtype: str = 'auto',
+        cache_dtype: str | None = None) -> tuple[str, float]:
     """Decodes and writes the text to `out` (stdout) as it comes; returns (text, seconds
     per token).
 
@@ -251,10 +264,12 @@ def run(checkpoint_dir: str, prompt: str = '', input_file: str | None = None,
     `decoding.start_decoding` before any token (ValueError); a notice
     goes to `err` (stderr) when the model ends at EOS before producing anything.
     mesh_shape / axis_rules / fsdp (JAX): split the weights and caches over a device mesh.
+    weights_dtype / cache_dtype: store the weights / K/V caches so (`decoding.storage`).
     """
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
-    check_flags(max_length, temperature, top_k, beam_size)
+    check_flags(max_length, temperature, top_k, beam_size, weights_dtype, cache_dtype)
+    storage = dict(weights_dtype=weights_dtype, cache_dtype=cache_dtype)
     mesh = decoding_mesh(mesh_shape, axis_rules, fsdp)
     pm = PredictModel(checkpoint_dir)
     if top_k is not None and pm.vocab_size is not None and top_k > pm.vocab_size:
@@ -277,11 +292,11 @@ def run(checkpoint_dir: str, prompt: str = '', input_file: str | None = None,
     start = time.perf_counter()
     if beam_size > 1:
         ids, text = _beam_search(pm, model, inputs, prompt_arg, beam_size, max_length,
-                                 length_penalty, mesh)
+                                 length_penalty, mesh, storage)
         out.write(prompt + text + '\n')
     else:
         ids, text = _stream(pm, model, inputs, prompt_arg, max_length, temperature, top_k, seed,
-                            prompt, out, mesh)
+                            prompt, out, mesh, storage)
     seconds = (time.perf_counter() - start) / max(len(ids), 1)
     if not ids:
         err.write(f'{PROG}: note: the model produced EOS (id {pm.eos_id}) first: nothing was '
@@ -290,11 +305,11 @@ def run(checkpoint_dir: str, prompt: str = '', input_file: str | None = None,
 
 
 def _beam_search(pm: PredictModel, model: Any, inputs: Any, prompt: Any, beam_size: int,
-                 max_length: int, length_penalty: float, mesh: Any = None
-                 ) -> tuple[list[int], str]:
+                 max_length: int, length_penalty: float, mesh: Any = None,
+                 storage: dict | None = None) -> tuple[list[int], str]:
     seqs, _ = decoding.beam_search(model, inputs=inputs, beam_size=beam_size,
                                    max_length=max_length, length_penalty=length_penalty,
-                                   eos_id=pm.eos_id, prompt=prompt, mesh=mesh)
+                                   eos_id=pm.eos_id, prompt=prompt, mesh=mesh, **(storage or {}))
     ids = [int(t) for t in np.asarray(seqs)[0, 0]]
     if pm.eos_id in ids:
         ids = ids[:ids.index(pm.eos_id)]
@@ -303,10 +318,10 @@ def _beam_search(pm: PredictModel, model: Any, inputs: Any, prompt: Any, beam_si
 
 def _stream(pm: PredictModel, model: Any, inputs: Any, prompt_arg: Any, max_length: int,
             temperature: float, top_k: int | None, seed: int, prompt: str,
-            out: Any, mesh: Any = None) -> tuple[list[int], str]:
+            out: Any, mesh: Any = None, storage: dict | None = None) -> tuple[list[int], str]:
     stream = decoding.autoregressive_sample_stream(
         model, inputs=inputs, temperature=temperature, top_k=top_k, prompt=prompt_arg,
-        rng=fastmath.random.get_prng(seed), max_steps=max_length, mesh=mesh)
+        rng=fastmath.random.get_prng(seed), max_steps=max_length, mesh=mesh, **(storage or {}))
     out.write(prompt)
     ids, shown = [], ''
     for _ in range(max_length):
@@ -340,7 +355,8 @@ def _main() -> None:
     try:
         if not FLAGS.checkpoint_dir:
             raise DecodeError('--checkpoint_dir is required')
-        check_flags(FLAGS.max_length, FLAGS.temperature, FLAGS.top_k, FLAGS.beam_size)
+        check_flags(FLAGS.max_length, FLAGS.temperature, FLAGS.top_k, FLAGS.beam_size,
+                    FLAGS.weights_dtype, FLAGS.cache_dtype)
         mesh_shape = parse_mapping('mesh_shape', FLAGS.mesh_shape, int)
         axis_rules = parse_mapping('axis_rules', FLAGS.axis_rules, str)
         if mesh_shape is not None and FLAGS.backend != 'jax':
@@ -352,7 +368,8 @@ def _main() -> None:
         fastmath.set_backend(FLAGS.backend)
         run(FLAGS.checkpoint_dir, FLAGS.prompt, FLAGS.input_file, FLAGS.max_length,
             FLAGS.temperature, FLAGS.top_k, FLAGS.beam_size, FLAGS.length_penalty, FLAGS.seed,
-            mesh_shape=mesh_shape, axis_rules=axis_rules, fsdp=FLAGS.fsdp)
+            mesh_shape=mesh_shape, axis_rules=axis_rules, fsdp=FLAGS.fsdp,
+            weights_dtype=FLAGS.weights_dtype, cache_dtype=FLAGS.cache_dtype)
     except user_errors as e:
         if FLAGS.debug:
             raise

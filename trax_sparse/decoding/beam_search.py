@@ -27,6 +27,7 @@ from trax_sparse.decoding.mesh import DecodingMesh, as_decoding_mesh, place_for_
 from trax_sparse.decoding.predict_state import (batch_leaf_mask, check_predict_model,
                                                 init_predict_state, later_inputs, predict_step,
                                                 reorder_state, start_decoding)
+from trax_sparse.decoding.storage import store_weights
 from trax_sparse.fastmath import numpy as xnp
 from trax_sparse.layers.base import Layer
 
@@ -45,17 +46,20 @@ def _log_softmax(x: onp.ndarray) -> onp.ndarray:
 def beam_search(model: Layer, inputs: Any = None, batch_size: int = 1, beam_size: int = 4,
                 max_length: int = 50, length_penalty: float = 0.0, eos_id: int | None = None,
                 start_id: int = 0, prompt: Any = None, weights: Any = None,
-                accelerate: bool = True, mesh: DecodingMesh | dict | None = None
+                accelerate: bool = True, mesh: DecodingMesh | dict | None = None,
+                weights_dtype: str | None = None, cache_dtype: str | None = None
                 ) -> tuple[onp.ndarray, onp.ndarray]:
     """Returns (sequences [B, K, max_length], scores [B, K]), best first.
 
     A score is the sum of token log-probabilities divided by the length
     penalty; tokens after EOS are 0. Without eos_id every sequence has
     max_length tokens. `mesh`: split the weights and caches over devices (JAX only), as
-    in `autoregressive_sample_stream`.
+    in `autoregressive_sample_stream`; `weights_dtype` / `cache_dtype`: store the weights /
+    the K/V caches in 16 bits (`decoding.storage`), as there.
     """
     check_predict_model(model)
-    weights = fastmath.to_backend(model.weights if weights is None else weights)
+    weights = fastmath.to_backend(store_weights(model, model.weights if weights is None
+                                                else weights, weights_dtype))
     inputs, batch_size = checked_inputs(model, inputs, batch_size)
     k = int(beam_size)
     if k < 1:
@@ -63,7 +67,7 @@ def beam_search(model: Layer, inputs: Any = None, batch_size: int = 1, beam_size
     if int(max_length) < 1:
         raise ValueError(f'max_length must be >= 1, got {max_length}')
     enc = None if inputs is None else onp.repeat(inputs, k, axis=0)   # [B·K, L_in]
-    state, batch_mask = _beam_state(model, enc, batch_size * k)
+    state, batch_mask = _beam_state(model, enc, batch_size * k, cache_dtype)
     mesh, shardings = as_decoding_mesh(mesh), None
     if mesh is not None:
         weights, state, shardings = place_for_decoding(mesh, model, weights, state, enc,
@@ -90,13 +94,14 @@ def beam_search(model: Layer, inputs: Any = None, batch_size: int = 1, beam_size
     return beams.fin_seqs, beams.fin_scores
 
 
-def _beam_state(model: Layer, enc: Any, n_rows: int) -> tuple[Any, Any]:
+def _beam_state(model: Layer, enc: Any, n_rows: int, cache_dtype: str | None = None
+                ) -> tuple[Any, Any]:
     """(a fresh predict state for n_rows = B·K decoding rows, which of its leaves are per row)."""
     def signature_for(rows: int) -> Any:
         tok = shapes.ShapeDtype((rows, 1), onp.int32)
         return tok if enc is None else (shapes.ShapeDtype((rows,) + enc.shape[1:], enc.dtype), tok)
 
-    return (init_predict_state(model, signature_for(n_rows)),
+    return (init_predict_state(model, signature_for(n_rows), cache_dtype),
             batch_leaf_mask(model, signature_for, n_rows))
 
 

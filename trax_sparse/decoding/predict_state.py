@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 
 from trax_sparse import fastmath, shapes
+from trax_sparse.decoding.storage import with_cache_dtype
 from trax_sparse.fastmath import numpy as xnp
 from trax_sparse.layers.base import Layer, recording_predict_use
 from trax_sparse.layers.flat import FlatForward
@@ -44,21 +45,27 @@ def check_predict_model(model: Layer) -> None:
                          f'model.init(signature of one step of inputs) and set model.weights first')
 
 
-def init_predict_state(model: Layer, input_signature: Any) -> Any:
-    """A fresh predict state (zeros of `model.state_signature`) on the live backend."""
-    signature = model.state_signature(input_signature)
+def init_predict_state(model: Layer, input_signature: Any, cache_dtype: str | None = None
+                       ) -> Any:
+    """A fresh predict state (zeros of `model.state_signature`) on the live backend; with
+    `cache_dtype` ('bfloat16', ...) its attention K/V caches are made in that dtype
+    (`storage.with_cache_dtype`)."""
+    signature = with_cache_dtype(model, model.state_signature(input_signature), cache_dtype)
     return fastmath.tree_map(lambda sig: xnp.zeros(sig.shape, sig.dtype), signature)
 
 
-def fresh_state(model: Layer, state: Any = None, input_signature: Any = None) -> Any:
-    """A private copy of `state` (default: a new initial state for `input_signature`).
+def fresh_state(model: Layer, state: Any = None, input_signature: Any = None,
+                cache_dtype: str | None = None) -> Any:
+    """A private copy of `state` (default: a new initial state for `input_signature`), its
+    K/V caches in `cache_dtype` if given.
 
     The copy is safe to update in place (NumPy caches) or to donate (JAX).
     """
     check_predict_model(model)
     if state is None:
-        return init_predict_state(model, input_signature)
-    return fastmath.tree_map(lambda a: xnp.array(a, copy=True), state)
+        return init_predict_state(model, input_signature, cache_dtype)
+    state = fastmath.tree_map(lambda a: xnp.array(a, copy=True), state)
+    return with_cache_dtype(model, state, cache_dtype)
 
 
 class PredictStep:

@@ -20,6 +20,7 @@ from trax_sparse.decoding.feed import checked_inputs, first_tokens, with_inputs
 from trax_sparse.decoding.mesh import DecodingMesh, as_decoding_mesh, place_for_decoding
 from trax_sparse.decoding.predict_state import (check_predict_model, fresh_state, later_inputs,
                                                 predict_step, start_decoding)
+from trax_sparse.decoding.storage import store_weights
 from trax_sparse.fastmath import numpy as xnp
 from trax_sparse.layers.base import Layer
 
@@ -46,7 +47,9 @@ def autoregressive_sample_stream(model: Layer, inputs: Any = None, batch_size: i
                                  weights: Any = None, state: Any = None,
                                  accelerate: bool = True,
                                  max_steps: int | None = None,
-                                 mesh: DecodingMesh | dict | None = None) -> Iterator[Any]:
+                                 mesh: DecodingMesh | dict | None = None,
+                                 weights_dtype: str | None = None,
+                                 cache_dtype: str | None = None) -> Iterator[Any]:
     """Yields the next token ids [B] until the model's caches are full (the caller stops it).
 
     model: a predict-mode model (initialized; its weights may come from a
@@ -60,17 +63,22 @@ def autoregressive_sample_stream(model: Layer, inputs: Any = None, batch_size: i
     max_steps: if given, checked against the caches before decoding starts.
     mesh: a `DecodingMesh` (or its mesh_shape dict) to split the weights and caches
       over devices (JAX only; `decoding.mesh`); the tokens are the same.
+    weights_dtype: store the weights so once before decoding ('bfloat16', 'gathered_bfloat16',
+      'auto', ...; `decoding.storage`); None keeps them as given.
+    cache_dtype: the attention K/V caches' dtype ('bfloat16', ...); None: the compute dtype.
     Token ids and lengths are checked on the host before any jitted call.
     """
     check_predict_model(model)
     if temperature < 0:
         raise ValueError(f'temperature must be >= 0, got {temperature}')
-    weights = fastmath.to_backend(model.weights if weights is None else weights)
+    weights = store_weights(model, model.weights if weights is None else weights,
+                            weights_dtype)
+    weights = fastmath.to_backend(weights)
     rng = fastmath.random.get_prng(0) if rng is None else rng
     inputs, batch_size = checked_inputs(model, inputs, batch_size)
     tokens = first_tokens(model, batch_size, start_id, prompt)
     step_signature = shapes.signature(with_inputs(inputs, tokens[:, :1]))
-    state = fresh_state(model, state, step_signature)
+    state = fresh_state(model, state, step_signature, cache_dtype)
     mesh, state_shardings = as_decoding_mesh(mesh), None
     if mesh is not None:
         weights, state, state_shardings = place_for_decoding(mesh, model, weights, state,
@@ -97,19 +105,21 @@ def autoregressive_sample(model: Layer, inputs: Any = None, batch_size: int = 1,
                           max_length: int = 100, prompt: Any = None, top_k: int | None = None,
                           rng: Any = None, weights: Any = None, state: Any = None,
                           accelerate: bool = True,
-                          mesh: DecodingMesh | dict | None = None) -> onp.ndarray:
+                          mesh: DecodingMesh | dict | None = None,
+                          weights_dtype: str | None = None,
+                          cache_dtype: str | None = None) -> onp.ndarray:
     """Samples [B, max_length] token ids (positions after an EOS are set to 0).
 
     Stops early once every row has produced `eos_id`. A `max_length` beyond
-    what the model's caches hold is an error before decoding starts. `mesh`: as in
-    `autoregressive_sample_stream`.
+    what the model's caches hold is an error before decoding starts. `mesh`,
+    `weights_dtype` and `cache_dtype`: as in `autoregressive_sample_stream`.
     """
     if int(max_length) < 1:
         raise ValueError(f'max_length must be >= 1, got {max_length}')
     stream = autoregressive_sample_stream(
         model, inputs=inputs, batch_size=batch_size, temperature=temperature, start_id=start_id,
         prompt=prompt, top_k=top_k, rng=rng, weights=weights, state=state, accelerate=accelerate,
-        max_steps=max_length, mesh=mesh)
+        max_steps=max_length, mesh=mesh, weights_dtype=weights_dtype, cache_dtype=cache_dtype)
     rows, done = [], None
     for _ in range(max_length):
         ids = onp.asarray(next(stream))

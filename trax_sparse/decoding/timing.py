@@ -24,6 +24,7 @@ from trax_sparse import layers as tl
 from trax_sparse.decoding.feed import with_inputs
 from trax_sparse.decoding.predict_state import (fresh_state, later_inputs, predict_step,
                                                 start_decoding)
+from trax_sparse.decoding.storage import store_weights
 
 
 def bytes_read_per_token(layer: tl.Layer, weights: Any) -> int:
@@ -34,15 +35,19 @@ def bytes_read_per_token(layer: tl.Layer, weights: Any) -> int:
 
 
 def time_per_token(model: tl.Layer, weights: Any = None, steps: int = 16, inputs: Any = None,
-                   warmup: int = 3) -> float:
+                   warmup: int = 3, weights_dtype: str | None = None,
+                   cache_dtype: str | None = None) -> float:
     """Median seconds of a one-token greedy predict step on the live backend (batch 1).
 
     The model must be initialized in predict mode; `inputs` are encoder inputs [1, L_in]
     of encoder-decoder models. The prefix call and `warmup` steps are not timed.
+    weights_dtype / cache_dtype: store the weights / K/V caches so first (`decoding.storage`).
     """
-    weights = fastmath.to_backend(model.weights if weights is None else weights)
+    weights = store_weights(model, model.weights if weights is None else weights,
+                            weights_dtype)
+    weights = fastmath.to_backend(weights)
     token, rng, times = onp.zeros((1, 1), onp.int32), fastmath.random.get_prng(0), []
-    state = fresh_state(model, None, shapes.signature(with_inputs(inputs, token)))
+    state = fresh_state(model, None, shapes.signature(with_inputs(inputs, token)), cache_dtype)
     step = predict_step(model, accelerate=True)
     logits, state, _ = start_decoding(model, step, with_inputs(inputs, token), weights, state,
                                       rng, steps + warmup)

@@ -97,6 +97,9 @@ class DotProductCausalAttention(Layer):
     def macs_per_step(self, weights: Any, n_keys: int = 1, kv_width: int = 0) -> int:
         return 2 * n_keys * kv_width                  # q·k and p·v over the cached keys
 
+    def attention_caches(self, state: Any) -> tuple:
+        return tuple(state[:2])                       # predict: k, v [B, H, max_len, d_h]
+
     def __init__(self, n_heads: int, dropout: float = 0.0, max_len: int = 2048,
                  mode: str = 'train', masked: bool = False):
         super().__init__(n_in=4 if masked else 3, n_out=1, name='DotProductCausalAttention')
@@ -302,6 +305,9 @@ class EncDecAttention(Layer):
 
     def sublayer_states(self, state: Any) -> tuple:
         return ((),) * len(self.sublayers)    # the state is this layer's K/V cache alone
+
+    def attention_caches(self, state: Any) -> tuple:
+        return tuple(state[:2])               # predict: the encoder's k, v [B, Le, d]
 
     def forward(self, inputs: Any) -> Any:
         x, enc, mask = inputs

@@ -115,6 +115,9 @@ class Embedding(Layer):
     def macs_per_step(self, weights: Any, n_keys: int = 1, kv_width: int = 0) -> int:
         return 0                                    # a lookup
 
+    def gathered_weights(self, weights: Any) -> tuple:
+        return tuple(weights)                       # one row per token
+
     def init_weights_and_state(self, input_signature: Any) -> None:
         if not onp.issubdtype(input_signature.dtype, onp.integer):
             raise ValueError(f'{self.name} expects integer token ids, got {input_signature.dtype}')
@@ -301,6 +304,9 @@ class PositionalEncoding(Layer):
 
     def macs_per_step(self, weights: Any, n_keys: int = 1, kv_width: int = 0) -> int:
         return 0                                    # an add
+
+    def gathered_weights(self, weights: Any) -> tuple:
+        return tuple(weights)                       # one row per position
 
     def init_weights_and_state(self, input_signature: Any) -> None:
         d = input_signature.shape[-1]

@@ -137,6 +137,33 @@ class TreeHooks:
         return sum(sub.bytes_read_per_step(w)
                    for sub, w in zip(self._sublayers, self.sublayer_weights(weights)))
 
+    def gathered_weights(self, weights: Any) -> tuple:
+        """The arrays of these weights that a predict step reads a few rows of (a gather,
+        each row cast to the compute dtype after the read), never in a dense product.
+
+        What decoding stores in 16 bits with weights_dtype='gathered_bfloat16'
+        (`decoding.storage`): there 16 bits halve the bytes read without widening a whole
+        matrix per step. Default: none for a leaf; a combinator's are its sublayers'. An
+        embedding or position table returns its table, SparseFF its rows (W1ᵀ, W2, b1).
+        """
+        if not self._sublayers:
+            return ()
+        return tuple(array for sub, w in zip(self._sublayers, self.sublayer_weights(weights))
+                     for array in sub.gathered_weights(w))
+
+    def attention_caches(self, state: Any) -> tuple:
+        """The attention K/V cache arrays of this predict `state` (its leaves themselves).
+
+        What decoding stores in 16 bits with cache_dtype='bfloat16' (`decoding.storage`).
+        Attention layers return their key and value caches; positions, recurrent
+        statistics (SRU) and cached encoder outputs (tl.Cache) are not K/V caches. Default:
+        none for a leaf; a combinator's are its sublayers' (through `sublayer_states`).
+        """
+        if not self._sublayers:
+            return ()
+        return tuple(array for sub, s in zip(self._sublayers, self.sublayer_states(state))
+                     for array in sub.attention_caches(s))
+
     def macs_per_step(self, weights: Any, n_keys: int = 1, kv_width: int = 0) -> int:
         """Multiply-adds of one predict-mode step (batch 1, one token) with these weights.
 

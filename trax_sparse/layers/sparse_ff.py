@@ -112,6 +112,10 @@ def gumbel_choices(logits: Any, temperature: float, rng: Any) -> Any:
     return xnp.minimum(xnp.sum(below, axis=-1), block_size - 1).astype(xnp.int32)
 
 
+def _itemsize(array: Any) -> int:
+    return onp.dtype(array.dtype).itemsize
+
+
 def split_main(main: tuple) -> tuple:
     """(w1t, w2, b2) or (w1t, b1, w2, b2) -> (w1t, b1 or None, w2, b2)."""
     if len(main) == 4:
@@ -243,12 +247,19 @@ class SparseFF(Layer):
         return (controller, main)
 
     def bytes_read_per_step(self, weights: Any) -> int:
-        # The controller, then per block the chosen row of W1ᵀ and of W2 (+ its b1), and b2.
+        # The controller, then per block the chosen row of W1ᵀ and of W2 (+ its b1), and b2;
+        # each at its own itemsize (decoding may store the rows alone in 16 bits).
         controller, main = weights
-        n_blocks, d = main[0].shape[0], main[0].shape[-1]
-        chosen = 2 * n_blocks * d + d + (n_blocks if len(main) == 4 else 0)
-        controller_size = sum(int(onp.prod(c.shape)) for c in controller)
-        return onp.dtype(main[0].dtype).itemsize * (controller_size + chosen)
+        w1t, b1, w2, b2 = split_main(main)
+        n_blocks, d = w1t.shape[0], w1t.shape[-1]
+        chosen = n_blocks * d * (_itemsize(w1t) + _itemsize(w2)) + d * _itemsize(b2)
+        if b1 is not None:
+            chosen += n_blocks * _itemsize(b1)
+        return chosen + sum(int(onp.prod(c.shape)) * _itemsize(c) for c in controller)
+
+    def gathered_weights(self, weights: Any) -> tuple:
+        w1t, b1, w2, _ = split_main(weights[1])     # the rows; b2 and the controller: dense
+        return tuple(w for w in (w1t, b1, w2) if w is not None)
 
     def macs_per_step(self, weights: Any, n_keys: int = 1, kv_width: int = 0) -> int:
         controller, main = weights                  # the controller's two matrices, the rows

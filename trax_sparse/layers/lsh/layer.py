@@ -189,6 +189,10 @@ class LSHSelfAttention(Layer):
             self.state = xnp.zeros((batch, h, s.n_hashes * self.padded_length(length)),
                                    xnp.int32)
 
+    def attention_caches(self, state: Any) -> tuple:
+        # predict: keys and values (the buckets, rotations and position are not K/V)
+        return tuple(state[:2]) if self._mode == 'predict' else ()
+
     def _predict_settings(self) -> LSHSettings:
         """Settings of predict mode: n_buckets=None is resolved for predict_mem_len, so the
         prefix and every later token hash alike."""
