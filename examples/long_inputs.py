@@ -18,6 +18,7 @@ as the model's `ff` part).
 
     .venv/bin/python examples/long_inputs.py                   # 6+6 blocks, d_model 256
     .venv/bin/python examples/long_inputs.py --quick           # tiny sizes, seconds
+    .venv/bin/python examples/long_inputs.py --compute_dtype bfloat16   # bf16 activations
 """
 import argparse
 import atexit
@@ -41,7 +42,7 @@ from trax_sparse import layers as tl
 
 GB = 1e9
 SIZES = ('target_len', 'd_model', 'n_heads', 'layers', 'chunk_len', 'n_buckets', 'vocab_size',
-         'ff_chunk_len')
+         'ff_chunk_len', 'compute_dtype')
 
 
 def chunked_ff(d_model: int, d_ff: int, chunk_len: int) -> Any:
@@ -57,7 +58,7 @@ def make_models(args: argparse.Namespace, max_len: int) -> dict[str, tl.Layer]:
     """The two encoder-decoders at the same width and depth (train mode, no dropout)."""
     common = dict(d_model=args.d_model, n_encoder_layers=args.layers,
                   n_decoder_layers=args.layers, n_heads=args.n_heads, dropout=0.0,
-                  max_len=max_len, mode='train')
+                  max_len=max_len, compute_dtype=args.compute_dtype, mode='train')
     d_head = args.d_model // args.n_heads
     # LSH attention parts as the Terraformer builds them from its flags, but computing (and
     # differentiating) one head at a time: ~1/n_heads of the attention's memory.
@@ -174,6 +175,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument('--ff_chunk_len', type=int, default=4096,
                         help="the Terraformer's FF runs on chunks of this many positions "
                              '(tl.PositionwiseChunk); 0 = unchunked')
+    parser.add_argument('--compute_dtype', default='float32',
+                        help="the models' activations: float32 or bfloat16 (weights stay "
+                             'float32; benchmarks/precision_memory.py compares the two)')
     parser.add_argument('--real_step', default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.real_step:                                  # the subprocess of one real step
@@ -199,7 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
           f'   {args.layers}+{args.layers} blocks, d_model {args.d_model}, d_ff '
           f'{4 * args.d_model}, {args.n_heads} heads, batch 1, targets {args.target_len}; '
           f'LSH: chunk {args.chunk_len}, {args.n_buckets} buckets, 2 hashes; Terraformer FF '
-          f'chunk {args.ff_chunk_len or "none"}; budget '
+          f'chunk {args.ff_chunk_len or "none"}; compute dtype {args.compute_dtype}; budget '
           f'{args.budget_gb:g} GB', flush=True)
     names = list(make_models(args, 2 * args.start + args.target_len))
     results = []

@@ -143,6 +143,7 @@ fori_loop = _dispatched('fori_loop')
 cond = _dispatched('cond')
 sort_key_val = _dispatched('sort_key_val')
 logsumexp = _dispatched('logsumexp')
+softmax_with_lse = _dispatched('softmax_with_lse')
 conv = _dispatched('conv')
 top_k = _dispatched('top_k')
 erf = _dispatched('erf')
@@ -218,7 +219,8 @@ __all__ = [
     'dynamic_slice', 'dynamic_update_slice', 'erf', 'fori_loop', 'grad', 'in_parts', 'is_concrete',
     'is_jax', 'jax_available', 'jit', 'logsumexp', 'numpy', 'optimization_barrier',
     'parallel_matmul', 'parallel_matmuls', 'random', 'remat', 'scan', 'set_backend', 'set_tuning',
-    'sort_key_val', 'stop_gradient', 'take_permutation', 'take_rows_dot', 'take_rows_weighted_sum',
+    'softmax_with_lse', 'sort_key_val', 'stop_gradient', 'take_permutation', 'take_rows_dot',
+    'take_rows_weighted_sum',
     'to_backend', 'to_numpy', 'top_k', 'tree_leaves', 'tree_map', 'tree_structure',
     'tree_unflatten_like', 'tuned', 'tuning', 'update_cache', 'use_backend', 'value_and_grad',
     'vjp',

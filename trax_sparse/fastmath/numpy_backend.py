@@ -85,6 +85,36 @@ def logsumexp(x, axis: int | Sequence[int] | None = None, keepdims: bool = False
     return out if keepdims else np.squeeze(out, axis=axis)
 
 
+def stats_dtype(dtype: Any) -> Any:
+    """float32 for 16-bit floats (statistics are kept in float32), else `dtype` itself."""
+    return np.float32 if np.dtype(dtype).itemsize == 2 else dtype
+
+
+def softmax_with_lse(scores, keep, fill, dtype):
+    """(softmax of `scores` over the last axis, in `dtype`; its log-sum-exp [..., 1], float32).
+
+    Entries where `keep` (bool, broadcastable; None = all) is False take the value `fill`
+    (a scalar or an array broadcastable to scores) first. The statistics (max, sum, log)
+    are computed in float32 whatever the scores' dtype (float64 stays float64). On JAX the
+    gradient keeps only the returned probabilities (and `keep`): for 16-bit `dtype`, half
+    the bytes of a float32 attention matrix.
+    """
+    return softmax_with_lse_in(np, scores, keep, fill, dtype)
+
+
+def softmax_with_lse_in(xp: Any, scores, keep, fill, dtype):
+    """`softmax_with_lse` in array module `xp` (shared with the JAX backend)."""
+    wide = stats_dtype(scores.dtype)
+    s = scores if scores.dtype == wide else scores.astype(wide)
+    if keep is not None:
+        s = xp.where(keep, s, xp.asarray(fill, dtype=wide))
+    m = xp.max(s, axis=-1, keepdims=True)                                    # [..., 1]
+    e = xp.exp(s - m)
+    total = xp.sum(e, axis=-1, keepdims=True)
+    probs = e / total
+    return probs if probs.dtype == dtype else probs.astype(dtype), m + xp.log(total)
+
+
 def _clamped_starts(shape, starts, sizes) -> list[int]:
     # Like lax.dynamic_slice: start indices are clamped so the slice fits.
     return [min(max(int(s), 0), d - z) for s, d, z in zip(starts, shape, sizes)]

@@ -93,11 +93,10 @@ def dot_product_attention(q: Any, k: Any, v: Any, mask: Any = None, dropout: flo
     computed in float32 and its probabilities cast to q's dtype.
     """
     q = q * (1.0 / math.sqrt(q.shape[-1]))
-    scores = float32_stats(xnp.matmul(q, xnp.swapaxes(k, -1, -2)))   # [..., Lq, Lk]
-    if mask is not None:
-        scores = xnp.where(mask, scores, xnp.full_like(scores, MASK_VALUE))
-    probs = xnp.exp(scores - fastmath.logsumexp(scores, axis=-1, keepdims=True))
-    probs = attention_dropout(cast_like(probs, q), dropout, rng)
+    scores = xnp.matmul(q, xnp.swapaxes(k, -1, -2))                 # [..., Lq, Lk]
+    # Softmax statistics in float32; the gradient keeps only the probabilities (q's dtype).
+    probs, _ = fastmath.softmax_with_lse(scores, mask, MASK_VALUE, q.dtype)
+    probs = attention_dropout(probs, dropout, rng)
     return cast_like(xnp.matmul(probs, v), q)                  # [..., Lq, d_v]
 
 

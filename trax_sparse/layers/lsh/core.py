@@ -165,11 +165,11 @@ def lsh_attention_rounds(qk: Any, v: Any, buckets: Any, valid: Any, causal: bool
         masked = masked | (kv_pos > q_pos)
     scores = xnp.where(masked, MASK_VALUE, scores)
     lse = fastmath.logsumexp(scores, axis=-1, keepdims=True)             # [B,H,R,nc,c,1]
-    probs = xnp.exp(scores - lse)
+    probs = cast_like(xnp.exp(scores - lse), sq)          # statistics in float32
     if dropout > 0.0:
         keep = portable_bernoulli(rng, 1.0 - dropout, probs.shape, ATTENTION_DROPOUT_STREAM)
         probs = xnp.where(keep, probs / (1.0 - dropout), 0.0)
-    o_sorted = xnp.matmul(cast_like(probs, sq), v_window)                # [B,H,R,nc,c,dv]
+    o_sorted = xnp.matmul(probs, v_window)                               # [B,H,R,nc,c,dv]
 
     o_sorted = o_sorted.reshape((batch, n_heads, n_rounds, length, -1))  # [B,H,R,L,dv]
     o_rounds = permute(o_sorted, inverse, sorted_positions)
