@@ -58,7 +58,10 @@ class MultiplicativeDense(Layer):
 
     def weight_axes(self) -> tuple:
         d_in, d_out = self._axes                      # D [S, d_in], E [d_in, M], b [d_out]
-        gate_and_proj = (Axes(None, d_in), Axes(d_in, d_out))
+        # Output unit s·M + m: the modules S are the output's major axis, so they carry its
+        # name (splitting S splits d_out in contiguous blocks, as for a Dense), and the
+        # training path's product [S, d_in, M] and the outputs [..., S, M] split with them.
+        gate_and_proj = (Axes(d_out, d_in), Axes(d_in, None))
         return gate_and_proj + (Axes(d_out),) if self._use_bias else gate_and_proj
 
     def macs_per_step(self, weights: Any, n_keys: int = 1, kv_width: int = 0) -> int:
