@@ -40,6 +40,15 @@ class Exchange:
         return exchange
 
 
+
+def _as_two_processes(run) -> None:
+    """Runs run(0) and run(1) at once, each in its own thread (the two processes)."""
+    threads = [threading.Thread(target=run, args=(p,)) for p in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
 def _split_rows(process_count):
     """pieces(): rows split evenly over the processes (a weight split over 'data')."""
     def pieces(leaf):
@@ -70,11 +79,7 @@ def _save_two_processes(directory, step, seed, keep=None, directory_1=None):
                 pieces=_split_rows(2), process=process, exchange=exchange(process))
         except OSError as e:
             results[process] = e
-    threads = [threading.Thread(target=run, args=(p,)) for p in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _as_two_processes(run)
     return results
 
 
@@ -125,11 +130,7 @@ def _restore_two_processes(directory):
                 exchange=exchange(process), process=process)
         except ckpt.CheckpointError as e:
             results[process] = e
-    threads = [threading.Thread(target=run, args=(p,)) for p in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    _as_two_processes(run)
     return results
 
 
