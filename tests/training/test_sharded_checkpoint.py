@@ -40,7 +40,6 @@ class Exchange:
         return exchange
 
 
-
 def _as_two_processes(run) -> None:
     """Runs run(0) and run(1) at once, each in its own thread (the two processes)."""
     threads = [threading.Thread(target=run, args=(p,)) for p in range(2)]
@@ -48,6 +47,7 @@ def _as_two_processes(run) -> None:
         t.start()
     for t in threads:
         t.join()
+
 
 def _split_rows(process_count):
     """pieces(): rows split evenly over the processes (a weight split over 'data')."""
