@@ -1,9 +1,8 @@
 """The precision policy on every public layer (trax_sparse/precision.py, docs/precision.md).
 
 For each registry case the layer is run on float32 inputs and on the same inputs in
-bfloat16, with the same float32 (master) weights: in train, eval and predict on NumPy,
-and in train and predict on JAX (both runs and the bfloat16 gradient in one compiled
-function). The bfloat16 outputs equal the float32 ones within bfloat16 tolerance and are
+bfloat16, with the same float32 (master) weights, in train, eval and predict, on NumPy and
+on JAX (there both runs, and in train the bfloat16 gradient, in one compiled function). The bfloat16 outputs equal the float32 ones within bfloat16 tolerance and are
 bfloat16 (losses and metrics: float32); weights initialized on bfloat16 inputs are
 float32; on JAX the gradients reach the float32 weights in float32, finite.
 """
@@ -20,7 +19,7 @@ BF16 = compute_dtype('bfloat16')
 CASES = all_cases()
 FLOAT32_OUTPUTS = {'CrossEntropyLoss', 'Accuracy'}     # losses and metrics stay float32
 RTOL = 3e-2                                            # of the output's largest magnitude
-MODES = {'numpy': ('train', 'eval', 'predict'), 'jax': ('train', 'predict')}
+MODES = ('train', 'eval', 'predict')
 
 
 def _to_bf16(tree):
@@ -71,7 +70,7 @@ def _runs(case, mode, backend, x):
 def test_bfloat16_inputs_give_float32_outputs_within_bfloat16_tolerance(case, backend):
     x = case.inputs()
     expected = _expected_dtype(case, x)
-    for mode in MODES[backend]:
+    for mode in MODES:
         if mode == 'predict' and not case.predict_ok:
             continue
         y32, y16, grads, w16_init = _runs(case, mode, backend, x)
