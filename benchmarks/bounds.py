@@ -118,3 +118,26 @@ def macs_per_token(layer: tl.Layer, weights: Any, keys: int = 1, kv_width: int =
     """
     return int(layer.macs_per_step(weights, keys, kv_width))
 
+
+def kv_cache_bytes_read(layer: tl.Layer, state: Any, position: int) -> int:
+    """Bytes of attention K/V cache one decoding step (batch 1) reads at cache `position`:
+    the filled slots of each causal cache [B, H, N, d_h] (axis 2; an LSH step reads at most
+    these), the whole of each encoder cache [B, Le, d]; at the caches' own itemsize
+    (`Layer.attention_caches`, so a bfloat16 cache counts 2 bytes a value).
+
+        >>> import numpy as np
+        >>> core = tl.DotProductCausalAttention(n_heads=2, max_len=8, mode='predict')
+        >>> state = (np.zeros((1, 2, 8, 4), np.float32), np.zeros((1, 2, 8, 4), np.float32), 0)
+        >>> kv_cache_bytes_read(core, state, 3)      # k and v: 3 slots x 2 heads x 4 floats
+        192
+    """
+    total = 0
+    for cache in layer.attention_caches(state):
+        per_value = np.dtype(cache.dtype).itemsize
+        if len(cache.shape) == 4:
+            per_slot = int(np.prod(cache.shape)) // cache.shape[2]
+            total += per_value * per_slot * min(position, cache.shape[2])
+        else:
+            total += per_value * int(np.prod(cache.shape))
+    return total
+

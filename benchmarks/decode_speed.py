@@ -14,8 +14,14 @@ bound max(bytes / bandwidth, MACs / matmul rate), both rates measured in the sam
 The Trax column is Trax 1.4.1 on this machine kind (issue 10's table, a fixed reference):
 its per-block times summed (FF + attention) times the layers, so it leaves out the
 embedding and the output layer; '-' where the table has no figure.
+Part (a) also decodes each model with 16-bit storage (--storages, `decoding.storage`):
+'bfloat16' (every weight and the K/V caches in bfloat16) and 'gathered_bfloat16' (only the
+row-gathered weights: embeddings, SparseFF rows; the CPU default, weights_dtype='auto'), the
+compute staying float32; its table gives the weight and K/V cache bytes read per token and
+the ms of each storage with its ratio to float32 in the same run, storages timed back to back.
 
 Run: .venv/bin/python benchmarks/decode_speed.py [--part=a|b|ab] [--layers=24] [--steps=16]
+         [--storages=float32,bfloat16,gathered_bfloat16] [--variants=baseline,...]
 """
 import os
 
@@ -31,7 +37,7 @@ import time
 
 import numpy as np
 
-from bounds import TRAX_1_4_1_MS, Rates, macs_per_token, measure_rates
+from bounds import TRAX_1_4_1_MS, Rates, kv_cache_bytes_read, macs_per_token, measure_rates
 from sparse_layers import flat_step
 from trax_sparse import decoding, fastmath, models, shapes
 from trax_sparse import layers as tl
@@ -50,6 +56,11 @@ VARIANTS = {  # name -> (ff_sparsity, attention_type, d_ff multiplier key, loss_
 }
 
 
+# name -> (weights_dtype, cache_dtype) of `decoding` (None: as trained, the compute dtype).
+STORAGES = {'float32': (None, None), 'bfloat16': ('bfloat16', 'bfloat16'),
+            'gathered_bfloat16': ('gathered_bfloat16', None)}
+
+
 def _trax_ms(size: str, variant: str, n_layers: int) -> float | None:
     """Trax 1.4.1's per-token ms for a variant: (FF + attention) of issue 10's table x layers."""
     ff, attention, _, loss = VARIANTS[variant]
@@ -60,9 +71,37 @@ def _trax_ms(size: str, variant: str, n_layers: int) -> float | None:
     return None if None in parts else n_layers * sum(parts)
 
 
-def time_per_token(model: tl.Layer, weights, backend: str, steps: int, inputs=None) -> float:
+def time_per_token(model: tl.Layer, weights, backend: str, steps: int, inputs=None,
+                   cache_dtype=None) -> float:
     with fastmath.use_backend(backend):
-        return decoding.time_per_token(model, weights, steps, inputs)
+        return decoding.time_per_token(model, weights, steps, inputs, cache_dtype=cache_dtype)
+
+
+def storage_row(model: tl.Layer, weights, signature, steps: int, storages, inputs=None,
+                rounds: int = 1) -> dict:
+    """{storage: {'bytes', 'kv', 'numpy', 'jax'}}: weight and K/V cache bytes read per token (at
+    cache position `steps`) and seconds per token of each storage, timed in turn `rounds`
+    times on each backend (each storage's best round: the ratios to float32 are of one
+    moment of the shared machine, and a burst of load does not land on one storage)."""
+    out = {}
+    for name in storages:
+        weights_dtype, cache_dtype = STORAGES[name]
+        stored = decoding.store_weights(model, weights, weights_dtype)
+        with fastmath.use_backend('numpy'):
+            state = decoding.init_predict_state(model, signature, cache_dtype)
+        out[name] = {'stored': stored, 'cache_dtype': cache_dtype,
+                     'bytes': bytes_read_per_token(model, stored),
+                     'kv': kv_cache_bytes_read(model, state, steps)}
+        del state
+    for backend in ('numpy', 'jax'):
+        for _, name in [(r, n) for r in range(rounds) for n in storages]:   # best round
+            row = out[name]
+            seconds = time_per_token(model, row['stored'], backend, steps, inputs,
+                                     row['cache_dtype'])
+            row[backend] = min(seconds, row.get(backend, seconds))
+    for row in out.values():
+        del row['stored']
+    return out
 
 
 def _lm(variant: str, d: int, d_ff: dict, n_heads: int, n_layers: int, ff_sparsity, qkv: int,
@@ -82,32 +121,42 @@ def _init(model: tl.Layer, signature):
     return weights
 
 
-def part_a(n_layers: int, steps: int) -> tuple:
+def part_a(n_layers: int, steps: int, storages=('float32',), variants=tuple(VARIANTS),
+           terraformer: bool = True, rounds: int = 1) -> tuple:
     d_ff = {'dense': 4096, 'sparse': 6144}
-    rows = []
-    for variant in VARIANTS:
+    rows, by_storage = [], []
+    for variant in variants:
         model = _lm(variant, 1024, d_ff, 16, n_layers, 64, 16, 32000, 256)
-        weights = _init(model, shapes.ShapeDtype((1, 1), np.int32))
+        signature = shapes.ShapeDtype((1, 1), np.int32)
+        weights = _init(model, signature)
         n_bytes = bytes_read_per_token(model, weights)
         macs = macs_per_token(model, weights, keys=steps, kv_width=1024)
-        times = {b: time_per_token(model, weights, b, steps) for b in ('numpy', 'jax')}
+        stored = storage_row(model, weights, signature, steps, storages, rounds=rounds)
+        times = {b: stored['float32'][b] for b in ('numpy', 'jax')}
         rows.append((variant, n_bytes, macs, times, _trax_ms('800M', variant, n_layers)))
+        by_storage.append((variant, stored))
         del model, weights
         gc.collect()
+    if not terraformer:
+        return (f'(a) 800M configuration, decoder only, {n_layers} layers, per token', rows,
+                {k: v[0] for k, v in PAPER_800M.items()}, by_storage)
     terraformer = models.Terraformer(
         32000, d_model=1024, d_ff=6144, n_encoder_layers=1, n_decoder_layers=n_layers,
         n_heads=16, encoder_attention_type='dense', decoder_attention_type='sparse_qkv',
         qkv_sparsity=16, ff_sparsity=64, loss_sparsity=4, dropout=0.0, max_len=512,
         mode='predict')
     inputs = np.ones((1, 64), np.int32)
-    weights = _init(terraformer, (shapes.signature(inputs), shapes.ShapeDtype((1, 1), np.int32)))
+    signature = (shapes.signature(inputs), shapes.ShapeDtype((1, 1), np.int32))
+    weights = _init(terraformer, signature)
     decoder_bytes = bytes_read_per_token(terraformer, weights)
     macs = macs_per_token(terraformer, weights, keys=steps, kv_width=1024)
-    times = {b: time_per_token(terraformer, weights, b, steps, inputs) for b in ('numpy', 'jax')}
-    rows.append(('Terraformer (2 sparse-QKV attentions / block)', decoder_bytes, macs, times,
-                 None))
+    stored = storage_row(terraformer, weights, signature, steps, storages, inputs, rounds)
+    times = {b: stored['float32'][b] for b in ('numpy', 'jax')}
+    name = 'Terraformer (2 sparse-QKV attentions / block)'
+    rows.append((name, decoder_bytes, macs, times, None))
+    by_storage.append((name, stored))
     return (f'(a) 800M configuration, decoder only, {n_layers} layers, per token', rows,
-            {k: v[0] for k, v in PAPER_800M.items()})
+            {k: v[0] for k, v in PAPER_800M.items()}, by_storage)
 
 
 def part_b(steps: int) -> tuple:
@@ -134,7 +183,7 @@ def part_b(steps: int) -> tuple:
         del block, weights
         gc.collect()
     return ('(b) one block at the 17B dimensions (d 9216, d_ff 65536, 96 heads)', rows,
-            PAPER_17B_BLOCK)
+            PAPER_17B_BLOCK, None)
 
 
 def _block_time(block, weights, backend, steps):
@@ -175,23 +224,64 @@ def _print_table(title, rows, rates: Rates, paper):
               + ' | '.join(cells) + f" | {'' if paper_value is None else paper_value} |")
 
 
+def _print_storage_table(rows) -> None:
+    """Bytes read per token and ms of each storage, with ratios to float32 (same run)."""
+    storages = list(rows[0][1])
+    print('\n16-bit storage (compute float32): weights + K/V cache bytes read per token '
+          '(ratio to float32), ms per token (ratio to float32, same run)')
+    print('| model | storage | weights read / token | K/V cache read / token | numpy ms | '
+          '(x float32) | jax ms | (x float32) |')
+    print('|---|---|---|---|---|---|---|---|')
+    for name, stored in rows:
+        base = stored['float32']
+        for storage in storages:
+            r = stored[storage]
+            cells = [name, storage, f"{r['bytes'] / 1e6:.1f} MB ({r['bytes'] / base['bytes']:.2f}x)",
+                     f"{r['kv'] / 1e6:.2f} MB ({r['kv'] / base['kv']:.2f}x)"]
+            for b in ('numpy', 'jax'):
+                cells += [f'{r[b] * 1e3:.2f}', f'{r[b] / base[b]:.2f}x']
+            print('| ' + ' | '.join(cells) + ' |')
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--part', default='ab')
     parser.add_argument('--layers', type=int, default=24)
     parser.add_argument('--steps', type=int, default=16)
+    parser.add_argument('--storages', default=','.join(STORAGES),
+                        help=f'part (a): storages to time, of {", ".join(STORAGES)}')
+    parser.add_argument('--variants', default=','.join(VARIANTS),
+                        help='part (a): the LM variants to time (names of its table)')
+    parser.add_argument('--rounds', type=int, default=1,
+                        help='part (a): time the storages in turn this many times (best round)')
+    parser.add_argument('--no_terraformer', action='store_true',
+                        help='part (a): leave out the Terraformer row')
     args = parser.parse_args()
+    storages = ['float32'] + [s for s in args.storages.split(',') if s != 'float32']
+    unknown = [s for s in storages if s not in STORAGES]
+    variants = [v.strip() for v in args.variants.split(',')]
+    unknown += [v for v in variants if v not in VARIANTS]
+    if unknown:
+        parser.error(f'unknown --storages / --variants: {unknown}; storages: {list(STORAGES)}, '
+                     f'variants: {list(VARIANTS)}')
     print(f'command: .venv/bin/python benchmarks/decode_speed.py --part={args.part} '
-          f'--layers={args.layers} --steps={args.steps}')
+          f'--layers={args.layers} --steps={args.steps} --storages={",".join(storages)} '
+          f'--variants={",".join(variants)!r} --rounds={args.rounds}'
+          f'{" --no_terraformer" if args.no_terraformer else ""}; load average '
+          f'{os.getloadavg()[0]:.1f}')
     rates = measure_rates()
     tables = []
     if 'a' in args.part:
-        tables.append(part_a(args.layers, args.steps))
+        tables.append(part_a(args.layers, args.steps, storages, variants,
+                             not args.no_terraformer, args.rounds))
     if 'b' in args.part:
         tables.append(part_b(args.steps))
     rates = measure_rates(rates)
-    for title, rows, paper in tables:
+    print(f'load average at the end {os.getloadavg()[0]:.1f}')
+    for title, rows, paper, by_storage in tables:
         _print_table(title, rows, rates, paper)
+        if by_storage and len(storages) > 1:
+            _print_storage_table(by_storage)
 
 
 if __name__ == '__main__':

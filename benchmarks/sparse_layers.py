@@ -20,6 +20,11 @@ Every row has its lower bound max(bytes / bandwidth, multiply-adds / matmul rate
 weights (and K/V cache) a step must read, "MMAC/token" its multiply-adds. The Trax
 column is Trax 1.4.1 measured on this machine kind (issue 10), a fixed reference.
 Then the per-layer table: FF + attention, dense vs sparse, ratios from this run.
+With --storages (default float32,bfloat16,gathered_bfloat16; `decoding.storage`) every block
+is also timed with 16-bit storage, back to back with float32 on each backend: 'bfloat16'
+(every weight and the K/V cache in bfloat16) and 'gathered_bfloat16' (SparseFF's rows alone),
+compute float32; the 16-bit table gives MB/token (from the layers' bytes_read_per_step and
+the caches' itemsize) and ms, each with its ratio to float32.
 
 On a shared, loaded machine multi-threaded OpenBLAS adds milliseconds of thread
 hand-off to every small NumPy matmul; OPENBLAS_NUM_THREADS=1 gives stable numbers.
@@ -27,6 +32,7 @@ hand-off to every small NumPy matmul; OPENBLAS_NUM_THREADS=1 gives stable number
 Usage:
     .venv/bin/python benchmarks/sparse_layers.py                          # everything
     .venv/bin/python benchmarks/sparse_layers.py --sizes 800M --backends numpy --repeats 5
+    .venv/bin/python benchmarks/sparse_layers.py --sizes 800M --storages float32,bfloat16
     OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/sparse_layers.py   # on a busy machine
 """
 import os
@@ -38,14 +44,16 @@ os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 import argparse  # noqa: E402
 import gc  # noqa: E402
 import statistics  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
 from typing import Any, Callable  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from bounds import TRAX_1_4_1_MS, Rates, macs_per_token, measure_rates  # noqa: E402
-from trax_sparse import fastmath, shapes  # noqa: E402
+from bounds import (TRAX_1_4_1_MS, Rates, kv_cache_bytes_read, macs_per_token,  # noqa: E402
+                    measure_rates)
+from trax_sparse import decoding, fastmath, shapes  # noqa: E402
 from trax_sparse import layers as tl  # noqa: E402
 from trax_sparse.layers.flat import FlatForward  # noqa: E402
 
@@ -56,6 +64,9 @@ SIZES = {
                 modules=64),
 }
 F32 = 4
+# name -> (weights_dtype, cache_dtype) of `decoding.storage` (None: float32 as created).
+STORAGES = {'float32': (None, None), 'bfloat16': ('bfloat16', 'bfloat16'),
+            'gathered_bfloat16': ('gathered_bfloat16', None)}
 # Distinct input tokens the timed steps cycle through (NumPy: one per step; JAX: blocks of
 # --jax_steps_per_call of them, one block per call).
 N_TOKENS = 64
@@ -85,16 +96,10 @@ def sparse_attention(cfg: dict, max_len: int) -> tl.Layer:
                                                 mode='predict')
 
 
-def weight_bytes_read(layer: tl.Layer, weights: Any, cfg: dict) -> int:
-    """Bytes of weights one decode step reads (SparseFF: controller + chosen rows)."""
-    total = sum(np.size(w) for w in fastmath.tree_leaves(weights)) * F32
-    if isinstance(layer, tl.SparseFF):
-        _, main = weights
-        n_blocks, _, d = np.shape(main[0])
-        unread = sum(np.size(w) for w in main[:-1]) - 2 * d * n_blocks - (
-            n_blocks if len(main) == 4 else 0)
-        total -= unread * F32
-    return total
+def weight_bytes_read(layer: tl.Layer, weights: Any) -> int:
+    """Bytes of weights one decode step reads (SparseFF: controller + chosen rows), at the
+    weights' own itemsize (`Layer.bytes_read_per_step`)."""
+    return int(layer.bytes_read_per_step(weights))
 
 
 def abstract_weights_and_state(layer: tl.Layer, sig: shapes.ShapeDtype) -> tuple[Any, Any]:
@@ -164,12 +169,14 @@ def jax_steps(layer: tl.Layer, steps: int) -> Callable:
 
 def measure(make: Callable[[], tl.Layer], cfg: dict, backends: list[str], prefix: int,
             warmup: int, repeats: int, seed: int, jax_steps_per_call: int = 1,
-            stack_read_bytes: int = 0, kv_bytes: int = 0) -> dict:
-    """Per-token seconds of one block on each backend, plus its bytes read and MACs per token.
+            stack_read_bytes: int = 0, storages: tuple = ('float32',), rounds: int = 1) -> dict:
+    """Per-token seconds of one block on each backend, plus its bytes read and MACs per token;
+    result['storages'][name] the same for each storage of STORAGES (float32 first), timed in
+    turn `rounds` times (each storage's best round).
 
-    A block that reads fewer than `stack_read_bytes` per step (weights and `kv_bytes` of
-    K/V cache) is timed as a stack of residual copies that together read at least that
-    much (at most MAX_COPIES, each with its own weights and cache; the time divided by
+    A block that reads fewer than `stack_read_bytes` per step (weights and the K/V cache
+    filled to `prefix`) is timed as a stack of residual copies that together read at least
+    that much (at most MAX_COPIES, each with its own weights and cache; the time divided by
     their number), so what a block reads is not still in the CPU caches from its
     previous step, as in a model of many layers.
     """
@@ -177,7 +184,14 @@ def measure(make: Callable[[], tl.Layer], cfg: dict, backends: list[str], prefix
     token_sig = shapes.ShapeDtype((1, 1, cfg['d']))
     weight_sigs, state_sigs = abstract_weights_and_state(one, token_sig)
     weights = random_weights(weight_sigs, seed)
-    result = {'bytes': weight_bytes_read(one, weights, cfg) + kv_bytes,
+    per_storage = {}
+    for name in storages:
+        weights_dtype, cache_dtype = STORAGES[name]
+        state = zeros_state(decoding.with_cache_dtype(one, state_sigs, cache_dtype))
+        per_storage[name] = {
+            'bytes': (weight_bytes_read(one, decoding.store_weights(one, weights, weights_dtype))
+                      + kv_cache_bytes_read(one, state, prefix))}
+    result = {'bytes': per_storage['float32']['bytes'], 'storages': per_storage,
               'macs': macs_per_token(one, weights, keys=prefix + 1, kv_width=cfg['d'])}
     weight_bytes = sum(np.size(w) for w in fastmath.tree_leaves(weights)) * F32
     copies = max(1, min(MAX_COPIES, -(-stack_read_bytes // result['bytes']),
@@ -200,8 +214,6 @@ def measure(make: Callable[[], tl.Layer], cfg: dict, backends: list[str], prefix
             inputs = list(tokens)
             if backend == 'jax':
                 import jax
-                weights = jax.device_put(weights)
-                gc.collect()
                 prefix_step = jax.jit(layer.pure_fn, donate_argnums=(2,))
                 step, steps_per_call = jax_steps(layer, jax_steps_per_call), jax_steps_per_call
                 block = jax.block_until_ready
@@ -211,15 +223,26 @@ def measure(make: Callable[[], tl.Layer], cfg: dict, backends: list[str], prefix
             else:                       # the NumPy decoding path: the flat program
                 step, block, steps_per_call = flat_step(layer), lambda y: y, 1
                 prefix_step = step
-            state = zeros_state(state_sigs)
-            if prefix_x is not None:
-                _, state = prefix_step(prefix_x, weights, state, rng)
-            per_call, state = time_steps(step, inputs, weights, state, rng, block, warmup,
-                                          repeats)
-            result[backend] = per_call / steps_per_call / copies
-            del state
-        print(f'  {one.name} {backend}: {result[backend] * 1e3:.3f} ms'
-              f'{f" (per copy of {copies})" if copies > 1 else ""}', flush=True)
+            # Storages in turn, `rounds` times: each one's best round, so a burst of load on
+            # the shared machine does not land on one storage only.
+            for _, name in [(r, n) for r in range(rounds) for n in storages]:
+                weights_dtype, cache_dtype = STORAGES[name]
+                stored = fastmath.to_backend(decoding.store_weights(layer, weights,
+                                                                    weights_dtype))
+                gc.collect()
+                state = zeros_state(decoding.with_cache_dtype(layer, state_sigs, cache_dtype))
+                if prefix_x is not None:
+                    _, state = prefix_step(prefix_x, stored, state, rng)
+                per_call, state = time_steps(step, inputs, stored, state, rng, block, warmup,
+                                              repeats)
+                seconds = per_call / steps_per_call / copies
+                per_storage[name][backend] = min(seconds, per_storage[name].get(backend, seconds))
+                del state, stored
+        for name in storages:
+            print(f'  {one.name} {backend} {name}: {per_storage[name][backend] * 1e3:.3f} ms'
+                  f'{f" (per copy of {copies})" if copies > 1 else ""}', flush=True)
+    for backend in backends:
+        result[backend] = per_storage['float32'][backend]
     del weights
     gc.collect()
     return result
@@ -237,6 +260,10 @@ def main() -> None:
     parser.add_argument('--repeats', type=int, default=15)
     parser.add_argument('--jax_steps_per_call', type=int, default=8,
                         help='JAX: decoding steps per jitted call (time / steps = per step)')
+    parser.add_argument('--storages', default=','.join(STORAGES),
+                        help=f'storages to time (float32 always), of {", ".join(STORAGES)}')
+    parser.add_argument('--rounds', type=int, default=1,
+                        help='time the storages in turn this many times (best round each)')
     parser.add_argument('--stack_read_mb', type=int, default=64,
                         help='time a stack of copies of a block that together read at least '
                         f'this many MB per step (at most {MAX_COPIES} copies), so what a block '
@@ -244,6 +271,11 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings('ignore', message='Some donated buffers were not usable')
     backends = args.backends.split(',')
+    storages = ['float32'] + [s for s in args.storages.split(',') if s and s != 'float32']
+    if any(s not in STORAGES for s in storages):
+        parser.error(f'--storages={args.storages}: expected names of {list(STORAGES)}')
+    print('command: .venv/bin/python benchmarks/sparse_layers.py ' + ' '.join(sys.argv[1:])
+          + f'; load average {os.getloadavg()[0]:.1f}', flush=True)
     rates = measure_rates()
     print(f"{rates.describe()}; OPENBLAS_NUM_THREADS="
           f"{os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}", flush=True)
@@ -252,19 +284,23 @@ def main() -> None:
         cfg = SIZES[size]
         for block in args.blocks.split(','):
             if block == 'ff':
-                makers, prefix, kv_bytes = (lambda: dense_ff(cfg), lambda: sparse_ff(cfg)), 0, 0
+                makers, prefix = (lambda: dense_ff(cfg), lambda: sparse_ff(cfg)), 0
             else:
                 makers = (lambda: dense_attention(cfg, args.max_len),
                           lambda: sparse_attention(cfg, args.max_len))
-                prefix, kv_bytes = args.position, 2 * args.position * cfg['d'] * F32
+                prefix = args.position
             for kind, make in zip(('dense', 'sparse'), makers):
                 result = measure(make, cfg, backends, prefix, args.warmup, args.repeats,
                                  seed=len(rows), jax_steps_per_call=args.jax_steps_per_call,
-                                 stack_read_bytes=args.stack_read_mb << 20, kv_bytes=kv_bytes)
+                                 stack_read_bytes=args.stack_read_mb << 20, storages=storages,
+                                 rounds=args.rounds)
                 rows.append((size, block, kind, result))
     rates = measure_rates(rates)
     print_blocks(rows, backends, rates)
     print_layers(rows, backends, rates)
+    print(f'load average at the end {os.getloadavg()[0]:.1f}')
+    if len(storages) > 1:
+        print_storages(rows, backends, storages)
 
 
 def _bound_cells(result: dict, rates: Rates) -> list[str]:
@@ -319,6 +355,23 @@ def print_layers(rows: list, backends: list[str], rates: Rates) -> None:
             cells = [size, 'sparse / dense', trax]
             cells += [f'{sparse[b] / dense[b]:.3f}' for b in backends]
             print('| ' + ' | '.join(cells + [f"{sparse['bound'] / dense['bound']:.3f}"]) + ' |')
+
+
+def print_storages(rows: list, backends: list[str], storages: list[str]) -> None:
+    """One row per block and storage: MB/token and ms, each with its ratio to float32."""
+    print('\n16-bit storage (compute float32): MB/token = weights + K/V cache read per step')
+    print('| size | block | storage | MB/token | (x float32) | '
+          + ' | '.join(f'{b} ms | (x float32)' for b in backends) + ' |')
+    print('|---|---|---|---|---|' + '---|---|' * len(backends))
+    for size, block, kind, result in rows:
+        base = result['storages']['float32']
+        for name in storages:
+            r = result['storages'][name]
+            cells = [size, f'{kind} {block}', name, f"{r['bytes'] / 1e6:.2f}",
+                     f"{r['bytes'] / base['bytes']:.2f}x"]
+            for b in backends:
+                cells += [f'{r[b] * 1e3:.3f}', f'{r[b] / base[b]:.2f}x']
+            print('| ' + ' | '.join(cells) + ' |')
 
 
 if __name__ == '__main__':

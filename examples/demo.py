@@ -10,7 +10,8 @@
    (speeches, stage directions) are EOS-separated in training, so an EOS is shown as a blank
    line and sampling goes on; the context slides by half the training length whenever it
    fills, because the models never saw positions past their training length.
-3. Prints validation log-perplexity and per-token decode time (NumPy and JAX) of both, and
+3. Prints validation log-perplexity (also with the weights stored in bfloat16 for decoding,
+   `decoding.compare_storage`) and per-token decode time (NumPy and JAX) of both, and
    the speed-up; then the same speed comparison at the paper's width (d_model 1024, random
    weights), where memory traffic, not overhead, decides.
 
@@ -119,6 +120,17 @@ def validation_log_perplexity(output_dir: str) -> float:
     return evals[-1]['log_perplexity']
 
 
+def bf16_validation_loss(output_dir: str) -> tuple[float, float]:
+    """(nats/byte with float32 weights, with the weights stored in bfloat16 as decoding stores
+    them) on the run's validation batches (train.eval_inputs, train.eval_steps of them), on
+    NumPy: `decoding.compare_storage` (issue 20: within 0.5% of float32)."""
+    pm = decode.PredictModel(output_dir)                   # parses the run's gin config
+    stream = gin.query_parameter('train.eval_inputs').scoped_configurable_fn()
+    with fastmath.use_backend('numpy'):
+        return decoding.compare_storage(pm.make(mode='eval'), pm.weights, stream, 'bfloat16',
+                                        int(gin.query_parameter('train.eval_steps')))
+
+
 def decode_timings(output_dir: str, steps: int = 32) -> dict:
     """Per-token decode seconds of the trained checkpoint on each backend."""
     pm = decode.PredictModel(output_dir)
@@ -178,6 +190,7 @@ def main() -> None:
               f'full line):\n' + '\n\n'.join(PRIMER) + '\n\n---- the model: ----\n\n'
               + text[:text.rfind('\n')].rstrip())
         rows[name] = dict(params=params, ppl=validation_log_perplexity(dirs[name]),
+                          ppl_bf16=bf16_validation_loss(dirs[name]),
                           **decode_timings(dirs[name], 4 if args.quick else 32))
 
     print('\n== trained models (byte-level Shakespeare, held-out works)')
@@ -190,6 +203,11 @@ def main() -> None:
     for backend in ('numpy', 'jax'):
         print(f'speed-up of sparse over dense decoding ({backend}): '
               f"{rows['dense'][backend] / rows['sparse'][backend]:.2f}x")
+    print('validation nats/byte with the weights stored in bfloat16 for decoding (float32 -> '
+          'bfloat16, same batches): ' + ', '.join(
+              f"{name} {r['ppl_bf16'][0]:.4f} -> {r['ppl_bf16'][1]:.4f} "
+              f"({100 * (r['ppl_bf16'][1] / r['ppl_bf16'][0] - 1):+.3f}%)"
+              for name, r in rows.items()))
     reached = all(r['ppl'] <= TARGET for r in rows.values())
     print(f"both models at or below {TARGET} nats/byte on the held-out works: "
           f"{'yes' if reached else 'no'}")
