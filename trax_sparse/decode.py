@@ -11,8 +11,8 @@ models (those taking two inputs: encoder inputs and tokens) read their input fro
 On --backend=numpy nothing imports jax. On --backend=jax, --mesh_shape=data=1,model=8 (the
 names and sizes of train.mesh_shape; also --axis_rules and --fsdp, as training's) splits the
 weights and K/V caches over the devices (docs/sharding.md, "Decoding").
---weights_dtype (auto: gathered_bfloat16 on a CPU, bfloat16 on a GPU/TPU) stores the weights
-in 16 bits once, --cache_dtype=bfloat16 the K/V caches (docs/precision.md).
+--weights_dtype (auto: float32 on a CPU, bfloat16 on a GPU/TPU) stores the weights in 16 bits
+once, --cache_dtype=bfloat16 the K/V caches (docs/precision.md).
 
 Every user error (bad flag values, a missing checkpoint or jax, token ids outside the
 vocabulary, a prompt + --max_length longer than the model's max_len) is one line on stderr
@@ -270,6 +270,8 @@ def run(checkpoint_dir: str, prompt: str = '', input_file: str | None = None,
     err = sys.stderr if err is None else err
     check_flags(max_length, temperature, top_k, beam_size, weights_dtype, cache_dtype)
     storage = dict(weights_dtype=weights_dtype, cache_dtype=cache_dtype)
+    if note := decoding.storage_note(weights_dtype):
+        err.write(f'{PROG}: note: {note}\n')
     mesh = decoding_mesh(mesh_shape, axis_rules, fsdp)
     pm = PredictModel(checkpoint_dir)
     if top_k is not None and pm.vocab_size is not None and top_k > pm.vocab_size:

@@ -38,7 +38,8 @@ def test_weights_dtype_stores_all_or_only_the_gathered_rows():
     assert len(chosen) == 4
     for before, after in zip(fastmath.tree_leaves(weights), fastmath.tree_leaves(gathered)):
         assert str(after.dtype) == ('bfloat16' if id(before) in chosen else 'float32')
-    assert storage.resolve_weights_dtype('auto', 'cpu') == 'gathered_bfloat16'
+    assert storage.resolve_weights_dtype('auto', 'cpu') == 'float32'
+    assert storage.resolve_weights_dtype('auto', 'gpu') == 'bfloat16'
     assert storage.store_weights(model, weights, None) is weights
     assert model.bytes_read_per_step(gathered) < model.bytes_read_per_step(weights)
 

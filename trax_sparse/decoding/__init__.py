@@ -14,7 +14,8 @@ from trax_sparse.decoding.sampling import (autoregressive_sample, autoregressive
                                            sample_logits)
 from trax_sparse.decoding.storage import (CACHE_DTYPES, WEIGHTS_DTYPES, check_cache_dtype,
                                           check_weights_dtype, resolve_weights_dtype,
-                                          store_weights, stored_dtypes, with_cache_dtype)
+                                          storage_note, store_weights, stored_dtypes,
+                                          with_cache_dtype)
 from trax_sparse.decoding.stored_loss import compare_storage, stored_loss
 from trax_sparse.decoding.timing import bytes_read_per_token, time_per_token
 
@@ -24,5 +25,5 @@ __all__ = ['CACHE_DTYPES', 'DecodingMesh', 'PredictStep', 'WEIGHTS_DTYPES',
            'compare_storage',
            'fresh_state', 'init_predict_state', 'later_inputs', 'length_normalizer',
            'place_for_decoding', 'predict_step', 'resolve_weights_dtype', 'sample_logits',
-           'start_decoding', 'store_weights', 'stored_dtypes', 'stored_loss', 'time_per_token',
+           'start_decoding', 'storage_note', 'store_weights', 'stored_dtypes', 'stored_loss', 'time_per_token',
            'with_cache_dtype']

@@ -12,9 +12,12 @@ weights_dtype (`store_weights`, done once before decoding):
 - 'gathered_bfloat16': only the weights a step reads a few rows of (`Layer.gathered_weights`:
   embedding and position tables, SparseFF's W1ᵀ / W2 rows) in bfloat16; the matrices of
   dense products stay float32.
-- 'auto': 'bfloat16' on a GPU or TPU; on a CPU, 'gathered_bfloat16' (measured: full bfloat16
-  storage made dense products slower on XLA:CPU and NumPy, which have no fast 16-bit
-  matrix-vector product; benchmarks/RESULTS.md, "Decoding in 16 bits").
+- 'auto': 'bfloat16' on a GPU or TPU; 'float32' on a CPU. Measured there (benchmarks/RESULTS.md,
+  "Decoding in 16 bits"): full bfloat16 storage made the 800M decoder 1.8-5.4x slower (no fast
+  16-bit matrix-vector product on XLA:CPU or NumPy: dense matrices are widened every step),
+  and 'gathered_bfloat16' gained nothing at 800M (0.98-1.05x; its rows are 1-5% of the bytes),
+  so the CPU default changes nothing. 'gathered_bfloat16' pays for large sparse models on
+  JAX (a 17B SparseFF block: 0.67x the bytes, 0.69x the time).
 cache_dtype (`with_cache_dtype`, on the fresh predict state): None keeps the compute
 dtype; 'bfloat16' / 'float16' stores the attention K/V caches (`Layer.attention_caches`)
 in 16 bits. Cached encoder outputs, positions and recurrent statistics keep theirs.
@@ -66,13 +69,13 @@ def resolve_weights_dtype(weights_dtype: str, platform: str | None = None) -> st
     """The storage 'auto' stands for on `platform` (default: the live backend's device).
 
         >>> resolve_weights_dtype('auto', 'cpu'), resolve_weights_dtype('auto', 'gpu')
-        ('gathered_bfloat16', 'bfloat16')
+        ('float32', 'bfloat16')
     """
     check_weights_dtype(weights_dtype)
     if weights_dtype != 'auto':
         return weights_dtype
     platform = device_platform() if platform is None else platform
-    return 'gathered_bfloat16' if platform == 'cpu' else 'bfloat16'
+    return 'float32' if platform == 'cpu' else 'bfloat16'
 
 
 def device_platform() -> str:
@@ -82,6 +85,29 @@ def device_platform() -> str:
         return 'cpu'
     probe = fastmath.to_backend(onp.zeros((), onp.float32))
     return str(next(iter(probe.devices())).platform)
+
+
+# Measured per-token cost of full bfloat16 storage over float32 on the 2-core CPU, the 800M
+# decoder's variants at 8 layers, same run (benchmarks/RESULTS.md, "Decoding in 16 bits").
+CPU_16BIT_COST = ('1.8-3.8x the float32 time per token on NumPy, 3.2-5.4x on JAX (800M '
+                  'decoder, benchmarks/RESULTS.md)')
+
+
+def storage_note(weights_dtype: str | None, platform: str | None = None) -> str | None:
+    """A note for a user who stores dense matrices in 16 bits on a CPU (None otherwise): the
+    memory is halved, the step is slower there (no fast 16-bit matrix-vector product).
+
+        >>> storage_note('gathered_bfloat16', 'cpu') is None, storage_note('bfloat16', 'gpu')
+        (True, None)
+    """
+    if weights_dtype is None or resolve_weights_dtype(weights_dtype, platform) not in (
+            'bfloat16', 'float16'):
+        return None
+    if (device_platform() if platform is None else platform) != 'cpu':
+        return None
+    return (f'weights_dtype={weights_dtype!r} stores the dense matrices in 16 bits: half the '
+            f'memory, but a CPU widens them at every step (measured: {CPU_16BIT_COST}); '
+            f"'auto' keeps them float32 on a CPU")
 
 
 def store_weights(model: Layer, weights: Any, weights_dtype: str | None) -> Any:
@@ -139,5 +165,5 @@ def stored_dtypes(tree: Any) -> dict:
 
 
 __all__ = ['CACHE_DTYPES', 'WEIGHTS_DTYPES', 'cast_chosen', 'check_cache_dtype',
-           'check_weights_dtype', 'device_platform', 'resolve_weights_dtype', 'store_weights', 'stored_dtypes',
+           'check_weights_dtype', 'device_platform', 'resolve_weights_dtype', 'storage_note', 'store_weights', 'stored_dtypes',
            'with_cache_dtype']
