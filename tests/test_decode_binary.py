@@ -128,10 +128,13 @@ def test_flag_values_are_refused_with_the_true_reason(flags, reason, tmp_path):
 
 
 def test_bf16_weights_and_caches_decode_and_bad_dtypes_are_one_line(trained_dir):
+    err = io.StringIO()
     with fastmath.use_backend('numpy'):
         text, _ = decode.run(trained_dir, prompt='ROMEO:', max_length=6, out=io.StringIO(),
-                             weights_dtype='bfloat16', cache_dtype='bfloat16')
+                             err=err, weights_dtype='bfloat16', cache_dtype='bfloat16')
     assert isinstance(text, str)
+    assert err.getvalue().startswith("trax-sparse-decode: note: weights_dtype='bfloat16' "
+                                     'stores the dense matrices in 16 bits')   # its CPU cost
     assert _main(f'--checkpoint_dir={trained_dir}', '--weights_dtype=bf16') == (
         "trax-sparse-decode: error: --weights_dtype='bf16': expected one of auto, float32, "
         'bfloat16, float16, gathered_bfloat16')
