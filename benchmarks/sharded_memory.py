@@ -9,17 +9,27 @@ d_model of a grid the train step is compiled for 8 CPU devices with its sharding
 XLA's memory analysis gives the bytes one device needs (arguments + outputs - donated +
 temporaries). A model fits when that is at most the budget.
 
+The question is what fits in memory, so every placement is compiled with XLA:CPU's
+memory-optimized scheduler (`--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED`;
+XLA:CPU's default orders the step for concurrency); `--default_scheduler` compiles with the
+default instead.
+
 Run: .venv/bin/python benchmarks/sharded_memory.py [--budget_gb=2] [--layers=8] [--seq_len=128]
+     [--default_scheduler]
 Extra XLA flags (e.g. XLA_FLAGS=--xla_disable_hlo_passes=cpu-all-reduce-combiner) are kept; the
-benchmark adds the 8 CPU devices to them.
+benchmark adds the 8 CPU devices (and the scheduler) to them.
 """
 import os
 import sys
 
+MEMORY_SCHEDULER = '--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED'
 if 'jax' not in sys.modules:
     _flags = os.environ.get('XLA_FLAGS', '')
     if 'xla_force_host_platform_device_count' not in _flags:
-        os.environ['XLA_FLAGS'] = f'{_flags} --xla_force_host_platform_device_count=8'.strip()
+        _flags = f'{_flags} --xla_force_host_platform_device_count=8'
+    if '--default_scheduler' not in sys.argv and 'xla_cpu_scheduler_type' not in _flags:
+        _flags = f'{_flags} {MEMORY_SCHEDULER}'
+    os.environ['XLA_FLAGS'] = _flags.strip()
 
 import argparse  # noqa: E402
 import time  # noqa: E402
@@ -84,11 +94,13 @@ def main() -> None:
     parser.add_argument('--budget_gb', type=float, default=2.0)
     parser.add_argument('--layers', type=int, default=8)
     parser.add_argument('--seq_len', type=int, default=128)
+    parser.add_argument('--default_scheduler', action='store_true',
+                        help="XLA:CPU's default scheduler instead of the memory-optimized one")
     args = parser.parse_args()
     budget = int(args.budget_gb * 2**30)
     print(f"command: XLA_FLAGS='{os.environ.get('XLA_FLAGS', '')}' .venv/bin/python "
           f'benchmarks/sharded_memory.py --budget_gb={args.budget_gb} --layers={args.layers} '
-          f'--seq_len={args.seq_len}')
+          f'--seq_len={args.seq_len}' + (' --default_scheduler' if args.default_scheduler else ''))
     largest = {}
     with fastmath.use_backend('jax'):
         print(f'{fastmath.device_count()} devices; budget {args.budget_gb} GB per device\n')

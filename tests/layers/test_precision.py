@@ -2,9 +2,10 @@
 
 For each registry case the layer is run on float32 inputs and on the same inputs in
 bfloat16, with the same float32 (master) weights, in train, eval and predict, on NumPy and
-on JAX (there both runs, and in train the bfloat16 gradient, in one compiled function). The bfloat16 outputs equal the float32 ones within bfloat16 tolerance and are
-bfloat16 (losses and metrics: float32); weights initialized on bfloat16 inputs are
-float32; on JAX the gradients reach the float32 weights in float32, finite.
+on JAX (there both runs, and in train the bfloat16 gradient, in one compiled function).
+The bfloat16 outputs equal the float32 ones within bfloat16 tolerance and are bfloat16
+(losses and metrics: float32); weights initialized on bfloat16 inputs are float32; on JAX
+the gradients reach the float32 weights in float32, finite.
 """
 import jax
 import numpy as np

@@ -75,4 +75,5 @@ def test_the_gin_binding_turns_bfloat16_on():
     with fastmath.use_backend('numpy'):
         sig = shapes.ShapeDtype((1, 4), np.int32)
         assert model.output_signature(sig).dtype == compute_dtype('bfloat16')
-        assert all(w.dtype == np.float32 for w in fastmath.tree_leaves(model.weights_signature(sig)))
+        weights = fastmath.tree_leaves(model.weights_signature(sig))
+        assert all(w.dtype == np.float32 for w in weights)

@@ -138,7 +138,8 @@ class Embedding(Layer):
         table = xnp.asarray(self.weights[0])  # a no-op unless weights come from the other backend
         rows = xnp.take(table, ids, axis=0)  # [..., d_feature]
         dtype = self._dtype
-        if dtype is None or rows.dtype == dtype or (dtype.itemsize == 4 and rows.dtype.itemsize > 4):
+        keep_wider = dtype is not None and dtype.itemsize == 4 and rows.dtype.itemsize > 4
+        if dtype is None or rows.dtype == dtype or keep_wider:
             return rows                      # (float32 compute keeps a float64 table's rows)
         return rows.astype(dtype)
 
@@ -328,7 +329,8 @@ class PositionalEncoding(Layer):
             if fastmath.is_concrete(start) and int(start) + length > self._max_len:
                 raise ValueError(f'{self.name}: predict position {int(start) + length} exceeds '
                                  f'max_len {self._max_len}')
-            y = x + cast_like(fastmath.dynamic_slice(table, (start, 0), (length, table.shape[1])), x)
+            rows = fastmath.dynamic_slice(table, (start, 0), (length, table.shape[1]))
+            y = x + cast_like(rows, x)
             self.state = start + length
         out, _ = self._dropout.pure_fn(y, (), (), self.rng)
         return out

@@ -165,5 +165,6 @@ def make_eval_step(model: tl.Layer, metrics: Sequence[tl.Layer],
     return eval_fn
 
 
-__all__ = ['TrainState', 'TreeMismatchError', 'check_same_tree', 'check_trainable_precision', 'from_stack', 'initialize',
-           'is_prediction_stack', 'make_eval_step', 'make_train_step', 'to_stack']
+__all__ = ['TrainState', 'TreeMismatchError', 'check_same_tree', 'check_trainable_precision',
+           'from_stack', 'initialize', 'is_prediction_stack', 'make_eval_step', 'make_train_step',
+           'to_stack']
