@@ -22,8 +22,7 @@ def sparse_lm(max_len: int = 16):
 
 
 def _dtypes(tree) -> set:
-    return {str(a.dtype) for a in fastmath.tree_leaves(tree) if a.dtype.kind in 'fV'
-            or str(a.dtype) == 'bfloat16'}
+    return set(decoding.stored_dtypes(tree))      # the float leaves' dtype names
 
 
 def test_weights_dtype_stores_all_or_only_the_gathered_rows():
