@@ -22,8 +22,8 @@ column is Trax 1.4.1 measured on this machine kind (issue 10), a fixed reference
 Then the per-layer table: FF + attention, dense vs sparse, ratios from this run.
 With --storages (default float32,bfloat16,gathered_bfloat16; `decoding.storage`) every block
 is also timed with 16-bit storage, back to back with float32 on each backend: 'bfloat16'
-(every weight and the K/V cache in bfloat16) and 'gathered_bfloat16' (SparseFF's rows alone),
-compute float32; the 16-bit table gives MB/token (from the layers' bytes_read_per_step and
+(every weight and the K/V cache in bfloat16), 'gathered_bfloat16' (SparseFF's rows alone)
+and, if asked for, 'bfloat16_cache' (the K/V cache alone), compute float32; the 16-bit table gives MB/token (from the layers' bytes_read_per_step and
 the caches' itemsize) and ms, each with its ratio to float32.
 
 On a shared, loaded machine multi-threaded OpenBLAS adds milliseconds of thread
@@ -66,7 +66,8 @@ SIZES = {
 F32 = 4
 # name -> (weights_dtype, cache_dtype) of `decoding.storage` (None: float32 as created).
 STORAGES = {'float32': (None, None), 'bfloat16': ('bfloat16', 'bfloat16'),
-            'gathered_bfloat16': ('gathered_bfloat16', None)}
+            'gathered_bfloat16': ('gathered_bfloat16', None),
+            'bfloat16_cache': (None, 'bfloat16')}          # the K/V cache alone
 # Distinct input tokens the timed steps cycle through (NumPy: one per step; JAX: blocks of
 # --jax_steps_per_call of them, one block per call).
 N_TOKENS = 64
@@ -260,7 +261,7 @@ def main() -> None:
     parser.add_argument('--repeats', type=int, default=15)
     parser.add_argument('--jax_steps_per_call', type=int, default=8,
                         help='JAX: decoding steps per jitted call (time / steps = per step)')
-    parser.add_argument('--storages', default=','.join(STORAGES),
+    parser.add_argument('--storages', default='float32,bfloat16,gathered_bfloat16',
                         help=f'storages to time (float32 always), of {", ".join(STORAGES)}')
     parser.add_argument('--rounds', type=int, default=1,
                         help='time the storages in turn this many times (best round each)')
