@@ -18,7 +18,10 @@ import sys
 import tempfile
 
 if 'jax' not in sys.modules:                       # 8 CPU devices, unless jax runs already
-    os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
+    # --quick (tiny graphs): XLA's expensive LLVM passes would dominate its time.
+    QUICK_FLAGS = (' --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true'
+                   if '--quick' in sys.argv else '')
+    os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8' + QUICK_FLAGS)
 
 import numpy as np  # noqa: E402
 

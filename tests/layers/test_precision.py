@@ -41,29 +41,41 @@ def _float_sum(tree):
     return sum(a.astype(np.float32).sum() for a in tree_leaves(tree) if is_float(a))
 
 
-def _runs(case, mode, backend, x):
-    """(float32 outputs, bfloat16 outputs, grads of the bf16 outputs' sum (JAX train) or
-    None, the weights made for bfloat16 inputs)."""
+def _runs(case, backend, x) -> dict:
+    """mode -> (float32 outputs, bfloat16 outputs, weights made for bfloat16 inputs), and
+    'grads': the gradient of the bfloat16 train outputs' sum (JAX, weighted layers) or None.
+    On JAX every mode runs in one compiled function (with the same float32 weights)."""
     rng = np.array([0, 3], np.uint32)
+    modes = [m for m in MODES if m != 'predict' or case.predict_ok]
+    x16 = _to_bf16(x)
     with fastmath.use_backend(backend):
-        layer = case.make(mode)
-        w, s = layer.init(shapes.signature(x), rng=fastmath.random.get_prng(0))
-        x16 = _to_bf16(x)
-        w16_init, s16 = layer.pure_init(shapes.signature(x16), rng=fastmath.random.get_prng(0))
+        layers, runs = {}, {}
+        for mode in modes:
+            layer = layers[mode] = case.make(mode)
+            w, s = layer.init(shapes.signature(x), rng=fastmath.random.get_prng(0))
+            w16_init, s16 = layer.pure_init(shapes.signature(x16),
+                                            rng=fastmath.random.get_prng(0))
+            runs[mode] = (w, s, s16, w16_init)
+        weights = runs['train'][0]
+
+        def outputs(w):
+            return {mode: (layers[mode].pure_fn(x, w, runs[mode][1], rng)[0],
+                           layers[mode].pure_fn(x16, w, runs[mode][2], rng)[0])
+                    for mode in modes}
+
+        grads = None
         if backend == 'numpy':
-            return layer.pure_fn(x, w, s, rng)[0], layer.pure_fn(x16, w, s16, rng)[0], None, \
-                w16_init
-
-        def both(w):
-            y16 = layer.pure_fn(x16, w, s16, rng)[0]
-            return _float_sum(y16), (layer.pure_fn(x, w, s, rng)[0], y16)
-
-        if mode == 'train' and tree_leaves(w):
-            grads, (y32, y16) = jax.jit(jax.grad(both, has_aux=True))(w)
+            ys = outputs(weights)
+        elif tree_leaves(weights):
+            def train_sum(w):
+                ys = outputs(w)
+                return _float_sum(ys['train'][1]), ys
+            grads, ys = jax.jit(jax.grad(train_sum, has_aux=True))(weights)
         else:
-            y32, y16 = jax.jit(lambda w: both(w)[1])(w)
-            grads = None
-    return y32, y16, grads, w16_init
+            ys = jax.jit(outputs)(weights)
+    result = {mode: ys[mode] + (runs[mode][3],) for mode in modes}
+    result['grads'] = grads
+    return result
 
 
 @pytest.mark.parametrize('backend', ['numpy', 'jax'])
@@ -71,10 +83,12 @@ def _runs(case, mode, backend, x):
 def test_bfloat16_inputs_give_float32_outputs_within_bfloat16_tolerance(case, backend):
     x = case.inputs()
     expected = _expected_dtype(case, x)
+    runs = _runs(case, backend, x)
     for mode in MODES:
-        if mode == 'predict' and not case.predict_ok:
+        if mode not in runs:
             continue
-        y32, y16, grads, w16_init = _runs(case, mode, backend, x)
+        y32, y16, w16_init = runs[mode]
+        grads = runs['grads'] if mode == 'train' else None
         where = f'{backend} {mode}'
         assert all(np.dtype(a.dtype) == np.float32 for a in tree_leaves(w16_init)
                    if is_float(a)), f'{where}: weights made on bfloat16 inputs must be float32'
