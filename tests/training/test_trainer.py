@@ -7,6 +7,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from trax_sparse import fastmath
 from trax_sparse import training
@@ -46,9 +47,11 @@ def _without_timing(records):
             for r in records]
 
 
-def test_kill_9_then_same_command_resumes_and_matches_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize('compute_dtype', ['float32', 'bfloat16'])
+def test_kill_9_then_same_command_resumes_and_matches_uninterrupted_run(tmp_path,
+                                                                        compute_dtype):
     config = tmp_path / 'tiny.gin'
-    config.write_text(GIN)
+    config.write_text(GIN + f"TinyLM.compute_dtype = '{compute_dtype}'\n")
     steps = '--config=train.steps = 30'
     straight = subprocess.Popen(_command(config, tmp_path / 'straight', steps), cwd=ROOT,
                                 env=subprocess_env(), stdout=subprocess.DEVNULL,
@@ -81,6 +84,7 @@ def test_kill_9_then_same_command_resumes_and_matches_uninterrupted_run(tmp_path
         np.testing.assert_array_equal(a, b)
     operative = (tmp_path / 'killed' / 'config.gin').read_text()
     assert 'TinyLM' in operative and 'constant.value = 0.05' in operative, operative
+    assert f"TinyLM.compute_dtype = '{compute_dtype}'" in operative   # (bfloat16: issue 20)
     meta = json.load(open(training.checkpoint.list_checkpoints(str(marker.parent))[-1][1]))
     assert meta['step'] == 30 and 'constant.value = 0.05' in meta['gin_config']
 

@@ -14,9 +14,11 @@ LEARNING_RATE = 0.05  # the tests share one configuration, so their jit'd steps 
 
 
 def TinyLM(vocab_size: int = VOCAB, d_model: int = 8, d_hidden: int = 16,  # noqa: N802
-           dropout: float = 0.1, mode: str = 'train') -> tl.Layer:
+           dropout: float = 0.1, compute_dtype: str | None = None,
+           mode: str = 'train') -> tl.Layer:
     """ShiftRight, Embedding, (Dropout), Dense, Relu, Dense(vocab): logits [B, L, vocab]."""
-    return tl.Serial(tl.ShiftRight(mode=mode), tl.Embedding(vocab_size, d_model),
+    return tl.Serial(tl.ShiftRight(mode=mode),
+                     tl.Embedding(vocab_size, d_model, compute_dtype=compute_dtype),
                      tl.Dropout(dropout, mode=mode), tl.Dense(d_hidden), tl.Relu(),
                      tl.Dense(vocab_size))
 
