@@ -25,7 +25,7 @@ import os
 import shutil
 import sys
 import tempfile
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import gin
 import numpy as np
@@ -80,6 +80,7 @@ def sparse_ff_layers(layer: tl.Layer, weights: Any, path: str = '') -> Iterator[
 
 
 def softmax(logits: Any) -> Any:
+    """softmax over the last axis (a block's N units)."""
     return xnp.exp(logits - fastmath.logsumexp(logits, axis=-1, keepdims=True))
 
 
@@ -90,7 +91,7 @@ class Probe:
         self.entropy = [0.0] * len(layers)
         self.counts = [np.zeros((layer.n_blocks, n_units(w)), np.int64) for _, layer, w in layers]
         self.tokens = 0.0
-        self.token_weights = None       # [T] of the batch being run, set by `masked_pass`
+        self.token_weights = None       # [T] of the batch being run, set by `validation_loss`
 
     def record(self, index: int, probs: Any, choices: Any) -> None:
         probs, choices = np.asarray(probs, np.float64), np.asarray(choices)
@@ -106,8 +107,10 @@ def n_units(weights: Any) -> int:
     return int(weights[1][0].shape[1])
 
 
-def masked_forward(layer: sff.SparseFF, soft: bool, probe: Probe, index: int):
-    """A forward for `layer` with the soft (softmax) or hard (argmax one-hot) mask."""
+def masked_forward(layer: sff.SparseFF, soft: bool, probe: Probe,
+                   index: int) -> Callable[[Any], Any]:
+    """A forward for `layer` with the soft (softmax) or hard (argmax one-hot) mask; the hard
+    one records the controller's entropy and choices in `probe` (as layer `index`)."""
     def forward(x: Any) -> Any:
         controller, main = layer.weights
         tokens = x.reshape(-1, x.shape[-1])
@@ -253,7 +256,7 @@ def logged_eval(run_dir: str, step: int) -> float | None:
 def markdown(command: str, run_dir: str, step: int, val: dict, grads: list[dict],
              logged: float | None, n_train: int) -> str:
     """The three tables, with the command that made them."""
-    logged_text = f'{logged:.4f}' if logged is not None else 'not recorded'
+    logged_text = f'{logged:.4f}' if logged is not None else 'not recorded (or other batches)'
     lines = [f'`{command}`', '', f'{run_dir}, step {step}; validation: {val["tokens"]:.0f} '
              f'tokens; gradients: {n_train} training batches', '',
              '| mask | validation nats/byte |', '|---|---|',
@@ -284,12 +287,16 @@ def diagnose(run_dir: str, n_eval: int | None = None, n_train: int = 4, seed: in
     configurables.add_search_paths()
     try:
         gin.parse_config(text)
-        n_eval = n_eval or int(gin.query_parameter('train.eval_steps'))
+        eval_steps = int(gin.query_parameter('train.eval_steps'))
+        n_eval = n_eval or eval_steps
         val = validation(first_batches('train.eval_inputs', n_eval), ckpt_weights)
         grads = gradient_norms(first_batches('train.inputs', n_train), ckpt_weights, seed)
+    except DiagnosticsError as e:
+        raise DiagnosticsError(f'{run_dir}: {e}') from None
     finally:
         gin.clear_config()
-    logged = logged_eval(run_dir, step)
+    # The trainer's evals average train.eval_steps batches: comparable only over as many.
+    logged = logged_eval(run_dir, step) if n_eval == eval_steps else None
     table = markdown(command, run_dir, step, val, grads, logged, n_train)
     return dict(step=step, validation=val, gradients=grads, logged_eval=logged, table=table)
 
@@ -321,9 +328,9 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error('give a run_dir or --quick (not both)')
     command = ' '.join(['.venv/bin/python', 'examples/sparse_ff_diagnostics.py']
                        + list(sys.argv[1:] if argv is None else argv))
-    temp = None
-    if args.quick:
-        os.environ.setdefault('XLA_FLAGS', QUICK_XLA_FLAGS)   # tiny graphs: skip costly passes
+    temp, xla_flags = None, os.environ.get('XLA_FLAGS')
+    if args.quick:     # tiny graphs: skip XLA's costly passes (if jax starts in this run)
+        os.environ.setdefault('XLA_FLAGS', QUICK_XLA_FLAGS)
         temp = tempfile.mkdtemp(prefix='sparse_ff_diagnostics_')
         args.run_dir = os.path.join(temp, 'sparse_ff_quick')
     try:
@@ -336,6 +343,8 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         if temp is not None:
             shutil.rmtree(temp, ignore_errors=True)
+            if xla_flags is None:       # called in-process: leave no flag to later processes
+                os.environ.pop('XLA_FLAGS', None)
     print(result['table'])
     return result
 

@@ -3,9 +3,14 @@ and diagnoses it; the numbers are checked, and the hard-mask pass built from the
 functions equals the model's own eval and the trainer's logged eval."""
 import importlib.util
 import math
+import os
 import pathlib
 
+import gin
+import numpy as np
 import pytest
+
+from trax_sparse import configurables
 
 from tests import helpers
 
@@ -22,7 +27,9 @@ def _example():
 
 def test_quick_diagnostics_report_consistent_numbers(capsys):
     helpers.require_shakespeare()
+    flags = os.environ.get('XLA_FLAGS')
     result = _example().main(['--quick'])
+    assert os.environ.get('XLA_FLAGS') == flags             # no flag left to later tests
     val = result['validation']
     assert math.isfinite(val['hard']) and math.isfinite(val['soft'])
     assert 0 < val['hard'] < 7 and 0 < val['soft'] < 7          # nats/byte, vocab 258
@@ -50,3 +57,19 @@ def test_a_dir_without_a_checkpoint_is_one_clear_line(tmp_path):
         _example().main([str(tmp_path)])
     assert str(e.value) == (f'sparse_ff_diagnostics: {tmp_path}: no usable checkpoint (expected '
                             f'checkpoints/ckpt-*.json written by the trainer)')
+
+
+def test_a_model_without_sparse_ff_is_refused():
+    example = _example()
+    gin.clear_config()
+    configurables.add_search_paths()
+    try:
+        gin.parse_config(['train.model = @TransformerLM', 'TransformerLM.vocab_size = 16',
+                          'TransformerLM.d_model = 8', 'TransformerLM.d_ff = 16',
+                          'TransformerLM.n_heads = 1', 'TransformerLM.n_layers = 1'])
+        tokens = np.ones((1, 4), np.int32)
+        with pytest.raises(example.DiagnosticsError, match='TransformerLM has no SparseFF layer: '
+                           'expected a model with ff_sparsity set'):
+            example.validation([(tokens, tokens, np.ones((1, 4), np.float32))], None)
+    finally:
+        gin.clear_config()
