@@ -325,7 +325,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument('--seed', type=int, default=0, help='rng of the training-mode draws')
     args = parser.parse_args(argv)
     if args.quick == (args.run_dir is not None):
-        parser.error('give a run_dir or --quick (not both)')
+        parser.error('give exactly one of run_dir (a training output dir) and --quick')
     command = ' '.join(['.venv/bin/python', 'examples/sparse_ff_diagnostics.py']
                        + list(sys.argv[1:] if argv is None else argv))
     temp, xla_flags = None, os.environ.get('XLA_FLAGS')
