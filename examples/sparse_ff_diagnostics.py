@@ -122,7 +122,7 @@ def masked_forward(layer: sff.SparseFF, soft: bool, probe: Probe,
             probe.record(index, probs, choices)
         mask = probs.astype(x.dtype) if soft else sff.one_hot(choices, block_size, x.dtype)
         # The layer's activation function (act(0) == 0, checked when the layer was built).
-        hidden = sff.masked_dense_hidden(tokens, mask, main, layer._act)
+        hidden = sff.masked_dense_hidden(tokens, mask, main, layer.activation)
         return sff.dense_output(hidden, main).reshape(x.shape)
     return forward
 

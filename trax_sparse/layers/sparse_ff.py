@@ -237,6 +237,11 @@ class SparseFF(Layer):
     def n_blocks(self) -> int:
         return self._d_ff // self._block_size
 
+    @property
+    def activation(self) -> Callable:
+        """The hidden units' activation as an array function (act(0) == 0)."""
+        return self._act
+
     def weight_axes(self) -> tuple:
         # controller: W_c1 [d, r], W_c2 [r, d_ff], b_c [d_ff]; main: W1ᵀ and W2 [d_ff/N, N, d]
         # (+ b1 [d_ff/N, N]) and b2 [d]: the blocks split like a dense FF's units.
