@@ -1,6 +1,6 @@
 """Import rules of docs/architecture.md, enforced by an AST scan of every module.
 
-- jax only in trax_sparse/fastmath/jax_backend.py; gin only at the edges
+- jax only in trax_sparse/fastmath/jax_backend/; gin only at the edges
   (configurables.py, trainer.py, decode.py); never tensorflow directly.
 - Lower levels never import higher: fastmath/shapes -> layers -> models;
   data, training and decoding never import models (they take a model).
@@ -29,7 +29,7 @@ ALLOWED = {
                  'training', 'decoding'},
 }
 EDGES = {'configurables', 'trainer', 'decode'}   # binaries and gin registration: anything
-JAX_MODULES = ('fastmath/jax_backend.py', 'fastmath/jax_devices.py')   # the JAX backend
+JAX_MODULES = ('fastmath/jax_backend/__init__.py', 'fastmath/jax_backend/devices.py')
 GIN_MODULES = {'configurables.py', 'trainer.py', 'decode.py'}
 
 

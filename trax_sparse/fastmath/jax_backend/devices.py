@@ -1,6 +1,6 @@
 """The JAX backend's devices: meshes, shardings, multi-host and memory analysis.
 
-Split from jax_backend.py (its array operations) by responsibility; jax_backend re-exports
+Split from the package's __init__.py (its array operations) by responsibility, which re-exports
 every name here, so callers keep using `fastmath.backend().<name>`.
 """
 from typing import Any, Callable, Sequence

@@ -1,4 +1,4 @@
-"""The JAX backend (with jax_devices.py): the only modules of trax_sparse that import jax.
+"""The JAX backend (this package, with its devices.py): the only place trax_sparse imports jax.
 
 Same names and signatures as numpy_backend; adds autodiff, jit and devices.
 """
@@ -19,8 +19,8 @@ from trax_sparse import shapes
 from trax_sparse.fastmath import numpy_backend, numpy_parallel, tree
 from trax_sparse.fastmath.numpy_backend import same_padding  # noqa: F401
 from trax_sparse.fastmath.settings import tuning
-# Devices, meshes, sharding and multi-host (jax_devices.py), under the backend's names.
-from trax_sparse.fastmath.jax_devices import (  # noqa: F401
+# Devices, meshes, sharding and multi-host (devices.py), under the backend's names.
+from trax_sparse.fastmath.jax_backend.devices import (  # noqa: F401
     tree_flatten, tree_unflatten, replicate, shard_batch, make_mesh, named_shardings,
     replicated, put_sharded, memory_analysis, saved_residual_bytes, sharding_device_count,
     to_host, block_until_ready, distributed_initialize, process_index, process_count,
