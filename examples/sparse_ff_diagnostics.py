@@ -57,11 +57,7 @@ def load_run(run_dir: str) -> tuple[str, Any, int]:
     if ckpt is None:
         raise DiagnosticsError(f'{run_dir}: no usable checkpoint (expected checkpoints/ckpt-*.json '
                                f'written by the trainer)')
-    text = ckpt.metadata.get('gin_config')
-    config_file = os.path.join(run_dir, 'config.gin')
-    if not text and os.path.exists(config_file):
-        with open(config_file, encoding='utf-8') as f:
-            text = f.read()
+    text = training.checkpointer.operative_config(ckpt, run_dir)
     if not text:
         raise DiagnosticsError(f'{run_dir}: no operative gin config (expected config.gin or '
                                f'one stored in the checkpoint) to rebuild the model from')

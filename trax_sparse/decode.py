@@ -30,7 +30,7 @@ from absl import app, flags
 
 from trax_sparse import decoding, fastmath, shapes
 from trax_sparse.layers.token_ids import check_token_ids, input_vocab_sizes
-from trax_sparse.training import checkpoint, cli
+from trax_sparse.training import checkpoint, checkpointer, cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string('checkpoint_dir', None, 'Training output dir (or its checkpoints/ dir).')
@@ -151,11 +151,7 @@ def load_config(checkpoint_dir: str) -> str:
     if ckpt is None:
         raise DecodeError(f'no checkpoint in {checkpoint_dir!r} (expected ckpt-*.json/.npz files '
                           f'written by `python -m trax_sparse.trainer --output_dir=...`)')
-    text = ckpt.metadata.get('gin_config')
-    config_file = os.path.join(checkpoint_dir, 'config.gin')
-    if not text and os.path.exists(config_file):
-        with open(config_file, encoding='utf-8') as f:
-            text = f.read()
+    text = checkpointer.operative_config(ckpt, checkpoint_dir)
     if not text:
         raise DecodeError(f'{checkpoint_dir!r} holds no gin config (config.gin) to rebuild the '
                           f'model from')

@@ -248,6 +248,17 @@ def choose_seed(restored: ckpt.Checkpoint | None, random_seed: int | None) -> in
         int.from_bytes(os.urandom(4), 'little')
 
 
+def operative_config(loaded: ckpt.Checkpoint, directory: str) -> str:
+    """The gin config a checkpoint was trained with: the one stored in it, else the output
+    dir's config.gin; '' when neither holds one."""
+    text = loaded.metadata.get('gin_config')
+    config_file = os.path.join(directory, 'config.gin')
+    if not text and os.path.exists(config_file):
+        with open(config_file, encoding='utf-8') as f:
+            text = f.read()
+    return text or ''
+
+
 __all__ = ['CORRUPT_DIR', 'CheckpointWriteError', 'Checkpointer', 'OutputDir', 'OutputDirError',
            'archive_previous_run', 'check_same_checkpoints', 'choose_seed', 'move_aside',
-           'prepare_output_dir', 'restore_train_state', 'tree_bytes']
+           'operative_config', 'prepare_output_dir', 'restore_train_state', 'tree_bytes']
