@@ -108,6 +108,25 @@ def test_each_process_writes_its_pieces_and_numpy_assembles_them(tmp_path):
     assert lazy.weights[0].shape == (6, 4) and lazy.weights[0].nbytes == 96
 
 
+def test_process_0_reports_the_commit_before_the_exchange_that_a_lost_peer_never_joins(
+        tmp_path):
+    """The trainer names the last checkpoint when a peer dies: process 0 learns of its commit
+    (on_commit) before the final exchange, where a killed process 1 would leave it waiting."""
+    weights, state, opt = _trees(1.0)
+    committed, calls = [], []
+
+    def exchange(record):
+        calls.append(record)
+        if len(calls) == 2:                  # the last exchange: process 1 is gone
+            assert committed and os.path.exists(committed[0])
+            raise ConnectionError('process 1 was lost')
+        return [record, (shards.NONE, 0, '')]   # the shard records: process 1 holds no pieces
+    with pytest.raises(ConnectionError):
+        ckpt.save_checkpoint(str(tmp_path), 4, weights, state, opt, 'treedef', {}, None,
+                             process=0, exchange=exchange, on_commit=committed.append)
+    assert committed == [str(tmp_path / 'ckpt-00000004.json')]
+
+
 def test_missing_or_damaged_shard_file_falls_back_and_moves_all_files_aside(tmp_path):
     _save_two_processes(str(tmp_path), 3, 3.0)
     _save_two_processes(str(tmp_path), 4, 4.0)

@@ -178,7 +178,8 @@ def save_checkpoint(directory: str, step: int, weights: Any, state: Any,
                     opt_state_leaves: Sequence = (), opt_treedef: str = '',
                     metadata: dict | None = None, keep: int | None = None,
                     pieces: Callable[[Any], list] = host_pieces, process: int = 0,
-                    exchange: Callable[[tuple], list[tuple]] = _single_process) -> str | None:
+                    exchange: Callable[[tuple], list[tuple]] = _single_process,
+                    on_commit: Callable[[str], None] | None = None) -> str | None:
     """Writes the checkpoint of `step` atomically; returns the JSON path (None on processes
     other than 0).
 
@@ -187,7 +188,8 @@ def save_checkpoint(directory: str, step: int, weights: Any, state: Any,
     this with the same global arrays): `pieces(leaf)` gives [(start, shape, writing process,
     this process's copy or None)] of each leaf; every process writes its pieces into its
     shard file; `exchange(record)` (a collective) gives every process's (status, bytes,
-    sha256) of its file; then process 0 writes the JSON (the commit record).
+    sha256) of its file; then process 0 writes the JSON (the commit record) and calls
+    `on_commit(json_path)` at once, before the final exchange that tells the others.
     """
     os.makedirs(directory, exist_ok=True)
     items = (flatten_with_keys(weights, 'weights') + flatten_with_keys(state, 'state')
@@ -212,6 +214,8 @@ def save_checkpoint(directory: str, step: int, weights: Any, state: Any,
     except BaseException:
         exchange((shards.FAILED, 0, ''))
         raise
+    if on_commit is not None:
+        on_commit(json_path)
     exchange((shards.WRITTEN, 0, ''))
     if keep:
         prune_checkpoints(directory, keep, up_to_step=step)

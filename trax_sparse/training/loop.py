@@ -10,11 +10,10 @@ mesh's 'data' axis (default: all devices, weights replicated); with mesh_shape /
 weights and optimizer state are split too (placement.py); token ids are checked on the host.
 
 With an output_dir the loop writes metrics.jsonl, TensorBoard files (train/, eval/) and
-checkpoints (checkpoints/) every n_steps_per_checkpoint steps and at the end of run(); a
-new Loop on the same dir resumes exactly from the newest valid checkpoint (weights, states,
-step, seed, data position), or refuses to start when all are unusable (unless restart=True).
-SIGTERM/SIGINT end run() after the current step with a checkpoint. A non-finite loss or
-gradient stops training with NonFiniteLossError naming the step (and saves nothing after).
+checkpoints/ every n_steps_per_checkpoint and at the end of run(); a new Loop on the same dir
+resumes exactly from the newest valid checkpoint (weights, states, step, seed, data position),
+or refuses to start when all are unusable (unless restart=True). SIGTERM/SIGINT end run() after
+the current step with a checkpoint. A non-finite loss or gradient raises NonFiniteLossError.
 
 Example:
     >>> import numpy as np
@@ -213,12 +212,13 @@ class Loop:
             if self._diverged:
                 raise NonFiniteLossError('refusing to save weights after a non-finite loss')
             self._last_saved_step = self._step
-            opt_leaves, opt_treedef = fastmath.backend().tree_flatten(
-                self._train_state.opt_state)
+            train = self._train_state
+            opt_leaves, treedef = fastmath.backend().tree_flatten(train.opt_state)
             path = self._checkpointer.save(
-                self._step, self._train_state.weights, self._train_state.state, opt_leaves,
-                str(opt_treedef), self._checkpoint_metadata(), pieces=self._parallel.pieces,
-                process=self._parallel.process_index, exchange=self._parallel.exchange)
+                self._step, train.weights, train.state, opt_leaves, str(treedef),
+                self._checkpoint_metadata(), pieces=self._parallel.pieces,
+                process=self._parallel.process_index, exchange=self._parallel.exchange,
+                on_commit=lambda json_path: peers.note_checkpoint(self._step, json_path))
             peers.note_checkpoint(self._step, path)
             if path is not None:
                 self._last_checkpoint = path
