@@ -230,3 +230,72 @@ def test_train_choices_follow_softmax_over_temperature(backend_name):
     np.testing.assert_allclose(frequencies, expected, atol=0.015)
     argmax = sparse_ff.gumbel_choices(draws[:2], 0.0, fastmath.random.get_prng(3))
     np.testing.assert_array_equal(np.asarray(argmax), 3)
+
+
+def test_mask_after_activation_gives_every_unit_its_gradient():
+    """With a one-hot mask, act((x W1) ⊙ mask) (Trax) passes no gradient to the mask of a
+    unit left out (ReLU's slope at 0 is 0); act(x W1) ⊙ mask passes act(x W1)·∂L/∂hidden,
+    with the same forward value."""
+    x, upstream = floats(3, D, seed=20), floats(3, D_FF, seed=21)
+    layer = tl.SparseFF(D_FF, n_elements_in_block=N)
+    weights, _ = _init(layer, x)
+    main, act = weights[1], sparse_ff.activation_fn(tl.Relu, 'test')
+    mask = sparse_ff.one_hot(np.array([[0, 1, 2, 3]] * 3, np.int32), N, np.float32)
+    with fastmath.use_backend('jax'):
+        def hidden(m, after):
+            return sparse_ff.masked_dense_hidden(x, m, main, act, after)
+        grads = [jax.grad(lambda m, a=after: (hidden(m, a) * upstream).sum())(mask)
+                 for after in (False, True)]
+        np.testing.assert_array_equal(hidden(mask, False), hidden(mask, True))
+    w1t = np.asarray(main[0])
+    pre = (x @ w1t.reshape(-1, D).T).reshape(3, D_FF // N, N)          # x W1, [T, nb, N]
+    left_out = mask == 0
+    np.testing.assert_array_equal(np.asarray(grads[0])[left_out], 0.0)
+    expected = np.maximum(pre, 0) * upstream.reshape(pre.shape)
+    np.testing.assert_allclose(grads[1], expected, rtol=1e-5, atol=1e-6)
+    assert np.abs(expected[left_out]).max() > 0.1
+
+
+@pytest.mark.parametrize('quant_prob', [1.0, 0.0], ids=['straight_through', 'soft'])
+def test_mask_after_activation_changes_only_the_controller_gradient(quant_prob):
+    """Same outputs and main-weight gradients as Trax's formula (ReLU: act(h p) = act(h) p
+    for p >= 0); the controller's gradient differs only when the mask is one-hot."""
+    x, projection = floats(2, 3, D, seed=22), floats(2, 3, D, seed=23)
+    results = []
+    for after in (False, True):
+        layer = tl.SparseFF(D_FF, n_elements_in_block=N, quant_prob=quant_prob,
+                            mask_after_activation=after, mode='train')
+        weights, state = _init(layer, x)
+        with fastmath.use_backend('jax'):
+            loss = _train_loss(layer, x, state, fastmath.random.get_prng(7), projection)
+            results.append((loss(weights)[0],) + jax.jit(jax.grad(loss, has_aux=True))(weights))
+    (loss_trax, grads_trax, _), (loss_after, grads_after, _) = results
+    np.testing.assert_allclose(loss_trax, loss_after, rtol=1e-6)
+    helpers.assert_trees_close(grads_trax[1], grads_after[1], atol=1e-6, rtol=1e-5)
+    controller_change = max(np.abs(np.asarray(a) - np.asarray(b)).max()
+                            for a, b in zip(grads_trax[0], grads_after[0]))
+    assert (controller_change > 1e-3) == (quant_prob == 1.0), controller_change
+
+
+def test_straight_through_gradients_equal_trax_formula():
+    """The default layer's training gradients (every weight) equal Trax's formula written
+    out: relu = where(mid <= 0, 0, mid) of mid = (x W1) ⊙ (onehot + p − sg(p)), whose
+    slope at 0 is 0."""
+    x, projection = floats(2, 3, D, seed=24), floats(2, 3, D, seed=25)
+    layer = tl.SparseFF(D_FF, n_elements_in_block=N, quant_prob=1.0, mode='train')
+    weights, state = _init(layer, x)
+    jnp = jax.numpy
+    with fastmath.use_backend('jax'):
+        loss = _train_loss(layer, x, state, fastmath.random.get_prng(7), projection)
+        grads, (choices, _) = jax.jit(jax.grad(loss, has_aux=True))(weights)
+
+    def trax_loss(w):
+        (w_c1, w_c2, b_c), (w1t, w2, b2) = w
+        logits = ((x @ w_c1) @ w_c2 + b_c).reshape(2, 3, D_FF // N, N)
+        p = jax.nn.softmax(logits, axis=-1)
+        onehot = jax.nn.one_hot(choices, N)
+        mid = (x @ w1t.reshape(-1, D).T).reshape(p.shape) * (
+            onehot + p - jax.lax.stop_gradient(p))
+        relu = jnp.where(mid <= 0, jnp.zeros_like(mid), mid).reshape(2, 3, D_FF)
+        return ((relu @ w2.reshape(-1, D) + b2) * projection).sum()
+    helpers.assert_trees_close(grads, jax.grad(trax_loss)(weights), atol=1e-5, rtol=1e-4)

@@ -206,7 +206,9 @@ class LayerNorm(Layer):
 
 
 def Relu() -> Layer:  # noqa: N802
-    return Fn('Relu', lambda x: xnp.maximum(x, 0))           # one op (0 keeps x's dtype)
+    """max(x, 0) with slope 0 at 0 (as jax.nn.relu and Trax's SparseFF): SparseFF's one-hot
+    mask puts left-out units exactly at 0, where maximum's gradient would be 1/2."""
+    return Fn('Relu', lambda x: xnp.where(x > 0, x, 0))     # 0 keeps x's dtype
 
 
 def Gelu() -> Layer:  # noqa: N802

@@ -164,6 +164,18 @@ class TreeHooks:
         return tuple(array for sub, s in zip(self._sublayers, self.sublayer_states(state))
                      for array in sub.attention_caches(s))
 
+    def auxiliary_losses(self, state: Any) -> tuple:
+        """The terms this training-mode `state` adds to the loss (float32 scalars that the
+        forward pass computed from the weights, e.g. SparseFF's load balance).
+
+        The training step adds their sum to the loss it differentiates and logs it as
+        'auxiliary_loss'. Default: none for a leaf; a combinator's are its sublayers'.
+        """
+        if not self._sublayers:
+            return ()
+        return tuple(term for sub, s in zip(self._sublayers, self.sublayer_states(state))
+                     for term in sub.auxiliary_losses(s))
+
     def macs_per_step(self, weights: Any, n_keys: int = 1, kv_width: int = 0) -> int:
         """Multiply-adds of one predict-mode step (batch 1, one token) with these weights.
 

@@ -28,10 +28,12 @@ import numpy as onp
 
 from trax_sparse import fastmath
 from trax_sparse.fastmath import numpy as xnp
-from trax_sparse.precision import cast_all_like, cast_like, float32_stats
+from trax_sparse.precision import cast_like
 from trax_sparse.layers import initializers as init
 from trax_sparse.layers.base import Layer, check_mode, is_replaying, split_rngs
 from trax_sparse.layers.core import Dropout, Relu, check_last_axis
+from trax_sparse.layers.sparse_ff_controller import (balance_loss, controller_logits,
+                                                     gumbel_choices, one_hot)
 from trax_sparse.sharding import Axes
 
 ArrayFn = Callable[[Any], Any]
@@ -79,39 +81,6 @@ def _takes_no_arguments(fn: Callable) -> bool:
                for p in parameters)
 
 
-def controller_logits(x: Any, controller: tuple, n_blocks: int, block_size: int) -> Any:
-    """Low-rank logits (x W_c1) W_c2 + b_c, as [..., d_ff/N, N]: two plain matmuls in x's
-    dtype; the logits in float32 (or wider), for the softmax and the choice."""
-    w_c1, w_c2, b_c = cast_all_like(controller, x)      # [d, r], [r, d_ff], [d_ff]
-    low = xnp.matmul(x, w_c1)                           # [..., r]
-    logits = xnp.matmul(low, w_c2) + b_c                # [..., d_ff]
-    return float32_stats(logits.reshape(x.shape[:-1] + (n_blocks, block_size)))
-
-
-def one_hot(choices: Any, block_size: int, dtype: Any) -> Any:
-    """choices [..., n_blocks] (int) -> exactly one-hot masks [..., n_blocks, N]."""
-    return (choices[..., None] == xnp.arange(block_size)).astype(dtype)
-
-
-def gumbel_choices(logits: Any, temperature: float, rng: Any) -> Any:
-    """A draw of argmax(log p + τ·g) per block, g ~ Gumbel: logits [..., nb, N] -> [..., nb].
-
-    argmax(log p + τ·g) follows softmax(logits / τ), so this inverts that law's CDF
-    with one uniform per block instead of N Gumbel draws (on XLA:CPU the [B, L, d_ff]
-    Gumbel noise cost more than the FF block itself). The CDF is one matmul with an
-    upper-triangular [N, N] matrix. τ = 0: the plain argmax.
-    """
-    if temperature == 0:
-        return xnp.argmax(logits, axis=-1).astype(xnp.int32)
-    block_size = logits.shape[-1]
-    scaled = fastmath.stop_gradient(logits) / temperature
-    q = xnp.exp(scaled - fastmath.logsumexp(scaled, axis=-1, keepdims=True))   # [..., nb, N]
-    cdf = xnp.matmul(q, xnp.asarray(onp.triu(onp.ones((block_size, block_size), q.dtype))))
-    u = fastmath.random.uniform(rng, logits.shape[:-1] + (1,), q.dtype) * cdf[..., -1:]
-    below = (cdf < u).astype(xnp.int32)                                       # [..., nb, N]
-    return xnp.minimum(xnp.sum(below, axis=-1), block_size - 1).astype(xnp.int32)
-
-
 def _itemsize(array: Any) -> int:
     return onp.dtype(array.dtype).itemsize
 
@@ -124,8 +93,10 @@ def split_main(main: tuple) -> tuple:
     return w1t, None, w2, b2
 
 
-def masked_dense_hidden(x: Any, mask: Any, main: tuple, act: ArrayFn) -> Any:
-    """act((x W1 [+ b1]) ⊙ mask) over all d_ff units: [..., d] -> [..., d_ff]."""
+def masked_dense_hidden(x: Any, mask: Any, main: tuple, act: ArrayFn,
+                        mask_after_activation: bool = False) -> Any:
+    """act((x W1 [+ b1]) ⊙ mask) over all d_ff units: [..., d] -> [..., d_ff];
+    mask_after_activation: act(x W1 [+ b1]) ⊙ mask (equal for a one-hot mask)."""
     w1t, b1, _, _ = split_main(main)
     n_blocks, block_size, d = w1t.shape
     d_ff = n_blocks * block_size
@@ -133,7 +104,8 @@ def masked_dense_hidden(x: Any, mask: Any, main: tuple, act: ArrayFn) -> Any:
     hidden = hidden.reshape(x.shape[:-1] + (n_blocks, block_size))
     if b1 is not None:
         hidden = hidden + cast_like(b1, x)
-    hidden = act(hidden * mask)                         # [..., d_ff/N, N]
+    hidden = act(hidden) * mask if mask_after_activation else act(hidden * mask)
+    # hidden: [..., d_ff/N, N]
     return hidden.reshape(x.shape[:-1] + (d_ff,))
 
 
@@ -189,8 +161,17 @@ class SparseFF(Layer):
     N or more tokens reads W1 and W2 once with the masked dense path instead).
     kernel_scaling (Trax's option): W2 is initialized sqrt(N) larger, so with one
     active unit per block the output starts at the scale of a dense FF's.
-    State: in train/eval (choices int32 [..., d_ff/N], hard bool; a soft training call
-    draws no choices and records zeros); inside
+    mask_after_activation: act(x W1) ⊙ mask instead of Trax's act((x W1) ⊙ mask). The
+    forward pass is the same for a one-hot mask (and, with ReLU, for any mask), but the
+    controller then learns the worth act(x W1)·∂L/∂hidden of every unit, not only of the
+    chosen one: with the mask inside, ReLU's zero slope at 0 stops the gradient of
+    every unit the one-hot mask left out.
+    load_balance: the weight of a term against dead units (`balance_loss`), which the
+    training step adds to the loss through `auxiliary_losses` (autodiff only: not inside
+    a reversible or chunked layer, whose recomputed backward would drop its gradient).
+    State: in train/eval (choices int32 [..., d_ff/N], hard bool[, balance term float32 ()
+    with load_balance, 0 in eval]; a soft training call draws no choices and records zeros);
+    inside
     `base.replay_context()` these are reused instead of drawn again. In predict
     the state is () (the layer is position-wise, nothing is cached).
 
@@ -209,6 +190,7 @@ class SparseFF(Layer):
     def __init__(self, d_ff: int, n_elements_in_block: int = 32, d_lowrank: int | None = None,
                  temperature: float = 0.1, quant_prob: float = 0.3, dropout: float = 0.0,
                  activation: Any = Relu, use_bias1: bool = False, kernel_scaling: bool = False,
+                 mask_after_activation: bool = False, load_balance: float = 0.0,
                  mode: str = 'train'):
         super().__init__(name=f'SparseFF_{d_ff}')
         d_ff, block_size = int(d_ff), int(n_elements_in_block)
@@ -223,12 +205,16 @@ class SparseFF(Layer):
             raise ValueError(f'SparseFF: d_lowrank must be positive, got {d_lowrank}')
         if temperature < 0:
             raise ValueError(f'SparseFF: temperature must be >= 0, got {temperature}')
+        if load_balance < 0:
+            raise ValueError(f'SparseFF: load_balance must be >= 0, got {load_balance}')
         if not 0.0 <= quant_prob <= 1.0:
             raise ValueError(f'SparseFF: quant_prob must be in [0, 1], got {quant_prob}')
         self._d_ff, self._block_size, self._d_lowrank = d_ff, block_size, d_lowrank
         self._temperature, self._quant_prob = float(temperature), float(quant_prob)
         self._use_bias1 = bool(use_bias1)
         self._kernel_scaling = bool(kernel_scaling)
+        self._mask_after_activation = bool(mask_after_activation)
+        self._load_balance = float(load_balance)
         self._mode = check_mode(mode, 'SparseFF')
         self._act = activation_fn(activation, 'SparseFF')
         self._dropout = Dropout(dropout, mode=mode)
@@ -241,6 +227,9 @@ class SparseFF(Layer):
     def activation(self) -> Callable:
         """The hidden units' activation as an array function (act(0) == 0)."""
         return self._act
+
+    def auxiliary_losses(self, state: Any) -> tuple:
+        return tuple(state[2:3])                  # the balance term, with load_balance
 
     def weight_axes(self) -> tuple:
         # controller: W_c1 [d, r], W_c2 [r, d_ff], b_c [d_ff]; main: W1ᵀ and W2 [d_ff/N, N, d]
@@ -292,7 +281,7 @@ class SparseFF(Layer):
             self.state = ()
         else:
             self.state = (xnp.zeros(input_signature.shape[:-1] + (nb,), xnp.int32),
-                          xnp.zeros((), xnp.bool_))
+                          xnp.zeros((), xnp.bool_)) + self._balance_state(None)
 
     def forward(self, x: Any) -> Any:
         controller, main = self.weights
@@ -322,7 +311,8 @@ class SparseFF(Layer):
                 lambda logits: xnp.zeros(logits.shape[:-1], xnp.int32), logits)
         else:
             choices, hard = xnp.argmax(logits, axis=-1).astype(xnp.int32), xnp.ones((), xnp.bool_)
-        self.state = (choices.reshape(lead + (self.n_blocks,)), hard)
+        self.state = (choices.reshape(lead + (self.n_blocks,)), hard) + self._balance_state(
+            logits)
         mask = one_hot(choices, self._block_size, x.dtype)               # [T, nb, N]
         if self._mode == 'train':
             # Forward: the one-hot (hard) or p (soft); backward: through p either way. One
@@ -331,16 +321,30 @@ class SparseFF(Layer):
             probs = xnp.exp(logits - fastmath.logsumexp(logits, axis=-1, keepdims=True))
             mask = probs + fastmath.stop_gradient(xnp.where(hard, mask - probs, 0.0))
             mask = cast_like(mask, x)             # the float32 mask in the compute dtype
-        hidden = masked_dense_hidden(tokens, mask, main, self._act)      # [T, d_ff]
+        hidden = masked_dense_hidden(tokens, mask, main, self._act,
+                                     self._mask_after_activation)     # [T, d_ff]
         hidden, _ = self._dropout.pure_fn(hidden, (), (), rng_dropout)
         return dense_output(hidden, main).reshape(x.shape)
+
+    def _balance_state(self, logits: Any) -> tuple:
+        """The state's balance entry: () without load_balance; its value in train, 0 in eval
+        and at init (logits None)."""
+        if not self._load_balance:
+            return ()
+        if self._mode != 'train' or logits is None:
+            return (xnp.zeros((), xnp.float32),)
+        if is_replaying():
+            raise ValueError(f'{self.name}: load_balance={self._load_balance} needs plain '
+                             f'autodiff; inside a reversible or chunked layer its recomputed '
+                             f'backward would drop the balance term\'s gradient')
+        return (self._load_balance * balance_loss(logits),)
 
     def _recorded_choices(self, lead: tuple) -> tuple[Any, Any]:
         """The (choices [T, nb], hard) of the forward pass being replayed."""
         if not self.state:
             raise ValueError(f'{self.name}: replaying needs the state of a forward pass, got an '
                              f'empty state')
-        choices, hard = self.state
+        choices, hard = self.state[:2]
         if tuple(choices.shape) != tuple(lead) + (self.n_blocks,):
             raise ValueError(f'{self.name}: replaying needs recorded choices of shape '
                              f'{tuple(lead) + (self.n_blocks,)}, the state holds '

@@ -32,16 +32,20 @@ class SparseFFConfig:
 
     d_lowrank: rank of the controller (default d_ff / N); temperature: of the Gumbel noise;
     quant_prob: probability of the hard one-hot mask in training; kernel_scaling: W2
-    initialized sqrt(N) larger (see `tl.SparseFF`).
+    initialized sqrt(N) larger; mask_after_activation: act(x W1) ⊙ mask, which gives the
+    controller every unit's gradient; load_balance: weight of the term against dead units
+    (see `tl.SparseFF`).
 
         >>> SparseFFConfig(64, d_lowrank=32)
-        SparseFFConfig(n_elements_in_block=64, d_lowrank=32, temperature=0.1, quant_prob=0.3, kernel_scaling=False)
+        SparseFFConfig(n_elements_in_block=64, d_lowrank=32, temperature=0.1, quant_prob=0.3, kernel_scaling=False, mask_after_activation=False, load_balance=0.0)
     """
     n_elements_in_block: int
     d_lowrank: int | None = None
     temperature: float = 0.1
     quant_prob: float = 0.3
     kernel_scaling: bool = False
+    mask_after_activation: bool = False
+    load_balance: float = 0.0
 
     def __post_init__(self):
         if int(self.n_elements_in_block) != self.n_elements_in_block or \
@@ -92,7 +96,9 @@ def feed_forward(d_model: int, d_ff: int, sparsity: FFSparsity = None, dropout: 
     return lambda mode: tl.SparseFF(
         d_ff, n_elements_in_block=config.n_elements_in_block, d_lowrank=config.d_lowrank,
         temperature=config.temperature, quant_prob=config.quant_prob, dropout=dropout,
-        activation=activation, kernel_scaling=config.kernel_scaling, mode=mode)
+        activation=activation, kernel_scaling=config.kernel_scaling,
+        mask_after_activation=config.mask_after_activation,
+        load_balance=config.load_balance, mode=mode)
 
 
 def sru_options(ff_use_sru: Any) -> tuple[int, int]:

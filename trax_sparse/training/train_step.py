@@ -2,7 +2,8 @@
 
 `TrainState(weights, state, opt_state)` is what one step changes. `make_train_step`
 returns `step_fn(train_state, batch, train_key, step) -> (train_state, metrics)`: one
-value_and_grad of model.pure_fn + loss layer, an optax update, the model state threaded
+value_and_grad of model.pure_fn + loss layer (+ the model's `auxiliary_losses`, e.g.
+SparseFF's load balance), an optax update, the model state threaded
 through, rng = fold_in(train_key, step); no Python side effects, so it jits (with the
 train state donated). `make_eval_step` returns the eval-mode counterpart that yields the
 metric values and the batch weight. `initialize` makes keys, weights, states and the
@@ -133,15 +134,19 @@ def make_train_step(model: tl.Layer, loss: tl.Layer, loss_weights_and_state: tup
             stack = to_stack(outputs, model.n_out) + list(batch[n_in:])
             value, _ = loss.pure_fn(from_stack(stack, loss.n_in), loss_weights, loss_state,
                                     rng)
-            return value, (new_state, stack)
+            auxiliary = model.auxiliary_losses(new_state)
+            total = value + sum(auxiliary) if auxiliary else value
+            return total, (new_state, stack, value, auxiliary)
 
-        (value, (new_state, stack)), grads = fastmath.value_and_grad(loss_fn, has_aux=True)(
-            weights)
+        (_, (new_state, stack, value, auxiliary)), grads = fastmath.value_and_grad(
+            loss_fn, has_aux=True)(weights)
         updates, opt_state = tx.update(grads, opt_state, weights)
         weights = tree_map(lambda w, u: w + u.astype(w.dtype), weights, updates)
         grad_norm = xnp.sqrt(sum(xnp.sum(xnp.square(g.astype(xnp.float32)))
                                  for g in tree_leaves(grads)))
         metrics = {'loss': value, 'grad_norm': grad_norm}
+        if auxiliary:
+            metrics['auxiliary_loss'] = sum(auxiliary)
         if is_prediction_stack(stack):
             top = tuple(stack[:3])
             metrics['accuracy'] = accuracy.pure_fn(top, (), (), rng)[0]

@@ -9,6 +9,10 @@ from tests.layers.cases import Case, floats
 CASES = [
     Case('SparseFF', lambda mode: tl.SparseFF(8, n_elements_in_block=4, mode=mode),
          lambda: floats(2, 3, 6)),
+    Case('SparseFF', lambda mode: tl.SparseFF(8, n_elements_in_block=4,
+                                              mask_after_activation=True,
+                                              load_balance=0.01, mode=mode),
+         lambda: floats(2, 3, 6), id='SparseFF_balanced'),
     Case('MultiplicativeDense', lambda mode: tl.MultiplicativeDense(3, 6), lambda: floats(2, 3, 4)),
     Case('LocallyConvDense', lambda mode: tl.LocallyConvDense(2, 3, kernel_size=3,
                                                               length_kernel_size=3, mode=mode),
