@@ -42,6 +42,28 @@ def test_perplexity_parity_quick(tmp_path):
     assert (tmp_path / 'validation_curves.png').stat().st_size > 1000
 
 
+def test_sparse_ff_recipes_quick_trains_with_the_balance_term(tmp_path):
+    """dense + one recipe (load balance on): the gap table, and the balance term logged apart
+    from the loss (one 1-in-32 layer at weight 0.01: between 0.01 and 0.32)."""
+    helpers.require_shakespeare()
+    result = _run_example('sparse_ff_recipes.py', '--quick', '--recipes=after_quant1_balance',
+                          '--seeds=0', f'--output_dir={tmp_path}')
+    assert result.returncode == 0, result.stderr[-3000:]
+    (row,) = json.loads((tmp_path / 'recipes.json').read_text())
+    assert row['recipe'] == 'after_quant1_balance' and row['step'] == 2
+    dense = [r for r in _records(tmp_path / 'dense_seed0') if r['split'] == 'eval']
+    assert abs(row['gaps']['0'] - 100 * (row['values']['0'] / dense[-1]['loss'] - 1)) < 1e-9
+    assert '| after_quant1_balance | 2 |' in result.stdout
+    train = [r for r in _records(tmp_path / 'sparse_ff_after_quant1_lb01_seed0')
+             if r['split'] == 'train']
+    assert train and all(0.01 <= r['auxiliary_loss'] <= 0.32 for r in train), train
+    assert all('auxiliary_loss' not in r for r in _records(tmp_path / 'dense_seed0'))
+
+
+def _records(run_dir):
+    return [json.loads(line) for line in (run_dir / 'metrics.jsonl').read_text().splitlines()]
+
+
 def test_long_inputs_quick():
     result = _run_example('long_inputs.py', '--quick')
     assert result.returncode == 0, result.stderr[-3000:]
