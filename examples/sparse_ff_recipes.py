@@ -29,16 +29,13 @@ import perplexity_parity as parity  # noqa: E402  (the setup, training and curve
 LONG_RUN = ['train.steps = 3000', 'train.eval_every = 500', 'train.checkpoint_every = 500']
 SPARSE = ['ScalingTransformerLM.ff_sparsity = @SparseFFConfig()',
           'SparseFFConfig.n_elements_in_block = 32']
+TRAX = ['SparseFFConfig.mask_after_activation = False']     # Trax's formula: mask inside
 AFTER_QUANT1 = ['SparseFFConfig.mask_after_activation = True', 'SparseFFConfig.quant_prob = 1.0']
 # recipe -> (run directory prefix, parity variant, bindings). 'dense' is the baseline.
 RECIPES = {
     'dense': ('dense', 'dense', []),
-    'default': ('sparse_ff_trax_relu', '+ sparse FF', SPARSE),
-    'quant1': ('sparse_ff_quant1', '+ sparse FF', SPARSE + ['SparseFFConfig.quant_prob = 1.0']),
-    'temperature1': ('sparse_ff_temp1', '+ sparse FF',
-                     SPARSE + ['SparseFFConfig.temperature = 1.0']),
-    'after': ('sparse_ff_after', '+ sparse FF',
-              SPARSE + ['SparseFFConfig.mask_after_activation = True']),
+    'default': ('sparse_ff_after', '+ sparse FF', SPARSE),       # mask after the activation
+    'trax': ('sparse_ff_trax_relu', '+ sparse FF', SPARSE + TRAX),
     'after_quant1': ('sparse_ff_after_quant1', '+ sparse FF', SPARSE + AFTER_QUANT1),
     'after_quant1_balance': ('sparse_ff_after_quant1_lb01', '+ sparse FF',
                              SPARSE + AFTER_QUANT1 + ['SparseFFConfig.load_balance = 0.01']),

@@ -278,11 +278,12 @@ def test_mask_after_activation_changes_only_the_controller_gradient(quant_prob):
 
 
 def test_straight_through_gradients_equal_trax_formula():
-    """The default layer's training gradients (every weight) equal Trax's formula written
-    out: relu = where(mid <= 0, 0, mid) of mid = (x W1) ⊙ (onehot + p − sg(p)), whose
-    slope at 0 is 0."""
+    """With Trax's option (mask_after_activation=False) the training gradients (every
+    weight) equal Trax's formula written out: relu = where(mid <= 0, 0, mid) of
+    mid = (x W1) ⊙ (onehot + p − sg(p)), whose slope at 0 is 0."""
     x, projection = floats(2, 3, D, seed=24), floats(2, 3, D, seed=25)
-    layer = tl.SparseFF(D_FF, n_elements_in_block=N, quant_prob=1.0, mode='train')
+    layer = tl.SparseFF(D_FF, n_elements_in_block=N, quant_prob=1.0,
+                        mask_after_activation=False, mode='train')
     weights, state = _init(layer, x)
     jnp = jax.numpy
     with fastmath.use_backend('jax'):

@@ -161,11 +161,12 @@ class SparseFF(Layer):
     N or more tokens reads W1 and W2 once with the masked dense path instead).
     kernel_scaling (Trax's option): W2 is initialized sqrt(N) larger, so with one
     active unit per block the output starts at the scale of a dense FF's.
-    mask_after_activation: act(x W1) ⊙ mask instead of Trax's act((x W1) ⊙ mask). The
-    forward pass is the same for a one-hot mask (and, with ReLU, for any mask), but the
-    controller then learns the worth act(x W1)·∂L/∂hidden of every unit, not only of the
-    chosen one: with the mask inside, ReLU's zero slope at 0 stops the gradient of
-    every unit the one-hot mask left out.
+    mask_after_activation (default): act(x W1) ⊙ mask; False: Trax's act((x W1) ⊙ mask).
+    The forward pass is the same for a one-hot mask (and, with ReLU, for any mask), but
+    the controller then learns the worth act(x W1)·∂L/∂hidden of every unit, not only of
+    the chosen one: with the mask inside, ReLU's zero slope at 0 stops the gradient of
+    every unit the one-hot mask left out (docs/RESULTS.md §1: 2.67 against 2.44
+    nats/byte after 400 steps of the parity setup).
     load_balance: the weight of a term against dead units (`balance_loss`), which the
     training step adds to the loss through `auxiliary_losses` (autodiff only: not inside
     a reversible or chunked layer, whose recomputed backward would drop its gradient).
@@ -190,7 +191,7 @@ class SparseFF(Layer):
     def __init__(self, d_ff: int, n_elements_in_block: int = 32, d_lowrank: int | None = None,
                  temperature: float = 0.1, quant_prob: float = 0.3, dropout: float = 0.0,
                  activation: Any = Relu, use_bias1: bool = False, kernel_scaling: bool = False,
-                 mask_after_activation: bool = False, load_balance: float = 0.0,
+                 mask_after_activation: bool = True, load_balance: float = 0.0,
                  mode: str = 'train'):
         super().__init__(name=f'SparseFF_{d_ff}')
         d_ff, block_size = int(d_ff), int(n_elements_in_block)
