@@ -2,12 +2,13 @@
 
 The parity setup (examples/perplexity_parity.py: byte-level Shakespeare, d_model 256,
 2 layers, equal parameters) trained to 3000 steps, two seeds per recipe, each recipe one
-set of `SparseFFConfig` bindings on the "+ sparse FF" variant. Prints the validation
-nats/byte at every evaluation, each recipe's gap to the dense runs of the same seed and the
-gap of the means, and draws the curves.
+set of `SparseFFConfig` bindings on the "+ sparse FF" variant. Prints each recipe's
+validation nats/byte at the last step its runs and the dense runs all reached, the gap to the
+dense run of the same seed and the gap of the means, and draws every evaluation's curves.
 
     .venv/bin/python examples/sparse_ff_recipes.py                  # every recipe
-    .venv/bin/python examples/sparse_ff_recipes.py --recipes dense,quant1 --seeds 0
+    .venv/bin/python examples/sparse_ff_recipes.py --recipes after_quant1 --seeds 0
+    .venv/bin/python examples/sparse_ff_recipes.py --recipes after_quant1 --steps 6000
     .venv/bin/python examples/sparse_ff_recipes.py --report_only    # table + PNG from runs/
     .venv/bin/python examples/sparse_ff_recipes.py --quick          # tiny sizes, seconds
 
@@ -26,7 +27,7 @@ from trax_sparse import fastmath
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import perplexity_parity as parity  # noqa: E402  (the setup, training and curve reading)
 
-LONG_RUN = ['train.steps = 3000', 'train.eval_every = 500', 'train.checkpoint_every = 500']
+LONG_RUN = ['train.eval_every = 500', 'train.checkpoint_every = 500']
 SPARSE = ['ScalingTransformerLM.ff_sparsity = @SparseFFConfig()',
           'SparseFFConfig.n_elements_in_block = 32']
 TRAX = ['SparseFFConfig.mask_after_activation = False']     # Trax's formula: mask inside
@@ -53,13 +54,14 @@ def run_dir(out: str, recipe: str, seed: int) -> str:
     return os.path.join(out, f'{RECIPES[recipe][0]}_seed{seed}')
 
 
-def train(recipe: str, seed: int, out: str, quick: bool) -> None:
-    """Trains (or resumes) one recipe and seed; a finished run is left as it is."""
+def train(recipe: str, seed: int, out: str, quick: bool, steps: int = 3000) -> None:
+    """Trains (or resumes) one recipe and seed to `steps`; a finished run is left as it is
+    (a larger `steps` continues it: the schedule and the data go on as in one longer run)."""
     prefix, variant, bindings = RECIPES[recipe]
     if quick:        # the parity script's tiny sizes (they end in a 2-step run: ours after)
         bindings = parity.QUICK + bindings + QUICK
     else:
-        bindings = LONG_RUN + bindings
+        bindings = LONG_RUN + [f'train.steps = {steps}'] + bindings
     parity.train_one(variant, seed, bindings, run_dir(out, recipe, seed))
 
 
@@ -122,6 +124,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument('--recipes', default=','.join(RECIPES),
                         help=f'comma-separated, from: {", ".join(RECIPES)}')
     parser.add_argument('--seeds', default='0,1')
+    parser.add_argument('--steps', type=int, default=3000,
+                        help='training steps of every run (more continues finished runs)')
     parser.add_argument('--output_dir', default=None,
                         help='default runs/sff_trend (quick: runs/sff_quick)')
     parser.add_argument('--report_only', action='store_true')
@@ -140,7 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.report_only:
         for recipe in recipes:
             for seed in seeds:
-                train(recipe, seed, out, args.quick)
+                train(recipe, seed, out, args.quick, args.steps)
     gin.clear_config()
     curves = {r: {s: parity.validation_curve(run_dir(out, r, s)) for s in seeds
                   if os.path.exists(run_dir(out, r, s))} for r in recipes}
