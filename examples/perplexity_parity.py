@@ -38,13 +38,15 @@ GIN = os.path.join(ROOT, 'gin', 'experiments')
 VARIANTS = {                      # name -> (gin file, seeds)
     'dense': ('parity_dense.gin', (0, 1)),
     '+ sparse FF': ('parity_sparse_ff.gin', (0,)),
+    '+ sparse FF 1-in-8': ('parity_sparse_ff_1in8.gin', (0,)),   # issue 24's recipe
     '+ sparse QKV': ('parity_sparse_qkv.gin', (0,)),
     '+ sparse FF + QKV': ('parity_sparse_ff_qkv.gin', (0,)),
     '+ sparse loss': ('parity_sparse_loss.gin', (0,)),
     'all sparse': ('parity_sparse_all.gin', (0, 1)),
 }
 # The order of the runs: the main comparison first, the second seeds last.
-ORDER = [('dense', 0), ('all sparse', 0), ('+ sparse FF', 0), ('+ sparse QKV', 0),
+ORDER = [('dense', 0), ('all sparse', 0), ('+ sparse FF', 0), ('+ sparse FF 1-in-8', 0),
+         ('+ sparse QKV', 0),
          ('+ sparse FF + QKV', 0), ('+ sparse loss', 0), ('dense', 1), ('all sparse', 1)]
 QUICK = ['d_model = 16', 'n_heads = 2', 'n_layers = 1', 'seq_len = 16', 'batch_size = 2',
          'eval/tfds_lm_stream.batch_size = 2', 'train.steps = 2', 'train.eval_every = 2',

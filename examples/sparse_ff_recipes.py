@@ -43,9 +43,8 @@ RECIPES = {
     'n16_after_quant1': ('sparse_ff_n16_after_quant1', '+ sparse FF',
                          SPARSE + AFTER_QUANT1 + ['SparseFFConfig.n_elements_in_block = 16',
                                                   'SparseFFConfig.d_lowrank = 30']),
-    'n8_after_quant1': ('sparse_ff_n8_after_quant1', '+ sparse FF',
-                        SPARSE + AFTER_QUANT1 + ['SparseFFConfig.n_elements_in_block = 8',
-                                                 'SparseFFConfig.d_lowrank = 30']),
+    # gin/experiments/parity_sparse_ff_1in8.gin: 1-in-8, rank 30, quant_prob 1.0
+    'n8_after_quant1': ('sparse_ff_n8_after_quant1', '+ sparse FF 1-in-8', []),
 }
 QUICK = ['train.steps = 2', 'train.eval_every = 1', 'train.checkpoint_every = 2']
 

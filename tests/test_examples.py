@@ -29,8 +29,8 @@ def test_perplexity_parity_quick(tmp_path):
     result = _run_example('perplexity_parity.py', '--quick', f'--output_dir={tmp_path}')
     assert result.returncode == 0, result.stderr[-3000:]
     table = result.stdout.split('training step time\n')[1]
-    for variant in ('dense', '+ sparse FF', '+ sparse QKV', '+ sparse FF + QKV',
-                    '+ sparse loss', 'all sparse'):
+    for variant in ('dense', '+ sparse FF', '+ sparse FF 1-in-8', '+ sparse QKV',
+                    '+ sparse FF + QKV', '+ sparse loss', 'all sparse'):
         assert f'| {variant} |' in table
     assert 'parameters (+0.00% vs dense)' in result.stdout         # params are printed
     for variant in ('dense', 'all sparse'):                     # --quick trains these two
@@ -38,7 +38,7 @@ def test_perplexity_parity_quick(tmp_path):
         seeds = row.split(' | ')[3].split('(')[1].rstrip(')').split(' / ')
         assert len(seeds) == 2 and all(0 < float(v) < 6 for v in seeds), row   # 2 seeds, finite
         assert (tmp_path / f'{variant.replace(" ", "_")}_seed1' / 'metrics.jsonl').exists()
-    assert table.count('| not run |') == 4                       # the others: configured only
+    assert table.count('| not run |') == 5                       # the others: configured only
     assert (tmp_path / 'validation_curves.png').stat().st_size > 1000
 
 

@@ -165,7 +165,7 @@ class SparseFF(Layer):
     The forward pass is the same for a one-hot mask (and, with ReLU, for any mask), but
     the controller then learns the worth act(x W1)·∂L/∂hidden of every unit, not only of
     the chosen one: with the mask inside, ReLU's zero slope at 0 stops the gradient of
-    every unit the one-hot mask left out (docs/RESULTS.md §1: 2.67 against 2.44
+    every unit the one-hot mask left out (docs/RESULTS.md §1: 2.67 against 2.48
     nats/byte after 400 steps of the parity setup).
     load_balance: the weight of a term against dead units (`balance_loss`), which the
     training step adds to the loss through `auxiliary_losses` (autodiff only: not inside
