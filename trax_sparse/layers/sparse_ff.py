@@ -33,7 +33,7 @@ from trax_sparse.layers import initializers as init
 from trax_sparse.layers.base import Layer, check_mode, is_replaying, split_rngs
 from trax_sparse.layers.core import Dropout, Relu, check_last_axis
 from trax_sparse.layers.sparse_ff_controller import (balance_loss, controller_logits,
-                                                     gumbel_choices, one_hot)
+                                                     gumbel_choices, one_hot, softmax)
 from trax_sparse.sharding import Axes
 
 ArrayFn = Callable[[Any], Any]
@@ -312,14 +312,14 @@ class SparseFF(Layer):
                 lambda logits: xnp.zeros(logits.shape[:-1], xnp.int32), logits)
         else:
             choices, hard = xnp.argmax(logits, axis=-1).astype(xnp.int32), xnp.ones((), xnp.bool_)
+        probs = softmax(logits) if self._mode == 'train' else None      # [T, nb, N]
         self.state = (choices.reshape(lead + (self.n_blocks,)), hard) + self._balance_state(
-            logits)
+            logits, probs)
         mask = one_hot(choices, self._block_size, x.dtype)               # [T, nb, N]
         if self._mode == 'train':
             # Forward: the one-hot (hard) or p (soft); backward: through p either way. One
             # differentiable term instead of where(hard, onehot + p - sg(p), p), which made
             # XLA differentiate both branches over [T, d_ff].
-            probs = xnp.exp(logits - fastmath.logsumexp(logits, axis=-1, keepdims=True))
             mask = probs + fastmath.stop_gradient(xnp.where(hard, mask - probs, 0.0))
             mask = cast_like(mask, x)             # the float32 mask in the compute dtype
         hidden = masked_dense_hidden(tokens, mask, main, self._act,
@@ -327,9 +327,9 @@ class SparseFF(Layer):
         hidden, _ = self._dropout.pure_fn(hidden, (), (), rng_dropout)
         return dense_output(hidden, main).reshape(x.shape)
 
-    def _balance_state(self, logits: Any) -> tuple:
-        """The state's balance entry: () without load_balance; its value in train, 0 in eval
-        and at init (logits None)."""
+    def _balance_state(self, logits: Any, probs: Any = None) -> tuple:
+        """The state's balance entry: () without load_balance; its value in train (from the
+        logits and their softmax `probs`), 0 in eval and at init (logits None)."""
         if not self._load_balance:
             return ()
         if self._mode != 'train' or logits is None:
@@ -338,7 +338,7 @@ class SparseFF(Layer):
             raise ValueError(f'{self.name}: load_balance={self._load_balance} needs plain '
                              f'autodiff; inside a reversible or chunked layer its recomputed '
                              f'backward would drop the balance term\'s gradient')
-        return (self._load_balance * balance_loss(logits),)
+        return (self._load_balance * balance_loss(logits, probs),)
 
     def _recorded_choices(self, lead: tuple) -> tuple[Any, Any]:
         """The (choices [T, nb], hard) of the forward pass being replayed."""

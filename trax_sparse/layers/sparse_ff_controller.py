@@ -48,15 +48,21 @@ def gumbel_choices(logits: Any, temperature: float, rng: Any) -> Any:
         return xnp.argmax(logits, axis=-1).astype(xnp.int32)
     block_size = logits.shape[-1]
     scaled = fastmath.stop_gradient(logits) / temperature
-    q = xnp.exp(scaled - fastmath.logsumexp(scaled, axis=-1, keepdims=True))   # [..., nb, N]
+    q = softmax(scaled)                                                         # [..., nb, N]
     cdf = xnp.matmul(q, xnp.asarray(onp.triu(onp.ones((block_size, block_size), q.dtype))))
     u = fastmath.random.uniform(rng, logits.shape[:-1] + (1,), q.dtype) * cdf[..., -1:]
     below = (cdf < u).astype(xnp.int32)                                       # [..., nb, N]
     return xnp.minimum(xnp.sum(below, axis=-1), block_size - 1).astype(xnp.int32)
 
 
-def balance_loss(logits: Any) -> Any:
-    """N · Σ_j f_j · P_j, averaged over the blocks: logits [T, nb, N] -> float32 ().
+def softmax(logits: Any) -> Any:
+    """The choice probabilities within each block: softmax over the last axis (N)."""
+    return xnp.exp(logits - fastmath.logsumexp(logits, axis=-1, keepdims=True))
+
+
+def balance_loss(logits: Any, probs: Any = None) -> Any:
+    """N · Σ_j f_j · P_j, averaged over the blocks: logits [T, nb, N] -> float32 ();
+    `probs`: their softmax when the caller has it already.
 
     f_j: the share of tokens whose argmax (the unit eval and predict choose) is unit j of
     the block; P_j: unit j's mean softmax probability. 1 when every unit is chosen
@@ -66,10 +72,11 @@ def balance_loss(logits: Any) -> Any:
     """
     block_size = logits.shape[-1]
     logits = float32_stats(logits)
-    probs = xnp.exp(logits - fastmath.logsumexp(logits, axis=-1, keepdims=True))
+    if probs is None:
+        probs = softmax(logits)
     chosen = one_hot(xnp.argmax(logits, axis=-1), block_size, probs.dtype)   # [T, nb, N]
     share = fastmath.stop_gradient(xnp.mean(chosen, axis=0))                # [nb, N]
     return block_size * xnp.mean(xnp.sum(share * xnp.mean(probs, axis=0), axis=-1))
 
 
-__all__ = ['balance_loss', 'controller_logits', 'gumbel_choices', 'one_hot']
+__all__ = ['balance_loss', 'controller_logits', 'gumbel_choices', 'one_hot', 'softmax']

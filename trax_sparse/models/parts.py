@@ -33,8 +33,8 @@ class SparseFFConfig:
     d_lowrank: rank of the controller (default d_ff / N); temperature: of the Gumbel noise;
     quant_prob: probability of the hard one-hot mask in training; kernel_scaling: W2
     initialized sqrt(N) larger; mask_after_activation: act(x W1) ⊙ mask, which gives the
-    controller every unit's gradient (False: Trax's act((x W1) ⊙ mask)); load_balance: weight of the term against dead units
-    (see `tl.SparseFF`).
+    controller every unit's gradient (False: Trax's act((x W1) ⊙ mask)); load_balance:
+    weight of the term against dead units (see `tl.SparseFF`).
 
         >>> SparseFFConfig(64, d_lowrank=32)
         SparseFFConfig(n_elements_in_block=64, d_lowrank=32, temperature=0.1, quant_prob=0.3, kernel_scaling=False, mask_after_activation=True, load_balance=0.0)

@@ -134,8 +134,9 @@ def make_train_step(model: tl.Layer, loss: tl.Layer, loss_weights_and_state: tup
             stack = to_stack(outputs, model.n_out) + list(batch[n_in:])
             value, _ = loss.pure_fn(from_stack(stack, loss.n_in), loss_weights, loss_state,
                                     rng)
-            auxiliary = model.auxiliary_losses(new_state)
-            total = value + sum(auxiliary) if auxiliary else value
+            terms = model.auxiliary_losses(new_state)
+            auxiliary = sum(terms) if terms else None
+            total = value if auxiliary is None else value + auxiliary
             return total, (new_state, stack, value, auxiliary)
 
         (_, (new_state, stack, value, auxiliary)), grads = fastmath.value_and_grad(
@@ -145,8 +146,8 @@ def make_train_step(model: tl.Layer, loss: tl.Layer, loss_weights_and_state: tup
         grad_norm = xnp.sqrt(sum(xnp.sum(xnp.square(g.astype(xnp.float32)))
                                  for g in tree_leaves(grads)))
         metrics = {'loss': value, 'grad_norm': grad_norm}
-        if auxiliary:
-            metrics['auxiliary_loss'] = sum(auxiliary)
+        if auxiliary is not None:
+            metrics['auxiliary_loss'] = auxiliary
         if is_prediction_stack(stack):
             top = tuple(stack[:3])
             metrics['accuracy'] = accuracy.pure_fn(top, (), (), rng)[0]
